@@ -1,0 +1,1 @@
+"""nova-snapdriver: a nova libvirt driver with a faster, safer snapshot()."""

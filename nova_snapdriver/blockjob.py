@@ -1,0 +1,87 @@
+"""Wait for a block copy to become a usable mirror, or find out it failed.
+
+nova's in-tree ``BlockDevice.is_job_complete()`` takes a job that is gone for
+a finished one.  A COPY job never finishes on its own: it stays in the
+"ready" (mirroring) state until it is aborted or pivoted.  So here a job that
+disappears before libvirt reported the mirror ready has failed in QEMU or was
+cancelled from outside, and that is an error, never a success.  Readiness is
+the ``ready='yes'`` attribute libvirt puts on the disk's ``<mirror>``
+element, not merely ``cur == end`` (the cursor can reach the end before QEMU
+has switched the job to ready).
+"""
+
+import time
+
+import libvirt
+from oslo_log import log as logging
+
+from nova_snapdriver import exception
+from nova_snapdriver import progress
+
+LOG = logging.getLogger(__name__)
+
+
+def _mirror_ready(guest, disk):
+    conf = guest.get_disk(disk)
+    return bool(conf is not None and conf.mirror is not None and
+                conf.mirror.ready == 'yes')
+
+
+def wait_for_mirror(guest, disk, instance, timeout, poll_interval,
+                    log_interval, sleep=time.sleep, clock=time.monotonic):
+    """Return once the copy job on ``disk`` is a ready mirror.
+
+    :raises BlockJobFailed: the job ended before it was ready.
+    :raises BlockJobTimeout: not ready after ``timeout`` seconds.
+    Either way the caller still owns the job: it must abort it.
+    """
+    dev = guest.get_block_device(disk)
+    meter = progress.Progress(instance, 'copy', 0, log_interval)
+    deadline = clock() + timeout
+    percent = 0
+    while True:
+        status = dev.get_job_info()
+        if status is None:
+            raise exception.BlockJobFailed(
+                disk=disk, instance_uuid=instance.uuid,
+                reason=_vanished_reason(guest))
+        if status.end:
+            percent = 100 * status.cur // status.end
+            meter.update(status.cur, status.end)
+        if status.cur == status.end and _mirror_ready(guest, disk):
+            LOG.debug('Block copy of %(disk)s is a ready mirror '
+                      '(%(size)s)', {'disk': disk,
+                                     'size': progress.human_size(status.end)},
+                      instance=instance)
+            return
+        if clock() >= deadline:
+            raise exception.BlockJobTimeout(
+                disk=disk, instance_uuid=instance.uuid, timeout=timeout,
+                percent=percent)
+        sleep(poll_interval)
+
+
+def _vanished_reason(guest):
+    try:
+        active = guest.is_active()
+    except libvirt.libvirtError:
+        active = False
+    if not active:
+        return 'stopped because the instance is no longer running'
+    return ('ended before the copy was complete: it failed in QEMU or was '
+            'cancelled from outside (see the libvirtd log for the cause)')
+
+
+def abort(guest, disk):
+    """Abort the job on ``disk`` if there still is one; True if it was."""
+    dev = guest.get_block_device(disk)
+    try:
+        if dev.get_job_info() is None:
+            return False
+        dev.abort_job()
+    except libvirt.libvirtError as e:
+        if e.get_error_code() in (libvirt.VIR_ERR_NO_DOMAIN,
+                                  libvirt.VIR_ERR_OPERATION_INVALID):
+            return False
+        raise
+    return True

@@ -1,0 +1,173 @@
+"""Phase 2, capture: the only phase that touches the domain.
+
+The live path is the classic sequence nova's in-tree driver runs, with its
+holes closed:
+
+* an overlay backed by the disk's own base receives a shallow block copy;
+* the persistent domain is undefined (libvirt refuses a block copy on a
+  persistent domain) and redefined from its saved XML in a ``finally`` that
+  no earlier failure can skip: not a failed job, not a timeout, not a failed
+  abort, not a failed chown (the step in nova's ``_live_snapshot`` that, when
+  it fails, leaves the domain transient);
+* the job must become a *ready* mirror within a timeout (``blockjob``);
+* the guest is frozen only around the abort, so a quiesced snapshot costs
+  the guest milliseconds, not the whole copy.
+
+The cold path reads nothing but the disk: the domain is shut off.
+"""
+
+import os
+import time
+
+import libvirt
+from oslo_config import cfg
+from oslo_log import log as logging
+
+from nova_snapdriver import blockjob
+from nova_snapdriver import exception
+from nova_snapdriver import qemu_img
+
+CONF = cfg.CONF
+LOG = logging.getLogger(__name__)
+
+REDEFINE_ATTEMPTS = 3
+
+
+def create_overlay(plan):
+    """The empty qcow2 the live copy is written into."""
+    if plan.backing_file:
+        qemu_img.create_overlay(plan.overlay_path, plan.backing_file,
+                                plan.backing_format, plan.virtual_size)
+    else:
+        qemu_img.create(plan.overlay_path, plan.virtual_size)
+
+
+def start_copy(guest, plan):
+    """blockRebase(COPY|REUSE_EXT|SHALLOW) of the root disk into the overlay.
+
+    Shallow: only the instance's own layer is copied; the overlay shares the
+    disk's base, so the copy is as small as what the guest wrote.
+    """
+    flags = (libvirt.VIR_DOMAIN_BLOCK_REBASE_COPY |
+             libvirt.VIR_DOMAIN_BLOCK_REBASE_REUSE_EXT |
+             libvirt.VIR_DOMAIN_BLOCK_REBASE_SHALLOW)
+    guest._domain.blockRebase(plan.disk_dev, plan.overlay_path,
+                              CONF.snapdriver.block_job_bandwidth, flags)
+
+
+def redefine(driver, xml, instance, xml_path):
+    """Make the domain persistent again from its saved XML, or say how to."""
+    for attempt in range(1, REDEFINE_ATTEMPTS + 1):
+        try:
+            driver._host.write_instance_config(xml)
+            LOG.debug('Domain redefined', instance=instance)
+            return
+        except Exception as e:
+            LOG.warning('Redefining the domain failed (attempt %(n)d of '
+                        '%(max)d): %(error)s',
+                        {'n': attempt, 'max': REDEFINE_ATTEMPTS, 'error': e},
+                        instance=instance)
+            error = e
+            if attempt < REDEFINE_ATTEMPTS:
+                time.sleep(1)
+    _save_xml(xml, xml_path)
+    raise exception.DomainRedefineFailed(
+        instance_uuid=instance.uuid, reason=error, xml_path=xml_path)
+
+
+def _save_xml(xml, path):
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, 'w') as f:
+        f.write(xml)
+
+
+def live(driver, context, instance, guest, plan):
+    """Copy the running disk into the overlay; the domain ends as it began.
+
+    Returns the path of the captured file (the overlay) and its format.
+    """
+    os.chmod(plan.work_dir, 0o701)  # QEMU (not root) must reach the overlay
+    create_overlay(plan)
+    xml = guest.get_xml_desc(dump_inactive=True, dump_sensitive=True)
+    state = {'undefined': False, 'copying': False, 'quiesced': False}
+    done = False
+    try:
+        if guest.has_persistent_configuration():
+            driver._delete_guest_configuration(guest, keep_vtpm=True,
+                                               keep_nvram=True)
+            state['undefined'] = True
+            LOG.debug('Domain undefined for the block copy',
+                      instance=instance)
+        start_copy(guest, plan)
+        state['copying'] = True
+        blockjob.wait_for_mirror(
+            guest, plan.disk_dev, instance,
+            timeout=CONF.snapdriver.block_job_timeout,
+            poll_interval=CONF.snapdriver.block_job_poll_interval,
+            log_interval=CONF.snapdriver.progress_log_interval)
+        if plan.quiesce:
+            state['quiesced'] = _freeze(driver, context, instance, plan)
+        # A synchronous abort of a ready mirror leaves the overlay holding
+        # the disk as it was at this instant, and the guest on its own disk.
+        guest.get_block_device(plan.disk_dev).abort_job()
+        state['copying'] = False
+        done = True
+    finally:
+        # Runs whatever happened above, and never raises: an error on the
+        # way up stays the one reported; only a clean run reports its own.
+        error = _restore(driver, context, instance, guest, plan, xml, state)
+        if done and error is not None:
+            raise error
+    return plan.overlay_path, 'qcow2'
+
+
+def _restore(driver, context, instance, guest, plan, xml, state):
+    """Undo what ``live`` did to the domain; return the first error met."""
+    first = None
+    if state['copying']:
+        try:
+            if blockjob.abort(guest, plan.disk_dev):
+                LOG.info('Aborted the block copy of %(disk)s',
+                         {'disk': plan.disk_dev}, instance=instance)
+        except Exception as e:
+            LOG.exception('Aborting the block copy of %(disk)s failed',
+                          {'disk': plan.disk_dev}, instance=instance)
+            first = first or e
+    # The copy is over: give the guest its filesystems back first.
+    if state['quiesced']:
+        _thaw(driver, context, instance)
+    if state['undefined']:
+        xml_path = os.path.join(CONF.libvirt.snapshots_directory,
+                                '%s.xml' % instance.uuid)
+        try:
+            redefine(driver, xml, instance, xml_path)
+        except Exception as e:
+            LOG.error('%s', e, instance=instance)
+            first = first or e
+    return first
+
+
+def _freeze(driver, context, instance, plan):
+    try:
+        driver.quiesce(context, instance, instance.image_meta)
+        return True
+    except Exception as e:
+        if plan.require_quiesce:
+            raise
+        LOG.info('Skipping quiescing instance: %(reason)s.',
+                 {'reason': e}, instance=instance)
+        return False
+
+
+def _thaw(driver, context, instance):
+    try:
+        driver.unquiesce(context, instance, instance.image_meta)
+    except Exception:
+        LOG.exception('Thawing the guest filesystems failed; run '
+                      '"virsh domfsthaw %s" if the guest is frozen',
+                      instance.name, instance=instance)
+
+
+def cold(plan):
+    """A shut-off domain's disk is read as it is: nothing to capture."""
+    return plan.disk_path, plan.disk_format

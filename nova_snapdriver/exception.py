@@ -1,0 +1,57 @@
+"""Errors a snapshot can raise, each worded for the operator who reads it.
+
+All are ``NovaException`` subclasses: nova's compute manager records them in
+the instance's fault and deletes the half-made image.
+"""
+
+from nova import exception
+from nova.i18n import _
+
+
+class SnapshotError(exception.NovaException):
+    msg_fmt = _("Snapshot failed: %(reason)s")
+
+
+class InsufficientSnapshotSpace(SnapshotError):
+    msg_fmt = _("Not enough free space in the snapshots directory "
+                "%(path)s: the snapshot needs %(needed)d bytes "
+                "(%(needed_h)s, including a reserve of %(reserve)d bytes) "
+                "but only %(free)d bytes (%(free_h)s) are free. Free some "
+                "space there, or point [libvirt] snapshots_directory at a "
+                "larger filesystem. The instance was not touched.")
+
+
+class QemuImgFailed(SnapshotError):
+    msg_fmt = _("'%(command)s' failed with exit code %(exit_code)s: "
+                "%(stderr)s")
+
+
+class BlockJobFailed(SnapshotError):
+    msg_fmt = _("The block copy of %(disk)s for the snapshot of instance "
+                "%(instance_uuid)s %(reason)s. The copy was aborted and the "
+                "instance is unchanged; it is safe to retry the snapshot.")
+
+
+class BlockJobTimeout(BlockJobFailed):
+    msg_fmt = _("The block copy of %(disk)s for the snapshot of instance "
+                "%(instance_uuid)s was not ready after %(timeout)d s "
+                "(%(percent)d%% copied). The copy was aborted and the "
+                "instance is unchanged. Raise [snapdriver] "
+                "block_job_timeout, or lower [snapdriver] "
+                "block_job_bandwidth's limit, and retry.")
+
+
+class DomainRedefineFailed(SnapshotError):
+    msg_fmt = _("The persistent definition of instance %(instance_uuid)s "
+                "could not be restored after its snapshot: %(reason)s. The "
+                "instance still runs, but it is transient: it will vanish "
+                "when libvirtd restarts or the domain stops. Its saved "
+                "definition is in %(xml_path)s; restore it with 'virsh "
+                "define %(xml_path)s' now.")
+
+
+class UploadVerificationFailed(SnapshotError):
+    msg_fmt = _("Glance stored image %(image_id)s with %(algo)s "
+                "%(stored)s, but the bytes sent had %(sent)s. The upload "
+                "was damaged on the way; the image will be deleted. Check "
+                "the Glance store and the network, then retry.")

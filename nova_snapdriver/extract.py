@@ -1,0 +1,31 @@
+"""Phase 3, extract: write the captured disk as a flat image.
+
+``qemu-img convert`` follows the captured file's backing chain, so the
+image holds the whole disk with no backing file, in the output format.
+"""
+
+import os
+
+from nova.compute import utils as compute_utils
+from oslo_config import cfg
+from oslo_log import log as logging
+
+from nova_snapdriver import progress
+from nova_snapdriver import qemu_img
+
+CONF = cfg.CONF
+LOG = logging.getLogger(__name__)
+
+
+def extract(plan, captured, captured_format, instance):
+    """Convert ``captured`` into ``plan.image_path``; return its size."""
+    with compute_utils.disk_ops_semaphore:
+        qemu_img.convert(captured, captured_format, plan.image_path,
+                         plan.image_format, compress=plan.compress,
+                         coroutines=CONF.snapdriver.convert_coroutines)
+    size = os.path.getsize(plan.image_path)
+    LOG.info('Extracted a %(fmt)s image of %(size)s%(compressed)s',
+             {'fmt': plan.image_format, 'size': progress.human_size(size),
+              'compressed': ' (compressed)' if plan.compress else ''},
+             instance=instance)
+    return size

@@ -1,0 +1,187 @@
+"""Phase 1, plan: every fact a snapshot needs, gathered read-only.
+
+Nothing here changes the domain, the disk or Glance.  Whatever can make the
+snapshot fail for a reason known in advance (the image is gone, the disk is
+of a kind we don't handle, the snapshots directory is too small, the image
+demands a quiesce the guest cannot do) fails here, before anything is
+touched.
+"""
+
+import dataclasses
+import os
+
+from nova.compute import power_state
+from nova import exception as nova_exception
+from nova.virt.libvirt import utils as libvirt_utils
+from oslo_config import cfg
+from oslo_log import log as logging
+
+from nova_snapdriver import exception
+from nova_snapdriver import progress
+from nova_snapdriver import qemu_img
+
+CONF = cfg.CONF
+LOG = logging.getLogger(__name__)
+
+# On-disk formats of file-backed root disks this driver snapshots itself.
+# Everything else (rbd, lvm, ploop, lxc, parallels) is the parent's job.
+HANDLED_FORMATS = ('raw', 'qcow2')
+
+# Power states in which the disk is captured through a live block copy.
+# nova takes live snapshots of every domain that is not shut down; a paused
+# domain's block jobs run although its vCPUs don't.
+LIVE_STATES = (power_state.RUNNING, power_state.PAUSED)
+
+OVERLAY_NAME = 'overlay.qcow2'
+IMAGE_NAME = 'image'
+
+
+class NotHandled(Exception):
+    """This disk is not ours to snapshot; the parent driver takes it."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SnapshotPlan(object):
+    image_id: str
+    image_name: str
+    live: bool
+    power_state: int
+    disk_dev: str
+    disk_path: str
+    disk_format: str
+    backing_file: str | None
+    backing_format: str | None
+    virtual_size: int
+    image_format: str
+    compress: bool
+    quiesce: bool
+    require_quiesce: bool
+    work_dir: str
+    space_needed: int
+
+    @property
+    def overlay_path(self):
+        return os.path.join(self.work_dir, OVERLAY_NAME)
+
+    @property
+    def image_path(self):
+        return os.path.join(self.work_dir, IMAGE_NAME)
+
+
+def output_format(source_format):
+    """The image format, chosen the way nova's in-tree driver chooses it."""
+    fmt = CONF.libvirt.snapshot_image_format or source_format
+    if fmt in ('lvm', 'rbd'):
+        fmt = 'raw'
+    return fmt
+
+
+def root_disk(guest):
+    """(target dev, path, format) of the root disk, or NotHandled."""
+    if CONF.libvirt.virt_type in ('lxc', 'parallels'):
+        raise NotHandled('virt_type %s' % CONF.libvirt.virt_type)
+    disk_path, disk_format = libvirt_utils.find_disk(guest)
+    source_type = libvirt_utils.get_disk_type_from_path(disk_path)
+    if source_type is not None or disk_format not in HANDLED_FORMATS:
+        raise NotHandled('%s disk %s' % (source_type or disk_format,
+                                         disk_path))
+    conf = guest.get_disk(disk_path)
+    if conf is None or conf.source_type != 'file':
+        raise NotHandled('non-file disk %s' % disk_path)
+    return conf.target_dev, disk_path, disk_format
+
+
+def quiesce_wanted(driver, instance, image_meta):
+    """(try to quiesce, quiesce required); fails now if required but futile.
+
+    nova's in-tree driver finds out that a required quiesce is impossible
+    only after it created its overlay; here it is refused up front.
+    """
+    required = bool(driver._requires_quiesce(image_meta))
+    try:
+        driver._can_quiesce(instance, image_meta)
+    except nova_exception.NovaException as e:
+        if required:
+            LOG.error('Image property os_require_quiesce is set but the '
+                      'instance cannot be quiesced: %(reason)s',
+                      {'reason': e}, instance=instance)
+            raise
+        return False, False
+    return True, required
+
+
+def space_needed(live, disk_path, disk_format, disk_info, image_format):
+    """Bytes the snapshot stages in the snapshots directory at its peak.
+
+    The image itself, as ``qemu-img measure`` counts it, plus for a live
+    snapshot the overlay: a shallow copy holds what the instance's own
+    layer holds, which its allocated size bounds.
+    """
+    needed = qemu_img.measure(disk_path, disk_format, image_format)
+    if live:
+        needed += int(disk_info.get('actual-size', 0))
+    return needed
+
+
+def check_space(directory, needed):
+    reserve = CONF.snapdriver.reserved_space_mb * 1024 * 1024
+    st = os.statvfs(directory)
+    free = st.f_bavail * st.f_frsize
+    if needed + reserve > free:
+        raise exception.InsufficientSnapshotSpace(
+            path=directory, needed=needed + reserve,
+            needed_h=progress.human_size(needed + reserve),
+            reserve=reserve, free=free, free_h=progress.human_size(free))
+    return free
+
+
+def build(driver, context, instance, image_id, guest):
+    """Gather the facts of one snapshot; raises before touching anything."""
+    disk_dev, disk_path, disk_format = root_disk(guest)
+    # The image may have been deleted between the API call and now.
+    image = driver._image_api.get(context, image_id)
+    state = guest.get_power_state(driver._host)
+    live = state in LIVE_STATES
+    image_format = output_format(disk_format)
+    disk_info = qemu_img.info(disk_path, disk_format)
+    backing_file = disk_info.get('full-backing-filename') or \
+        disk_info.get('backing-filename')
+    quiesce, require_quiesce = (
+        quiesce_wanted(driver, instance, instance.image_meta)
+        if live else (False, False))
+
+    snapshots_dir = CONF.libvirt.snapshots_directory
+    os.makedirs(snapshots_dir, exist_ok=True)
+    needed = space_needed(live, disk_path, disk_format, disk_info,
+                          image_format)
+    free = check_space(snapshots_dir, needed)
+
+    plan = SnapshotPlan(
+        image_id=image_id,
+        image_name=image['name'],
+        live=live,
+        power_state=state,
+        disk_dev=disk_dev,
+        disk_path=disk_path,
+        disk_format=disk_format,
+        backing_file=backing_file,
+        backing_format=(disk_info.get('backing-filename-format')
+                        if backing_file else None),
+        virtual_size=int(disk_info['virtual-size']),
+        image_format=image_format,
+        compress=bool(CONF.libvirt.snapshot_compression and
+                      image_format == 'qcow2'),
+        quiesce=quiesce,
+        require_quiesce=require_quiesce,
+        work_dir=os.path.join(snapshots_dir, image_id),
+        space_needed=needed)
+    LOG.info('Planned %(kind)s snapshot of %(disk)s (%(fmt)s, %(vsize)s '
+             'virtual, backed by %(backing)s) into a %(ofmt)s image: needs '
+             '%(needed)s in %(dir)s, %(free)s free',
+             {'kind': 'live' if live else 'cold', 'disk': disk_path,
+              'fmt': disk_format,
+              'vsize': progress.human_size(plan.virtual_size),
+              'backing': backing_file or 'nothing', 'ofmt': image_format,
+              'needed': progress.human_size(needed), 'dir': snapshots_dir,
+              'free': progress.human_size(free)}, instance=instance)
+    return plan

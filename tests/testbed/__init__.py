@@ -1,0 +1,1 @@
+"""Reusable real-service test beds (libvirtd, Glance) for functional tests."""

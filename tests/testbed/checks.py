@@ -1,0 +1,49 @@
+"""What a user would look at after a snapshot, as functions for asserts."""
+
+import json
+import os
+import subprocess
+
+import libvirt
+
+
+def download(glance_client, image_id, path):
+    """Fetch an image's bytes from Glance into ``path``."""
+    with open(path, 'wb') as f:
+        for chunk in glance_client.images.data(image_id):
+            f.write(chunk)
+    return path
+
+
+def image_info(path, fmt=None):
+    args = ['qemu-img', 'info', '-U', '--output=json']
+    if fmt:
+        args += ['-f', fmt]
+    out = subprocess.run(args + [path], check=True, capture_output=True,
+                         text=True).stdout
+    return json.loads(out)
+
+
+def same_content(a, b, a_fmt='qcow2', b_fmt='qcow2'):
+    """True if the guest-visible content of the two images is equal."""
+    proc = subprocess.run(['qemu-img', 'compare', '-U', '-f', a_fmt,
+                           '-F', b_fmt, a, b], capture_output=True,
+                          text=True)
+    if proc.returncode not in (0, 1):
+        raise AssertionError('qemu-img compare failed: %s' % proc.stderr)
+    return proc.returncode == 0
+
+
+def leftovers(directory):
+    """Every file and directory left under ``directory``."""
+    found = []
+    for root, dirs, files in os.walk(directory):
+        found += [os.path.join(root, n) for n in dirs + files]
+    return sorted(found)
+
+
+def block_jobs(domain, disk='vda'):
+    try:
+        return domain.blockJobInfo(disk, 0)
+    except libvirt.libvirtError:
+        return {}

@@ -1,0 +1,151 @@
+"""An instance laid out the way nova lays it out, running in a real QEMU.
+
+    instances/_base/<sha1>        the base image (raw or qcow2)
+    instances/<uuid>/disk         qcow2 over the base: the instance's disk
+    domain instance-%08x          uuid = the instance's, persistent, running
+
+Known data is written with qemu-io before the domain starts: the base holds
+one pattern, the instance's own layer another on top of part of it, so a
+snapshot that lost either layer, or its backing file, is caught by
+``qemu-img compare`` against the disk.
+"""
+
+import hashlib
+import os
+import shutil
+import subprocess
+
+import libvirt
+from nova import objects
+from oslo_utils import uuidutils
+
+from tests.testbed import guest as test_guest
+from tests.testbed import nova_env
+
+MiB = 1024 * 1024
+# Patterns (offset MiB, length MiB, byte): all below guest.MARKER_BASE.
+BASE_DATA = ((0, 8, 0xa1), (20, 4, 0xa2))
+DISK_DATA = ((4, 8, 0xb1), (28, 2, 0xb2))
+
+
+def qemu_io(path, fmt, *commands):
+    args = ['qemu-io', '-f', fmt]
+    for command in commands:
+        args += ['-c', command]
+    subprocess.run(args + [path], check=True, capture_output=True)
+
+
+def write_patterns(path, fmt, patterns):
+    qemu_io(path, fmt, *['write -P 0x%x %dM %dM' % (byte, off, size)
+                         for off, size, byte in patterns])
+
+
+class NovaInstance(object):
+    """One test instance: files, domain and the nova object that names it.
+
+    ``mode`` is the guest's: 'idle' (never writes) or 'markers' (writes
+    numbered markers, see tests/testbed/guest.py).
+    """
+
+    _next_id = 1
+
+    def __init__(self, conn, boot_files, base_format='raw', disk_mib=64,
+                 mode='idle', marks=100000, image_meta=None):
+        self.conn = conn
+        self.kernel, self.initrd = boot_files
+        self.base_format = base_format
+        self.disk_size = disk_mib * MiB
+        self.mode = mode
+        self.marks = marks
+        self.image_meta = dict(image_meta or {})
+        self.uuid = uuidutils.generate_uuid()
+        self.id = NovaInstance._next_id
+        NovaInstance._next_id += 1
+        instances = nova_env.CONF.instances_path
+        self.base_path = os.path.join(
+            instances, '_base',
+            hashlib.sha1(self.uuid.encode()).hexdigest())
+        self.dir = os.path.join(instances, self.uuid)
+        self.disk_path = os.path.join(self.dir, 'disk')
+        self.console_log = os.path.join(self.dir, 'console.log')
+        self.obj = None
+        self.domain = None
+
+    # -- files ---------------------------------------------------------
+    def create_disks(self):
+        os.makedirs(os.path.dirname(self.base_path), exist_ok=True)
+        os.makedirs(self.dir, exist_ok=True)
+        subprocess.run(['qemu-img', 'create', '-f', self.base_format,
+                        self.base_path, str(self.disk_size)],
+                       check=True, capture_output=True)
+        write_patterns(self.base_path, self.base_format, BASE_DATA)
+        subprocess.run(['qemu-img', 'create', '-f', 'qcow2',
+                        '-F', self.base_format, '-b', self.base_path,
+                        self.disk_path], check=True, capture_output=True)
+        write_patterns(self.disk_path, 'qcow2', DISK_DATA)
+
+    # -- domain --------------------------------------------------------
+    @property
+    def name(self):
+        return self.obj.name
+
+    def xml(self):
+        return test_guest.domain_xml(
+            self.uuid, self.name, self.disk_path, 'qcow2',
+            self.kernel, self.initrd, self.console_log, mode=self.mode,
+            marks=self.marks)
+
+    def start(self):
+        """Create files, define and start the domain; wait for the guest."""
+        self.obj = make_instance_object(self)
+        self.create_disks()
+        self.domain = self.conn.defineXML(self.xml())
+        self.domain.create()
+        test_guest.wait_for_console(self.console_log, test_guest.READY,
+                                    timeout=120)
+        return self
+
+    def lookup(self):
+        """The domain as libvirt has it now (it may have been redefined)."""
+        return self.conn.lookupByUUIDString(self.uuid)
+
+    def state(self):
+        return self.lookup().state()[0]
+
+    def is_persistent(self):
+        return bool(self.lookup().isPersistent())
+
+    def cleanup(self):
+        try:
+            dom = self.lookup()
+        except libvirt.libvirtError:
+            dom = None
+        if dom is not None:
+            if dom.isActive():
+                dom.destroy()
+            if dom.isPersistent():
+                dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_NVRAM)
+        shutil.rmtree(self.dir, ignore_errors=True)
+        if os.path.exists(self.base_path):
+            os.unlink(self.base_path)
+
+
+def make_instance_object(inst):
+    """A nova Instance as nova-compute holds it (no database needed)."""
+    sysmeta = {'image_disk_format': 'qcow2',
+               'image_container_format': 'bare',
+               'image_min_disk': '1',
+               'image_min_ram': '0',
+               'image_base_image_ref': 'base-image-ref'}
+    for key, value in inst.image_meta.items():
+        sysmeta['image_%s' % key] = value
+    flavor = objects.Flavor(
+        id=1, flavorid='1', name='m1.snap', memory_mb=256, vcpus=1,
+        root_gb=1, ephemeral_gb=0, swap=0, extra_specs={})
+    return objects.Instance(
+        id=inst.id, uuid=inst.uuid, image_ref=uuidutils.generate_uuid(),
+        project_id=nova_env.PROJECT_ID, user_id=nova_env.USER_ID,
+        kernel_id='', ramdisk_id='', os_type='linux',
+        host='localhost', node='localhost', vm_state='active',
+        task_state='image_snapshot', power_state=1,
+        flavor=flavor, system_metadata=sysmeta, metadata={})

@@ -1,0 +1,106 @@
+"""nova configured the way nova-compute configures itself, in one process.
+
+``configure()`` writes a nova.conf (instances path, ``[libvirt]``,
+``[glance] endpoint_override`` to the test Glance, privsep usable as root)
+and parses it with ``nova.config.parse_args``, as nova-compute does at start.
+oslo.config's CONF is global: configure once per process.
+"""
+
+import os
+import sys
+
+# nova.tests sets up nova's own monkey patching and must come first.
+import nova.tests  # noqa: F401,I100
+
+from nova import config as nova_config  # noqa: E402
+from nova import context as nova_context  # noqa: E402
+from nova import objects  # noqa: E402
+from nova.virt import driver as virt_driver  # noqa: E402
+from nova.virt import virtapi  # noqa: E402
+from oslo_config import cfg  # noqa: E402
+
+CONF = cfg.CONF
+
+DRIVER_NAME = 'snapdriver.SnapLibvirtDriver'
+PROJECT_ID = 'a2f4a5e1b53a4d2da7a8c7e2d3b1a001'
+USER_ID = 'b6e7f8a9c0d14e2fa3b4c5d6e7f8a002'
+
+_configured = None
+
+
+def write_conf(workdir, glance_url, virt_type='qemu', extra=None):
+    """Write nova.conf for the test compute host; return its path."""
+    instances = os.path.join(workdir, 'instances')
+    os.makedirs(instances, exist_ok=True)
+    bindir = os.path.dirname(sys.executable)
+    sections = {
+        'DEFAULT': {
+            'state_path': workdir,
+            'instances_path': instances,
+            'compute_driver': DRIVER_NAME,
+            'use_stderr': 'false',
+            'debug': 'true',
+            'log_file': os.path.join(workdir, 'nova-compute.log'),
+        },
+        'libvirt': {
+            'virt_type': virt_type,
+            'images_type': 'qcow2',
+            'snapshots_directory': os.path.join(instances, 'snapshots'),
+        },
+        'glance': {
+            'endpoint_override': glance_url,
+            'num_retries': '0',
+        },
+        # No sudo here: as root, privsep's helper can be run directly.
+        'nova_sys_admin': {
+            'helper_command': os.path.join(bindir, 'privsep-helper'),
+        },
+        'snapdriver': {
+            'block_job_poll_interval': '0.1',
+            'progress_log_interval': '1',
+            'reserved_space_mb': '0',
+        },
+        'oslo_concurrency': {'lock_path': os.path.join(workdir, 'locks')},
+    }
+    for section, values in (extra or {}).items():
+        sections.setdefault(section, {}).update(values)
+    path = os.path.join(workdir, 'nova.conf')
+    with open(path, 'w') as f:
+        for section, values in sections.items():
+            f.write('[%s]\n' % section)
+            for key, value in values.items():
+                f.write('%s = %s\n' % (key, value))
+            f.write('\n')
+    return path
+
+
+def configure(workdir, glance_url, virt_type='qemu', extra=None):
+    """Parse nova.conf as nova-compute does; once per process."""
+    global _configured
+    if _configured is not None:
+        return _configured
+    path = write_conf(workdir, glance_url, virt_type, extra)
+    nova_config.parse_args(['nova-compute', '--config-file', path],
+                           configure_db=False, init_rpc=False)
+    objects.register_all()
+    import nova_snapdriver.conf  # noqa: F401  registers [snapdriver]
+    _configured = path
+    return path
+
+
+def load_driver():
+    """Load our driver by name, exactly as nova-compute loads it."""
+    return virt_driver.load_compute_driver(virtapi.VirtAPI(), DRIVER_NAME)
+
+
+def load_intree_driver():
+    """nova's own LibvirtDriver, to compare against."""
+    return virt_driver.load_compute_driver(virtapi.VirtAPI(),
+                                           'libvirt.LibvirtDriver')
+
+
+def admin_context():
+    """A request context nova's Glance client accepts without keystone."""
+    return nova_context.RequestContext(
+        user_id=USER_ID, project_id=PROJECT_ID, is_admin=True,
+        auth_token='snapdriver-test-token')
