@@ -140,3 +140,23 @@ def snapshots_dir(nova_conf):
     os.makedirs(path, exist_ok=True)
     return path
 
+
+
+@pytest.fixture
+def conf(nova_conf):
+    """Override nova/snapdriver options for one test: conf(group, **opts)."""
+    overridden = []
+
+    def override(group, **opts):
+        for name, value in opts.items():
+            nova_env.CONF.set_override(name, value, group)
+            overridden.append((name, group))
+
+    yield override
+    for name, group in overridden:
+        nova_env.CONF.clear_override(name, group)
+
+
+@pytest.fixture
+def glance_client(glance):
+    return test_glance.client(glance.url)
