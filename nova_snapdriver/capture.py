@@ -77,6 +77,7 @@ def redefine(driver, xml, instance, xml_path):
 
 def _save_xml(xml, path):
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)  # the mode above only applies to a new file
     with os.fdopen(fd, 'w') as f:
         f.write(xml)
 

@@ -30,7 +30,7 @@ HANDLED_FORMATS = ('raw', 'qcow2')
 # Power states in which the disk is captured through a live block copy.
 # nova takes live snapshots of every domain that is not shut down; a paused
 # domain's block jobs run although its vCPUs don't.
-LIVE_STATES = (power_state.RUNNING, power_state.PAUSED)
+LIVE_STATES = tuple(set(power_state.STATE_MAP) - {power_state.SHUTDOWN})
 
 OVERLAY_NAME = 'overlay.qcow2'
 IMAGE_NAME = 'image'

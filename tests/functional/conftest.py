@@ -72,7 +72,9 @@ def nova_conf(workdir, glance_server, libvirt_conn):
 
 @pytest.fixture(scope='session')
 def driver(nova_conf):
-    return nova_env.load_driver()
+    """Our driver, loaded by name and started as nova-compute starts it."""
+    yield nova_env.load_driver()
+    nova_env.shutdown()
 
 
 @pytest.fixture(scope='session')
@@ -139,7 +141,6 @@ def snapshots_dir(nova_conf):
     path = nova_env.CONF.libvirt.snapshots_directory
     os.makedirs(path, exist_ok=True)
     return path
-
 
 
 @pytest.fixture

@@ -15,6 +15,7 @@ import nova.tests  # noqa: F401,I100
 from nova import config as nova_config  # noqa: E402
 from nova import context as nova_context  # noqa: E402
 from nova import objects  # noqa: E402
+from nova import thread_pool_factory  # noqa: E402
 from nova.virt import driver as virt_driver  # noqa: E402
 from nova.virt import virtapi  # noqa: E402
 from oslo_config import cfg  # noqa: E402
@@ -26,6 +27,7 @@ PROJECT_ID = 'a2f4a5e1b53a4d2da7a8c7e2d3b1a001'
 USER_ID = 'b6e7f8a9c0d14e2fa3b4c5d6e7f8a002'
 
 _configured = None
+_started = []
 
 
 def write_conf(workdir, glance_url, virt_type='qemu', extra=None):
@@ -88,15 +90,36 @@ def configure(workdir, glance_url, virt_type='qemu', extra=None):
     return path
 
 
-def load_driver():
-    """Load our driver by name, exactly as nova-compute loads it."""
-    return virt_driver.load_compute_driver(virtapi.VirtAPI(), DRIVER_NAME)
+def load_driver(name=DRIVER_NAME, host='localhost'):
+    """Load a driver by name and start it, as nova-compute does."""
+    driver = virt_driver.load_compute_driver(virtapi.VirtAPI(), name)
+    driver.init_host(host=host)
+    _started.append((driver, host))
+    return driver
+
+
+def shutdown():
+    """Stop what init_host started, as nova-compute does when it stops.
+
+    init_host starts libvirt's event threads and nova's thread pools; left
+    running, they keep the Python process from exiting.
+    """
+    while _started:
+        driver, host = _started.pop()
+        driver.cleanup_host(host=host)
+        # nova's Host.cleanup leaves its connection-event loop running (see
+        # its TODO); a handler that raises SystemExit ends that loop.
+        driver._host._conn_event_handler_queue.put(_end_event_loop)
+    thread_pool_factory.shutdown_all_executors()
+
+
+def _end_event_loop():
+    raise SystemExit()
 
 
 def load_intree_driver():
     """nova's own LibvirtDriver, to compare against."""
-    return virt_driver.load_compute_driver(virtapi.VirtAPI(),
-                                           'libvirt.LibvirtDriver')
+    return load_driver('libvirt.LibvirtDriver')
 
 
 def admin_context():

@@ -1,0 +1,240 @@
+"""What the unit tests share: a base class and fakes of the two boundaries.
+
+Mocks stand only where the driver leaves Python: the libvirt domain (an
+autospec'd ``libvirt.virDomain`` behind nova's real ``Guest``), the libvirt
+host connection (an autospec'd nova ``Host``), ``processutils.execute`` (a
+fake ``qemu-img``) and the image API.  Everything between them, nova's
+``Guest``/``BlockDevice``/config parsing and the driver's own modules, runs
+for real.
+"""
+
+import hashlib
+import logging
+import os
+from unittest import mock
+
+import fixtures
+import libvirt
+from oslo_concurrency import processutils
+from oslo_config import cfg
+from oslo_config import fixture as config_fixture
+from oslo_serialization import jsonutils
+from oslotest import base as oslotest_base
+
+from nova import context as nova_context
+from nova.image import glance
+from nova import objects
+from nova.tests.unit import fake_instance
+from nova.virt import fake as fake_virt
+from nova.virt.libvirt import guest as libvirt_guest
+from nova.virt.libvirt import host as libvirt_host
+
+from nova_snapdriver import driver
+
+objects.register_all()
+
+CONF = cfg.CONF
+
+INSTANCE_UUID = '6f1b1a3c-2b5e-4c8e-9a0d-3e2f1c4b5a69'
+IMAGE_ID = 'c0ffee00-1234-4abc-8def-0123456789ab'
+DISK_DEV = 'vda'
+DISK_SIZE = 10 * 1024 ** 3
+
+
+def libvirt_error(code, message='fake libvirt error'):
+    """A libvirtError whose get_error_code() is ``code``."""
+    error = libvirt.libvirtError(message)
+    error.err = (code, libvirt.VIR_FROM_DOMAIN, message,
+                 libvirt.VIR_ERR_ERROR, None, None, None, -1, -1)
+    return error
+
+
+def file_disk_xml(path, fmt='qcow2', dev=DISK_DEV):
+    return ("<disk type='file' device='disk'>"
+            "<driver name='qemu' type='%s'/>"
+            "<source file='%s'/>"
+            "<target dev='%s' bus='virtio'/>"
+            "%%(mirror)s</disk>" % (fmt, path, dev))
+
+
+def mirror_xml(ready, path='/nowhere/overlay.qcow2'):
+    """The <mirror> of a copy job; ``ready`` '' leaves the attribute out."""
+    ready_attr = " ready='%s'" % ready if ready else ''
+    return ("<mirror type='file' file='%s' format='qcow2' job='copy'%s>"
+            "<format type='qcow2'/><source file='%s'/></mirror>"
+            % (path, ready_attr, path))
+
+
+class FakeDomain(object):
+    """An autospec'd virDomain holding the little state a snapshot sees.
+
+    ``mock`` is the virDomain; assert on it.  By default a block copy
+    (blockRebase with the COPY flag) is a ready mirror at once, and an abort
+    ends it; tests replace the side effects to script other behaviour.
+    """
+
+    def __init__(self, disk_xml, uuid=INSTANCE_UUID, virt_type='kvm',
+                 state=libvirt.VIR_DOMAIN_RUNNING, persistent=True,
+                 copy_size=DISK_SIZE):
+        self.disk_xml = disk_xml
+        self.uuid = uuid
+        self.virt_type = virt_type
+        self.state = state
+        self.persistent = persistent
+        self.copy_size = copy_size
+        self.job = None
+        self.mirror = None
+        m = self.mock = mock.create_autospec(libvirt.virDomain, instance=True)
+        m.XMLDesc.side_effect = self._xml
+        m.blockJobInfo.side_effect = self._job_info
+        m.blockRebase.side_effect = self._rebase
+        m.blockJobAbort.side_effect = self._abort
+        m.isPersistent.side_effect = lambda: self.persistent
+        m.undefineFlags.side_effect = self._undefine
+        m.isActive.side_effect = lambda: int(
+            self.state != libvirt.VIR_DOMAIN_SHUTOFF)
+        m.info.side_effect = lambda: [self.state, 1048576, 1048576, 1, 0]
+        m.ID.return_value = 1
+        m.UUIDString.return_value = uuid
+        m.name.return_value = 'instance-00000001'
+
+    def xml(self, flags=0):
+        mirror = ''
+        if self.mirror is not None and not (
+                flags & libvirt.VIR_DOMAIN_XML_INACTIVE):
+            mirror = mirror_xml(self.mirror)
+        return ("<domain type='%s'><name>instance-00000001</name>"
+                "<uuid>%s</uuid><memory>1048576</memory><vcpu>1</vcpu>"
+                "<os><type>hvm</type></os>"
+                "<devices>%s</devices></domain>"
+                % (self.virt_type, self.uuid,
+                   self.disk_xml % {'mirror': mirror}))
+
+    def _xml(self, flags=0):
+        return self.xml(flags)
+
+    def _job_info(self, disk, flags=0):
+        return dict(self.job) if self.job else {}
+
+    def _rebase(self, disk, base, bandwidth=0, flags=0):
+        if flags & libvirt.VIR_DOMAIN_BLOCK_REBASE_COPY:
+            self.job = {'type': libvirt.VIR_DOMAIN_BLOCK_JOB_TYPE_COPY,
+                        'bandwidth': bandwidth, 'cur': self.copy_size,
+                        'end': self.copy_size}
+            self.mirror = 'yes'
+        return 0
+
+    def _abort(self, disk, flags=0):
+        self.job = None
+        self.mirror = None
+        return 0
+
+    def _undefine(self, flags=0):
+        self.persistent = False
+        return 0
+
+
+class FakeQemuImg(object):
+    """``processutils.execute`` as far as the qemu-img commands go.
+
+    ``info`` and ``measure`` answer from ``disk_info`` and ``required``;
+    ``create`` makes an empty file, ``convert`` writes ``image_data`` to its
+    destination.  ``fail`` maps a sub-command to the exception it raises.
+    """
+
+    def __init__(self, disk_info=None, required=1024 * 1024,
+                 image_data=b'snapshot image bytes'):
+        self.disk_info = disk_info or {'virtual-size': DISK_SIZE,
+                                       'actual-size': 2 * 1024 ** 2,
+                                       'format': 'qcow2'}
+        self.required = required
+        self.image_data = image_data
+        self.fail = {}
+        self.commands = []
+
+    def __call__(self, *cmd, **kwargs):
+        cmd = list(cmd)
+        self.commands.append(cmd)
+        sub = cmd[1]
+        if sub in self.fail:
+            raise self.fail[sub]
+        if sub == 'info':
+            return jsonutils.dumps(self.disk_info), ''
+        if sub == 'measure':
+            return jsonutils.dumps({'required': self.required,
+                                    'fully-allocated': DISK_SIZE}), ''
+        if sub == 'create':
+            open(cmd[-2], 'wb').close()
+        elif sub == 'convert':
+            with open(cmd[-1], 'wb') as f:
+                f.write(self.image_data)
+        return '', ''
+
+
+def glance_image(data, **fields):
+    """What nova's image API returns after Glance stored ``data``."""
+    image = {'id': IMAGE_ID, 'name': 'snap', 'status': 'active',
+             'size': len(data),
+             'checksum': hashlib.md5(data, usedforsecurity=False).hexdigest(),
+             'os_hash_algo': 'sha512',
+             'os_hash_value': hashlib.sha512(data).hexdigest(),
+             'properties': {}}
+    image.update(fields)
+    return image
+
+
+class FakeClock(object):
+    """A monotonic clock that only ``sleep`` moves."""
+
+    def __init__(self, now=100.0):
+        self.now = now
+        self.sleeps = []
+
+    def __call__(self):
+        return self.now
+
+    def sleep(self, secs):
+        self.sleeps.append(secs)
+        self.now += secs
+
+
+class TestCase(oslotest_base.BaseTestCase):
+    """Config fixture, captured logs and a tmp snapshots directory."""
+
+    def setUp(self):
+        super(TestCase, self).setUp()
+        self.conf = self.useFixture(config_fixture.Config(CONF))
+        self.logs = self.useFixture(fixtures.FakeLogger(
+            level=logging.DEBUG, format='%(levelname)s %(message)s'))
+        self.tmp = self.useFixture(fixtures.TempDir()).path
+        self.snapshots_dir = os.path.join(self.tmp, 'snapshots')
+        self.flags(snapshots_directory=self.snapshots_dir, group='libvirt')
+        self.context = nova_context.get_admin_context()
+
+    def flags(self, group=None, **kw):
+        self.conf.config(group=group, **kw)
+
+    def make_instance(self, **image_props):
+        """An Instance whose image_meta carries ``image_props``."""
+        sysmeta = {'image_%s' % k: v for k, v in image_props.items()}
+        return fake_instance.fake_instance_obj(
+            self.context, uuid=INSTANCE_UUID, system_metadata=sysmeta,
+            expected_attrs=['system_metadata'])
+
+    def make_driver(self):
+        """The real SnapLibvirtDriver on a mocked host and image API."""
+        drv = driver.SnapLibvirtDriver(fake_virt.FakeVirtAPI(), False)
+        drv._host = mock.create_autospec(libvirt_host.Host, instance=True)
+        drv._image_api = mock.create_autospec(glance.API, instance=True)
+        # init_host() learns this from libvirt's version; a new enough one.
+        drv._may_keep_vtpm = True
+        return drv
+
+    def make_guest(self, fake_domain):
+        return libvirt_guest.Guest(fake_domain.mock)
+
+    def patch_execute(self, fake=None):
+        fake = fake or FakeQemuImg()
+        execute = self.useFixture(fixtures.MockPatchObject(
+            processutils, 'execute', autospec=True, side_effect=fake)).mock
+        return fake, execute

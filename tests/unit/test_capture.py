@@ -1,0 +1,388 @@
+"""capture: the live copy, and the domain left as it was whatever fails.
+
+The driver is the real SnapLibvirtDriver (its undefine, quiesce and thaw are
+nova's code); libvirt is a FakeDomain behind nova's Guest plus an autospec'd
+Host, and qemu-img is a fake ``processutils.execute``.  The order of what
+reaches those boundaries is recorded on one parent mock.
+"""
+
+import os
+import stat
+from unittest import mock
+
+import fixtures
+import libvirt
+from oslo_concurrency import processutils
+
+from nova import exception as nova_exception
+
+from nova_snapdriver import blockjob
+from nova_snapdriver import capture
+from nova_snapdriver import exception
+from nova_snapdriver import plan as snapshot_plan
+from tests.unit import base
+
+DISK = '/var/lib/nova/instances/%s/disk' % base.INSTANCE_UUID
+BACKING = '/var/lib/nova/instances/_base/0123abcd'
+
+UNDEFINE_FLAGS = (libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE |
+                  libvirt.VIR_DOMAIN_UNDEFINE_KEEP_TPM |
+                  libvirt.VIR_DOMAIN_UNDEFINE_KEEP_NVRAM)
+COPY_FLAGS = (libvirt.VIR_DOMAIN_BLOCK_REBASE_COPY |
+              libvirt.VIR_DOMAIN_BLOCK_REBASE_REUSE_EXT |
+              libvirt.VIR_DOMAIN_BLOCK_REBASE_SHALLOW)
+SAVE_FLAGS = libvirt.VIR_DOMAIN_XML_INACTIVE | libvirt.VIR_DOMAIN_XML_SECURE
+
+# Domain calls that only read: left out of the recorded sequence.
+READS = {'XMLDesc', 'blockJobInfo', 'isActive', 'isPersistent', 'info',
+         'ID', 'UUIDString', 'name'}
+
+
+class LiveCaptureTestCase(base.TestCase):
+
+    def setUp(self):
+        super(LiveCaptureTestCase, self).setUp()
+        self.flags(block_job_bandwidth=50, group='snapdriver')
+        self.work_dir = os.path.join(self.snapshots_dir, base.IMAGE_ID)
+        os.makedirs(self.work_dir)
+        self.overlay = os.path.join(self.work_dir, 'overlay.qcow2')
+        self.xml_path = os.path.join(self.snapshots_dir,
+                                     base.INSTANCE_UUID + '.xml')
+        self.domain = base.FakeDomain(base.file_disk_xml(DISK))
+        self.saved_xml = self.domain.xml(SAVE_FLAGS)
+        self.guest = self.make_guest(self.domain)
+        self.driver = self.make_driver()
+        self.driver._host.get_guest.return_value = self.guest
+        self.instance = self.make_instance(hw_qemu_guest_agent='yes')
+        self.qemu_img, self.execute = self.patch_execute()
+        self.sleep = self.useFixture(fixtures.MockPatch(
+            'nova_snapdriver.capture.time.sleep')).mock
+        self.calls = mock.Mock()
+        self.calls.attach_mock(self.domain.mock, 'domain')
+        self.calls.attach_mock(self.driver._host, 'host')
+        self.calls.attach_mock(self.execute, 'execute')
+
+    def _plan(self, **kw):
+        fields = dict(
+            image_id=base.IMAGE_ID, image_name='snap', live=True,
+            power_state=1, disk_dev=base.DISK_DEV, disk_path=DISK,
+            disk_format='qcow2', backing_file=BACKING, backing_format='raw',
+            virtual_size=base.DISK_SIZE, image_format='qcow2',
+            compress=False, quiesce=False, require_quiesce=False,
+            work_dir=self.work_dir, space_needed=1)
+        fields.update(kw)
+        return snapshot_plan.SnapshotPlan(**fields)
+
+    def _live(self, **plan_fields):
+        return capture.live(self.driver, self.context, self.instance,
+                            self.guest, self._plan(**plan_fields))
+
+    def _boundary_calls(self):
+        """What was asked of qemu-img and libvirt, reads left out."""
+        return [c for c in self.calls.mock_calls
+                if c[0].split('.')[-1] not in READS or
+                c == mock.call.domain.XMLDesc(flags=SAVE_FLAGS)]
+
+    def _expected(self, steps):
+        calls = {
+            'overlay': mock.call.execute(
+                'qemu-img', 'create', '-f', 'qcow2', '-F', 'raw', '-b',
+                BACKING, self.overlay, str(base.DISK_SIZE),
+                run_as_root=True, root_helper=mock.ANY,
+                env_variables={'LC_ALL': 'C', 'LANG': 'C'}),
+            'save_xml': mock.call.domain.XMLDesc(flags=SAVE_FLAGS),
+            'undefine': mock.call.domain.undefineFlags(UNDEFINE_FLAGS),
+            'copy': mock.call.domain.blockRebase(
+                base.DISK_DEV, self.overlay, 50, COPY_FLAGS),
+            'freeze': mock.call.domain.fsFreeze(),
+            'abort': mock.call.domain.blockJobAbort(base.DISK_DEV, flags=0),
+            'thaw': mock.call.domain.fsThaw(),
+            'get_guest': mock.call.host.get_guest(self.instance),
+            'redefine': mock.call.host.write_instance_config(self.saved_xml),
+        }
+        return [calls[s] for s in steps]
+
+    def _assert_steps(self, *steps):
+        self.assertEqual(self._expected(steps), self._boundary_calls())
+
+    def _fail(self, method, error):
+        getattr(self.domain.mock, method).side_effect = error
+        return error
+
+    # --- success --------------------------------------------------------
+
+    def test_success_runs_the_classic_sequence_and_redefines(self):
+        result = self._live()
+
+        self.assertEqual((self.overlay, 'qcow2'), result)
+        self._assert_steps('overlay', 'save_xml', 'undefine', 'copy',
+                           'abort', 'redefine')
+        self.assertEqual(0o701, stat.S_IMODE(os.stat(self.work_dir).st_mode))
+        self.assertFalse(os.path.exists(self.xml_path))
+        # One poll found the mirror ready; once aborted, nothing asks again.
+        self.domain.mock.blockJobInfo.assert_called_once_with(
+            base.DISK_DEV, flags=0)
+
+    def test_success_waits_with_the_configured_timeout_and_intervals(self):
+        self.flags(block_job_timeout=77, block_job_poll_interval=0.25,
+                   progress_log_interval=3, group='snapdriver')
+        with mock.patch.object(blockjob, 'wait_for_mirror',
+                               autospec=True) as wait:
+            self._live()
+
+        wait.assert_called_once_with(
+            self.guest, base.DISK_DEV, self.instance, timeout=77,
+            poll_interval=0.25, log_interval=3)
+
+    def test_disk_without_backing_file_gets_an_unbacked_overlay(self):
+        self._live(backing_file=None, backing_format=None)
+
+        self.assertEqual(
+            ['qemu-img', 'create', '-f', 'qcow2', self.overlay,
+             str(base.DISK_SIZE)], self.qemu_img.commands[0])
+
+    def test_quiesced_success_freezes_only_around_the_abort(self):
+        self._live(quiesce=True)
+
+        self._assert_steps('overlay', 'save_xml', 'undefine', 'copy',
+                           'get_guest', 'freeze', 'abort', 'get_guest',
+                           'thaw', 'redefine')
+
+    def test_transient_domain_is_neither_undefined_nor_redefined(self):
+        self.domain.persistent = False
+
+        self.assertEqual((self.overlay, 'qcow2'), self._live())
+
+        self._assert_steps('overlay', 'save_xml', 'copy', 'abort')
+
+    def test_freeze_failing_without_require_quiesce_copies_unquiesced(self):
+        self._fail('fsFreeze', base.libvirt_error(
+            libvirt.VIR_ERR_AGENT_UNRESPONSIVE))
+
+        self.assertEqual((self.overlay, 'qcow2'), self._live(quiesce=True))
+
+        self._assert_steps('overlay', 'save_xml', 'undefine', 'copy',
+                           'get_guest', 'freeze', 'abort', 'redefine')
+        self.assertIn('Skipping quiescing instance', self.logs.output)
+
+    def test_thaw_failing_is_logged_and_the_snapshot_succeeds(self):
+        self._fail('fsThaw', base.libvirt_error(
+            libvirt.VIR_ERR_AGENT_UNRESPONSIVE))
+
+        self.assertEqual((self.overlay, 'qcow2'), self._live(quiesce=True))
+
+        self._assert_steps('overlay', 'save_xml', 'undefine', 'copy',
+                           'get_guest', 'freeze', 'abort', 'get_guest',
+                           'thaw', 'redefine')
+        self.assertIn('virsh domfsthaw instance-00000001', self.logs.output)
+
+    # --- failures before anything is undone ------------------------------
+
+    def test_overlay_creation_failing_leaves_the_domain_untouched(self):
+        self.qemu_img.fail['create'] = processutils.ProcessExecutionError(
+            exit_code=1, stderr='disk full')
+
+        exc = self.assertRaises(exception.QemuImgFailed, self._live)
+
+        self.assertIn('disk full', str(exc))
+        self._assert_steps('overlay')
+
+    def test_undefine_failing_raises_and_copies_nothing(self):
+        # nova's delete_configuration retries with a plain undefine().
+        error = self._fail('undefineFlags', base.libvirt_error(
+            libvirt.VIR_ERR_INTERNAL_ERROR, 'first'))
+        second = self._fail('undefine', base.libvirt_error(
+            libvirt.VIR_ERR_INTERNAL_ERROR, 'second'))
+
+        raised = self.assertRaises(libvirt.libvirtError, self._live)
+
+        self.assertIsNot(error, raised)
+        self.assertIs(second, raised)
+        self.assertEqual(
+            self._expected(['overlay', 'save_xml', 'undefine']) +
+            [mock.call.domain.undefine()], self._boundary_calls())
+
+    # --- failures after the undefine --------------------------------------
+
+    def test_block_rebase_failing_redefines_and_raises_its_error(self):
+        error = self._fail('blockRebase', base.libvirt_error(
+            libvirt.VIR_ERR_OPERATION_FAILED))
+
+        raised = self.assertRaises(libvirt.libvirtError, self._live)
+
+        self.assertIs(error, raised)
+        self._assert_steps('overlay', 'save_xml', 'undefine', 'copy',
+                           'redefine')
+
+    def test_job_vanishing_aborts_nothing_redefines_and_raises(self):
+        self.domain.mock.blockJobInfo.side_effect = lambda *a, **k: {}
+
+        exc = self.assertRaises(exception.BlockJobFailed, self._live,
+                                quiesce=True)
+
+        self.assertIn('failed in QEMU or was cancelled', str(exc))
+        # The job was gone: blockjob.abort asked, found none, aborted none.
+        self._assert_steps('overlay', 'save_xml', 'undefine', 'copy',
+                           'redefine')
+
+    def test_wait_timing_out_aborts_the_job_and_redefines(self):
+        timeout = exception.BlockJobTimeout(
+            disk=base.DISK_DEV, instance_uuid=base.INSTANCE_UUID,
+            timeout=1800, percent=42)
+        with mock.patch.object(blockjob, 'wait_for_mirror', autospec=True,
+                               side_effect=timeout):
+            raised = self.assertRaises(exception.BlockJobTimeout,
+                                       self._live, quiesce=True)
+
+        self.assertIs(timeout, raised)
+        self._assert_steps('overlay', 'save_xml', 'undefine', 'copy',
+                           'abort', 'redefine')
+        self.assertIsNone(self.domain.job)
+
+    def test_libvirt_error_while_waiting_aborts_and_redefines(self):
+        error = base.libvirt_error(libvirt.VIR_ERR_INTERNAL_ERROR)
+        errors = [error]
+        real_info = self.domain.mock.blockJobInfo.side_effect
+
+        def job_info(disk, flags=0):
+            # The first poll fails; the job itself is still there after.
+            if errors:
+                raise errors.pop()
+            return real_info(disk, flags)
+        self.domain.mock.blockJobInfo.side_effect = job_info
+
+        raised = self.assertRaises(libvirt.libvirtError, self._live)
+
+        self.assertIs(error, raised)
+        self._assert_steps('overlay', 'save_xml', 'undefine', 'copy',
+                           'abort', 'redefine')
+
+    def _test_freeze_failing_required(self, abort_error=None):
+        freeze_error = self._fail('fsFreeze', base.libvirt_error(
+            libvirt.VIR_ERR_AGENT_UNRESPONSIVE))
+        if abort_error is not None:
+            self._fail('blockJobAbort', abort_error)
+
+        exc = self.assertRaises(nova_exception.InstanceQuiesceFailed,
+                                self._live, quiesce=True,
+                                require_quiesce=True)
+
+        self.assertIn(str(freeze_error), str(exc))
+        # Never frozen, so never thawed; the running job is aborted.
+        self._assert_steps('overlay', 'save_xml', 'undefine', 'copy',
+                           'get_guest', 'freeze', 'abort', 'redefine')
+
+    def test_freeze_failing_with_require_quiesce_aborts_and_raises(self):
+        self._test_freeze_failing_required()
+        self.assertIsNone(self.domain.job)
+
+    def test_abort_failing_after_an_earlier_error_keeps_the_earlier(self):
+        self._test_freeze_failing_required(abort_error=base.libvirt_error(
+            libvirt.VIR_ERR_INTERNAL_ERROR, 'abort broke'))
+
+        self.assertIn('Aborting the block copy of vda failed',
+                      self.logs.output)
+
+    def test_abort_failing_thaws_retries_the_abort_and_redefines(self):
+        error = self._fail('blockJobAbort', base.libvirt_error(
+            libvirt.VIR_ERR_INTERNAL_ERROR, 'abort broke'))
+
+        raised = self.assertRaises(libvirt.libvirtError, self._live,
+                                   quiesce=True)
+
+        self.assertIs(error, raised)
+        # The abort failed while frozen: abort again (via blockjob.abort),
+        # thaw, then redefine.
+        self._assert_steps('overlay', 'save_xml', 'undefine', 'copy',
+                           'get_guest', 'freeze', 'abort', 'abort',
+                           'get_guest', 'thaw', 'redefine')
+
+    def test_abort_failing_then_job_gone_thaws_and_redefines(self):
+        def abort_fails_but_ends_job(disk, flags=0):
+            self.domain.job = None
+            raise error
+        error = base.libvirt_error(libvirt.VIR_ERR_INTERNAL_ERROR)
+        self.domain.mock.blockJobAbort.side_effect = abort_fails_but_ends_job
+
+        raised = self.assertRaises(libvirt.libvirtError, self._live,
+                                   quiesce=True)
+
+        self.assertIs(error, raised)
+        self._assert_steps('overlay', 'save_xml', 'undefine', 'copy',
+                           'get_guest', 'freeze', 'abort', 'get_guest',
+                           'thaw', 'redefine')
+
+    # --- the redefine itself ----------------------------------------------
+
+    def _fail_redefine(self, times):
+        error = libvirt.libvirtError('define refused')
+        self.driver._host.write_instance_config.side_effect = (
+            [error] * times + [mock.DEFAULT])
+        return error
+
+    def test_redefine_failing_on_a_clean_run_raises_and_saves_xml(self):
+        self._fail_redefine(3)
+
+        exc = self.assertRaises(exception.DomainRedefineFailed, self._live)
+
+        self.assertEqual(base.INSTANCE_UUID, exc.kwargs['instance_uuid'])
+        self.assertEqual(self.xml_path, exc.kwargs['xml_path'])
+        self.assertIn('define refused', str(exc))
+        self.assertIn("virsh define %s' now" % self.xml_path, str(exc))
+        self._assert_steps('overlay', 'save_xml', 'undefine', 'copy',
+                           'abort', 'redefine', 'redefine', 'redefine')
+        self.assertEqual([mock.call(1), mock.call(1)],
+                         self.sleep.call_args_list)
+        with open(self.xml_path) as f:
+            self.assertEqual(self.saved_xml, f.read())
+        self.assertEqual(0o600, stat.S_IMODE(os.stat(self.xml_path).st_mode))
+
+    def test_redefine_failing_twice_then_succeeding_is_a_success(self):
+        self._fail_redefine(2)
+
+        self.assertEqual((self.overlay, 'qcow2'), self._live())
+
+        self._assert_steps('overlay', 'save_xml', 'undefine', 'copy',
+                           'abort', 'redefine', 'redefine', 'redefine')
+        self.assertFalse(os.path.exists(self.xml_path))
+        self.assertIn('Redefining the domain failed (attempt 2 of 3)',
+                      self.logs.output)
+
+    def test_redefine_failing_after_an_earlier_error_raises_the_earlier(self):
+        error = self._fail('blockRebase', base.libvirt_error(
+            libvirt.VIR_ERR_OPERATION_FAILED))
+        self._fail_redefine(3)
+
+        raised = self.assertRaises(libvirt.libvirtError, self._live)
+
+        self.assertIs(error, raised)
+        self.assertIn('could not be restored after its snapshot',
+                      self.logs.output)
+        self.assertIn('ERROR The persistent definition', self.logs.output)
+        with open(self.xml_path) as f:
+            self.assertEqual(self.saved_xml, f.read())
+
+    def test_redefine_failure_overwrites_a_stale_xml_file_as_0600(self):
+        # The XML holds secrets (dump_sensitive): a file left by someone
+        # else must not keep its looser mode.
+        with open(self.xml_path, 'w') as f:
+            f.write('stale and much longer than the XML' * 1000)
+        os.chmod(self.xml_path, 0o644)
+        self._fail_redefine(3)
+
+        self.assertRaises(exception.DomainRedefineFailed, self._live)
+
+        with open(self.xml_path) as f:
+            self.assertEqual(self.saved_xml, f.read())
+        self.assertEqual(0o600, stat.S_IMODE(os.stat(self.xml_path).st_mode))
+
+
+class ColdCaptureTestCase(base.TestCase):
+
+    def test_cold_capture_is_the_disk_itself(self):
+        plan = mock.Mock(disk_path=mock.sentinel.disk_path,
+                         disk_format=mock.sentinel.disk_format)
+
+        self.assertEqual(
+            (mock.sentinel.disk_path, mock.sentinel.disk_format),
+            capture.cold(plan))

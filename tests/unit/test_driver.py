@@ -1,0 +1,336 @@
+"""SnapLibvirtDriver.snapshot(): the phases end to end, at the boundaries.
+
+The driver is real; libvirt is a FakeDomain behind nova's Guest and an
+autospec'd Host, qemu-img a fake ``processutils.execute`` writing real files
+in a tmp ``[libvirt] snapshots_directory``, Glance an autospec'd image API.
+"""
+
+import os
+from unittest import mock
+
+import fixtures
+import libvirt
+from oslo_concurrency import processutils
+from oslo_config import cfg
+
+from nova.compute import task_states
+from nova import exception as nova_exception
+from nova.virt.libvirt import driver as libvirt_driver
+
+from nova_snapdriver import conf
+from nova_snapdriver import driver
+from nova_snapdriver import exception
+from nova_snapdriver import progress
+from tests.unit import base
+
+DISK = '/var/lib/nova/instances/%s/disk' % base.INSTANCE_UUID
+BACKING = '/var/lib/nova/instances/_base/0123abcd'
+IMAGE_DATA = b'the flat snapshot image'
+
+# Domain calls that change it; a cold snapshot makes none of them.
+DOMAIN_CHANGES = {'undefineFlags', 'undefine', 'blockRebase', 'blockCopy',
+                  'blockJobAbort', 'fsFreeze', 'fsThaw', 'suspend',
+                  'resume', 'managedSave', 'snapshotCreateXML', 'destroy'}
+
+
+class ConfTestCase(base.TestCase):
+
+    def test_snapdriver_options_are_registered_with_their_defaults(self):
+        self.assertEqual(
+            {'block_job_timeout': 1800, 'block_job_bandwidth': 0,
+             'block_job_poll_interval': 0.5, 'progress_log_interval': 10,
+             'reserved_space_mb': 256, 'convert_coroutines': 16},
+            {opt.name: cfg.CONF.snapdriver[opt.name]
+             for opt in conf.snapdriver_opts})
+
+    def test_list_opts_lists_the_snapdriver_group(self):
+        (group, opts), = conf.list_opts().items()
+
+        self.assertEqual('snapdriver', group.name)
+        self.assertIs(conf.snapdriver_opts, opts)
+
+
+class SnapshotTestCase(base.TestCase):
+
+    def setUp(self):
+        super(SnapshotTestCase, self).setUp()
+        self.flags(reserved_space_mb=0, group='snapdriver')
+        self.work_dir = os.path.join(self.snapshots_dir, base.IMAGE_ID)
+        self.overlay = os.path.join(self.work_dir, 'overlay.qcow2')
+        self.image_path = os.path.join(self.work_dir, 'image')
+        self.xml_path = os.path.join(self.snapshots_dir,
+                                     base.INSTANCE_UUID + '.xml')
+        self.domain = base.FakeDomain(base.file_disk_xml(DISK))
+        self.saved_xml = self.domain.xml(
+            libvirt.VIR_DOMAIN_XML_INACTIVE | libvirt.VIR_DOMAIN_XML_SECURE)
+        self.driver = self.make_driver()
+        self.driver._host.get_guest.return_value = self.make_guest(
+            self.domain)
+        self.driver._image_api.get.return_value = {'name': 'my snap'}
+        self.driver._image_api.update.side_effect = self._glance_update
+        self.qemu_img, self.execute = self.patch_execute(base.FakeQemuImg(
+            disk_info={'virtual-size': base.DISK_SIZE, 'actual-size': 4096,
+                       'format': 'qcow2', 'full-backing-filename': BACKING,
+                       'backing-filename-format': 'raw'},
+            required=8192, image_data=IMAGE_DATA))
+        self.useFixture(fixtures.MockPatch(
+            'nova_snapdriver.capture.time.sleep'))
+        self.instance = self.make_instance()
+        self.update_task_state = mock.Mock()
+        self.uploaded = []
+
+    def _glance_update(self, context, image_id, metadata, data=None,
+                       purge_props=True):
+        # What is on disk while the image is sent.
+        self.uploaded.append((b''.join(iter(data)),
+                              sorted(os.listdir(self.work_dir))))
+        return base.glance_image(self.uploaded[-1][0])
+
+    def _snapshot(self):
+        return self.driver.snapshot(self.context, self.instance,
+                                    base.IMAGE_ID, self.update_task_state)
+
+    def _domain_changes(self):
+        return [c for c in self.domain.mock.method_calls
+                if c[0] in DOMAIN_CHANGES]
+
+    def _assert_task_states(self, uploading=True):
+        expected = [mock.call(task_state=task_states.IMAGE_PENDING_UPLOAD)]
+        if uploading:
+            expected.append(mock.call(
+                task_state=task_states.IMAGE_UPLOADING,
+                expected_state=task_states.IMAGE_PENDING_UPLOAD))
+        self.assertEqual(expected, self.update_task_state.call_args_list)
+
+    def _assert_cleaned_up(self):
+        self.assertFalse(os.path.exists(self.work_dir))
+        self.assertTrue(os.path.isdir(self.snapshots_dir))
+
+    # --- success ----------------------------------------------------------
+
+    def test_live_snapshot_copies_extracts_and_uploads(self):
+        self.instance.os_type = 'linux'
+
+        self.assertIsNone(self._snapshot())
+
+        self._assert_task_states()
+        self.assertEqual(
+            [mock.call.undefineFlags(
+                libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE |
+                libvirt.VIR_DOMAIN_UNDEFINE_KEEP_TPM |
+                libvirt.VIR_DOMAIN_UNDEFINE_KEEP_NVRAM),
+             mock.call.blockRebase(
+                 'vda', self.overlay, 0,
+                 libvirt.VIR_DOMAIN_BLOCK_REBASE_COPY |
+                 libvirt.VIR_DOMAIN_BLOCK_REBASE_REUSE_EXT |
+                 libvirt.VIR_DOMAIN_BLOCK_REBASE_SHALLOW),
+             mock.call.blockJobAbort('vda', flags=0)],
+            self._domain_changes())
+        self.driver._host.write_instance_config.assert_called_once_with(
+            self.saved_xml)
+        self.assertEqual(
+            [['qemu-img', 'info', '-U', '-f', 'qcow2', '--output=json', DISK],
+             ['qemu-img', 'measure', '-U', '-f', 'qcow2', '-O', 'qcow2',
+              '--output=json', DISK],
+             ['qemu-img', 'create', '-f', 'qcow2', '-F', 'raw', '-b',
+              BACKING, self.overlay, str(base.DISK_SIZE)],
+             ['qemu-img', 'convert', '-f', 'qcow2', '-O', 'qcow2', '-W',
+              '-m', '16', self.overlay, self.image_path]],
+            self.qemu_img.commands)
+        # The overlay is gone before the upload starts.
+        self.assertEqual([(IMAGE_DATA, ['image'])], self.uploaded)
+        self.driver._image_api.update.assert_called_once_with(
+            self.context, base.IMAGE_ID,
+            {'status': 'active', 'name': 'my snap',
+             'properties': {'kernel_id': self.instance.kernel_id,
+                            'image_location': 'snapshot',
+                            'image_state': 'available',
+                            'owner_id': self.instance.project_id,
+                            'ramdisk_id': self.instance.ramdisk_id,
+                            'os_type': 'linux'},
+             'disk_format': 'qcow2', 'container_format': 'bare'},
+            mock.ANY)
+        self._assert_cleaned_up()
+        self.assertFalse(os.path.exists(self.xml_path))
+        self.assertIn('Snapshot image upload complete in ', self.logs.output)
+
+    def test_cold_snapshot_never_changes_the_domain(self):
+        self.domain.state = libvirt.VIR_DOMAIN_SHUTOFF
+
+        self._snapshot()
+
+        self.assertEqual([], self._domain_changes())
+        self.driver._host.write_instance_config.assert_not_called()
+        # The disk itself is converted; no overlay is made.
+        self.assertEqual(
+            ['info', 'measure', 'convert'],
+            [cmd[1] for cmd in self.qemu_img.commands])
+        self.assertEqual(
+            ['qemu-img', 'convert', '-f', 'qcow2', '-O', 'qcow2', '-W', '-m',
+             '16', DISK, self.image_path], self.qemu_img.commands[-1])
+        self.assertEqual([(IMAGE_DATA, ['image'])], self.uploaded)
+        self._assert_task_states()
+        self._assert_cleaned_up()
+
+    def test_compression_and_coroutines_reach_qemu_img_convert(self):
+        self.flags(snapshot_compression=True, group='libvirt')
+        self.flags(convert_coroutines=3, group='snapdriver')
+
+        self._snapshot()
+
+        self.assertEqual(
+            ['qemu-img', 'convert', '-f', 'qcow2', '-O', 'qcow2', '-c', '-W',
+             '-m', '3', self.overlay, self.image_path],
+            self.qemu_img.commands[-1])
+        self.assertIn('Extracted a qcow2 image of 23 B (compressed)',
+                      self.logs.output)
+
+    def test_raw_output_format_is_converted_to_and_declared_raw(self):
+        self.flags(snapshot_image_format='raw', group='libvirt')
+
+        self._snapshot()
+
+        self.assertEqual(['-O', 'raw'], self.qemu_img.commands[-1][4:6])
+        metadata = self.driver._image_api.update.call_args.args[2]
+        self.assertEqual('raw', metadata['disk_format'])
+
+    def test_failing_progress_listener_does_not_break_the_snapshot(self):
+        listener = mock.Mock(side_effect=RuntimeError('bar broke'))
+        progress.listen(listener)
+        self.addCleanup(progress.unlisten, listener)
+
+        self._snapshot()
+
+        self.assertEqual([(IMAGE_DATA, ['image'])], self.uploaded)
+        self.assertIn(
+            mock.call(base.INSTANCE_UUID, 'upload:done', mock.ANY, None),
+            listener.call_args_list)
+        self.assertIn('Progress listener failed; ignoring it',
+                      self.logs.output)
+
+    # --- before the snapshot starts -------------------------------------
+
+    def test_instance_not_found_becomes_instance_not_running(self):
+        self.driver._host.get_guest.side_effect = (
+            nova_exception.InstanceNotFound(instance_id=base.INSTANCE_UUID))
+
+        exc = self.assertRaises(nova_exception.InstanceNotRunning,
+                                self._snapshot)
+
+        self.assertEqual(base.INSTANCE_UUID, exc.kwargs['instance_id'])
+        self.update_task_state.assert_not_called()
+        self.assertEqual([], self.qemu_img.commands)
+
+    @mock.patch.object(libvirt_driver.LibvirtDriver, 'snapshot',
+                       autospec=True)
+    def test_disk_not_handled_is_left_to_the_parent_driver(self, parent):
+        self.domain.disk_xml = (
+            "<disk type='network' device='disk'>"
+            "<driver name='qemu' type='raw'/>"
+            "<source protocol='rbd' name='vms/disk'/>"
+            "<target dev='vda' bus='virtio'/>%(mirror)s</disk>")
+
+        self.assertIs(parent.return_value, self._snapshot())
+
+        parent.assert_called_once_with(
+            self.driver, self.context, self.instance, base.IMAGE_ID,
+            self.update_task_state)
+        self.update_task_state.assert_not_called()
+        self.assertEqual([], self.qemu_img.commands)
+        self.driver._image_api.get.assert_not_called()
+        self.assertIn("Snapshot of rbd disk rbd:vms/disk is left to nova's "
+                      "libvirt driver", self.logs.output)
+
+    def test_plan_failure_touches_nothing_and_sets_no_task_state(self):
+        self.qemu_img.required = 2 ** 62
+
+        self.assertRaises(exception.InsufficientSnapshotSpace,
+                          self._snapshot)
+
+        self.update_task_state.assert_not_called()
+        self.assertEqual([], self._domain_changes())
+        self.assertFalse(os.path.exists(self.work_dir))
+
+    # --- failures while it runs -----------------------------------------
+
+    def test_image_deleted_during_upload_is_reraised(self):
+        error = nova_exception.ImageNotFound(image_id=base.IMAGE_ID)
+        self.driver._image_api.update.side_effect = error
+
+        raised = self.assertRaises(nova_exception.ImageNotFound,
+                                   self._snapshot)
+
+        self.assertIs(error, raised)
+        self._assert_task_states()
+        self._assert_cleaned_up()
+        self.assertIn('Failed to snapshot image because it was deleted',
+                      self.logs.output)
+
+    def test_domain_vanishing_becomes_instance_not_found(self):
+        self.domain.mock.blockRebase.side_effect = base.libvirt_error(
+            libvirt.VIR_ERR_NO_DOMAIN)
+
+        exc = self.assertRaises(nova_exception.InstanceNotFound,
+                                self._snapshot)
+
+        self.assertEqual(base.INSTANCE_UUID, exc.kwargs['instance_id'])
+        self.driver._host.write_instance_config.assert_called_once_with(
+            self.saved_xml)
+        self._assert_task_states(uploading=False)
+        self._assert_cleaned_up()
+
+    def test_other_libvirt_error_is_reraised_unchanged(self):
+        error = base.libvirt_error(libvirt.VIR_ERR_OPERATION_FAILED)
+        self.domain.mock.blockRebase.side_effect = error
+
+        raised = self.assertRaises(libvirt.libvirtError, self._snapshot)
+
+        self.assertIs(error, raised)
+        self._assert_cleaned_up()
+        self.assertIn('Failed to snapshot image', self.logs.output)
+
+    def test_extract_failure_removes_the_work_dir_and_never_uploads(self):
+        self.qemu_img.fail['convert'] = processutils.ProcessExecutionError(
+            exit_code=1, stderr='No space left on device')
+
+        exc = self.assertRaises(exception.QemuImgFailed, self._snapshot)
+
+        self.assertIn('No space left on device', str(exc))
+        self._assert_task_states(uploading=False)
+        self.driver._image_api.update.assert_not_called()
+        self._assert_cleaned_up()
+        # The domain was put back before the extract failed.
+        self.driver._host.write_instance_config.assert_called_once_with(
+            self.saved_xml)
+
+    def test_damaged_upload_fails_the_snapshot_and_cleans_up(self):
+        self.driver._image_api.update.side_effect = (
+            lambda *a, **k: base.glance_image(b'damaged'))
+
+        self.assertRaises(exception.UploadVerificationFailed, self._snapshot)
+
+        self._assert_cleaned_up()
+
+    def test_redefine_failure_leaves_only_the_saved_xml_behind(self):
+        self.driver._host.write_instance_config.side_effect = (
+            libvirt.libvirtError('define refused'))
+
+        exc = self.assertRaises(exception.DomainRedefineFailed,
+                                self._snapshot)
+
+        self.assertIn(self.xml_path, str(exc))
+        self.assertEqual([base.INSTANCE_UUID + '.xml'],
+                         os.listdir(self.snapshots_dir))
+        with open(self.xml_path) as f:
+            self.assertEqual(self.saved_xml, f.read())
+        self.driver._image_api.update.assert_not_called()
+
+    def test_work_dir_that_cannot_be_removed_is_logged(self):
+        self.useFixture(fixtures.MockPatchObject(
+            driver.shutil, 'rmtree', autospec=True))
+
+        self._snapshot()
+
+        self.assertTrue(os.path.isdir(self.work_dir))
+        self.assertIn('ERROR Could not remove %s; delete it by hand'
+                      % self.work_dir, self.logs.output)

@@ -1,0 +1,342 @@
+"""plan: what is snapshotted, into what, and whether it fits, read-only."""
+
+import os
+from unittest import mock
+
+import fixtures
+import libvirt
+
+from nova import exception as nova_exception
+from nova.virt.libvirt import config as vconfig
+from nova.virt.libvirt import guest as libvirt_guest
+
+from nova_snapdriver import exception
+from nova_snapdriver import plan as snapshot_plan
+from tests.unit import base
+
+DISK = '/var/lib/nova/instances/%s/disk' % base.INSTANCE_UUID
+MiB = 1024 * 1024
+
+
+class OutputFormatTestCase(base.TestCase):
+
+    def _output_format(self, source_format, override=None):
+        self.flags(snapshot_image_format=override, group='libvirt')
+        return snapshot_plan.output_format(source_format)
+
+    def test_without_override_the_source_format_is_kept(self):
+        self.assertEqual('qcow2', self._output_format('qcow2'))
+        self.assertEqual('raw', self._output_format('raw'))
+
+    def test_snapshot_image_format_overrides_the_source_format(self):
+        self.assertEqual('raw', self._output_format('qcow2', 'raw'))
+        self.assertEqual('qcow2', self._output_format('raw', 'qcow2'))
+
+    def test_lvm_and_rbd_sources_become_raw(self):
+        self.assertEqual('raw', self._output_format('lvm'))
+        self.assertEqual('raw', self._output_format('rbd'))
+
+
+class RootDiskTestCase(base.TestCase):
+
+    def _root_disk(self, disk_xml, virt_type='kvm'):
+        self.flags(virt_type=virt_type, group='libvirt')
+        self.domain = base.FakeDomain(disk_xml, virt_type=virt_type)
+        return snapshot_plan.root_disk(self.make_guest(self.domain))
+
+    def _test_not_handled(self, disk_xml, message, virt_type='kvm'):
+        exc = self.assertRaises(snapshot_plan.NotHandled, self._root_disk,
+                                disk_xml, virt_type)
+        self.assertEqual(message, str(exc))
+        # Reading the domain is all that may have happened.
+        for name, _args, _kwargs in self.domain.mock.method_calls:
+            self.assertEqual('XMLDesc', name)
+
+    def test_file_qcow2_disk_is_handled(self):
+        self.assertEqual((base.DISK_DEV, DISK, 'qcow2'),
+                         self._root_disk(base.file_disk_xml(DISK)))
+
+    def test_file_raw_disk_is_handled(self):
+        self.assertEqual(('sda', DISK, 'raw'), self._root_disk(
+            base.file_disk_xml(DISK, fmt='raw', dev='sda')))
+
+    def test_rbd_disk_is_not_handled(self):
+        self._test_not_handled(
+            "<disk type='network' device='disk'>"
+            "<driver name='qemu' type='raw'/>"
+            "<source protocol='rbd' name='vms/%s_disk'/>"
+            "<target dev='vda' bus='virtio'/>%%(mirror)s</disk>"
+            % base.INSTANCE_UUID,
+            'rbd disk rbd:vms/%s_disk' % base.INSTANCE_UUID)
+
+    def test_lvm_disk_is_not_handled(self):
+        self._test_not_handled(
+            "<disk type='block' device='disk'>"
+            "<driver name='qemu' type='raw'/>"
+            "<source dev='/dev/nova-vg/%s_disk'/>"
+            "<target dev='vda' bus='virtio'/>%%(mirror)s</disk>"
+            % base.INSTANCE_UUID,
+            'lvm disk /dev/nova-vg/%s_disk' % base.INSTANCE_UUID)
+
+    def test_ploop_disk_is_not_handled(self):
+        ploop = os.path.join(self.tmp, 'root.hds')
+        os.makedirs(ploop)
+        open(os.path.join(ploop, 'DiskDescriptor.xml'), 'w').close()
+
+        self._test_not_handled(base.file_disk_xml(ploop, fmt='ploop'),
+                               'ploop disk %s' % ploop)
+
+    def test_block_disk_outside_dev_is_not_handled_as_non_file(self):
+        self._test_not_handled(
+            "<disk type='block' device='disk'>"
+            "<driver name='qemu' type='raw'/>"
+            "<source dev='/srv/volumes/root'/>"
+            "<target dev='vda' bus='virtio'/>%(mirror)s</disk>",
+            'non-file disk /srv/volumes/root')
+
+    def test_disk_the_live_config_does_not_call_a_file_is_not_handled(self):
+        # find_disk() read a file disk, the live disk lookup does not.
+        self.domain = base.FakeDomain(base.file_disk_xml(DISK))
+        guest = mock.create_autospec(libvirt_guest.Guest, instance=True)
+        guest.get_config.return_value = self.make_guest(
+            self.domain).get_config()
+        guest.get_disk.return_value = vconfig.LibvirtConfigGuestDisk()
+        guest.get_disk.return_value.source_type = 'block'
+
+        exc = self.assertRaises(snapshot_plan.NotHandled,
+                                snapshot_plan.root_disk, guest)
+
+        self.assertEqual('non-file disk %s' % DISK, str(exc))
+        guest.get_disk.assert_called_once_with(DISK)
+
+    def test_other_file_format_is_not_handled(self):
+        self._test_not_handled(base.file_disk_xml(DISK, fmt='vmdk'),
+                               'vmdk disk %s' % DISK)
+
+    def _test_virt_type_not_handled(self, virt_type):
+        self._test_not_handled(base.file_disk_xml(DISK),
+                               'virt_type %s' % virt_type, virt_type)
+        self.domain.mock.XMLDesc.assert_not_called()
+
+    def test_lxc_is_not_handled(self):
+        self._test_virt_type_not_handled('lxc')
+
+    def test_parallels_is_not_handled(self):
+        self._test_virt_type_not_handled('parallels')
+
+
+class QuiesceWantedTestCase(base.TestCase):
+    """Against the real driver's _requires_quiesce/_can_quiesce."""
+
+    def _quiesce_wanted(self, **image_props):
+        instance = self.make_instance(**image_props)
+        return snapshot_plan.quiesce_wanted(self.make_driver(), instance,
+                                            instance.image_meta)
+
+    def test_possible_and_not_required_tries_without_requiring(self):
+        self.assertEqual((True, False),
+                         self._quiesce_wanted(hw_qemu_guest_agent='yes'))
+
+    def test_possible_and_required_tries_and_requires(self):
+        self.assertEqual((True, True), self._quiesce_wanted(
+            hw_qemu_guest_agent='yes', os_require_quiesce='yes'))
+
+    def test_impossible_and_not_required_does_not_try(self):
+        self.assertEqual((False, False), self._quiesce_wanted())
+        self.assertNotIn('ERROR', self.logs.output)
+
+    def test_impossible_and_required_raises_before_anything(self):
+        self.assertRaises(nova_exception.QemuGuestAgentNotEnabled,
+                          self._quiesce_wanted, os_require_quiesce='yes')
+        self.assertIn('ERROR Image property os_require_quiesce is set but '
+                      'the instance cannot be quiesced', self.logs.output)
+
+    def test_unsupported_virt_type_and_required_raises(self):
+        self.flags(virt_type='parallels', group='libvirt')
+
+        self.assertRaises(nova_exception.InstanceQuiesceNotSupported,
+                          self._quiesce_wanted, hw_qemu_guest_agent='yes',
+                          os_require_quiesce='yes')
+
+
+class SpaceTestCase(base.TestCase):
+
+    def setUp(self):
+        super(SpaceTestCase, self).setUp()
+        self.qemu_img, self.execute = self.patch_execute()
+        self.statvfs = self.useFixture(fixtures.MockPatchObject(
+            snapshot_plan.os, 'statvfs', autospec=True)).mock
+
+    def _space_needed(self, live, disk_info):
+        self.qemu_img.required = 1000
+        return snapshot_plan.space_needed(live, DISK, 'qcow2', disk_info,
+                                          'raw')
+
+    def test_cold_needs_what_qemu_img_measure_requires(self):
+        self.assertEqual(1000, self._space_needed(False,
+                                                  {'actual-size': 500}))
+        self.assertEqual(
+            ['qemu-img', 'measure', '-U', '-f', 'qcow2', '-O', 'raw',
+             '--output=json', DISK], self.qemu_img.commands[0])
+
+    def test_live_adds_the_allocated_size_of_the_disk_for_the_overlay(self):
+        self.assertEqual(1500, self._space_needed(True, {'actual-size': 500}))
+
+    def test_live_without_allocated_size_adds_nothing(self):
+        self.assertEqual(1000, self._space_needed(True, {}))
+
+    def _check_space(self, needed, free_blocks, reserved_mb, frsize=4096):
+        self.flags(reserved_space_mb=reserved_mb, group='snapdriver')
+        self.statvfs.return_value = os.statvfs_result(
+            (8192, frsize, 10 ** 9, free_blocks + 7, free_blocks,
+             1000, 1000, 1000, 0, 255))
+        result = snapshot_plan.check_space(mock.sentinel.directory, needed)
+        self.statvfs.assert_called_once_with(mock.sentinel.directory)
+        return result
+
+    def test_enough_space_returns_what_is_free_to_non_root(self):
+        # f_bavail (not f_bfree) times f_frsize (not f_bsize).
+        self.assertEqual(1000 * 4096, self._check_space(
+            needed=1000 * 4096 - 2 * MiB, free_blocks=1000, reserved_mb=2))
+
+    def test_exactly_enough_space_with_the_reserve_is_enough(self):
+        self._check_space(needed=10 * MiB - MiB, free_blocks=10 * 256,
+                          reserved_mb=1)
+
+    def test_not_enough_space_names_directory_needed_and_free(self):
+        self.flags(reserved_space_mb=256, group='snapdriver')
+        self.statvfs.return_value = os.statvfs_result(
+            (4096, 4096, 10 ** 6, 2 ** 18, 2 ** 17, 0, 0, 0, 0, 255))
+
+        exc = self.assertRaises(exception.InsufficientSnapshotSpace,
+                                snapshot_plan.check_space, '/srv/snaps',
+                                768 * MiB)
+
+        self.assertEqual(
+            'Not enough free space in the snapshots directory /srv/snaps: '
+            'the snapshot needs 1073741824 bytes (1.0 GiB, including a '
+            'reserve of 268435456 bytes) but only 536870912 bytes '
+            '(512.0 MiB) are free. Free some space there, or point '
+            '[libvirt] snapshots_directory at a larger filesystem. The '
+            'instance was not touched.', str(exc))
+
+    def test_the_reserve_alone_can_make_space_insufficient(self):
+        exc = self.assertRaises(
+            exception.InsufficientSnapshotSpace, self._check_space,
+            needed=4096, free_blocks=256, reserved_mb=1)
+
+        self.assertEqual(4096 + MiB, exc.kwargs['needed'])
+        self.assertEqual(MiB, exc.kwargs['reserve'])
+        self.assertEqual(MiB, exc.kwargs['free'])
+
+    def test_no_reserve_counts_only_what_is_needed(self):
+        self.assertEqual(MiB, self._check_space(needed=MiB, free_blocks=256,
+                                                reserved_mb=0))
+
+
+class BuildTestCase(base.TestCase):
+    """build() against the real driver, a FakeDomain and a fake qemu-img."""
+
+    def setUp(self):
+        super(BuildTestCase, self).setUp()
+        self.flags(reserved_space_mb=0, group='snapdriver')
+        self.qemu_img, self.execute = self.patch_execute()
+        self.qemu_img.required = 3 * MiB
+        self.qemu_img.disk_info = {
+            'virtual-size': base.DISK_SIZE, 'actual-size': 2 * MiB,
+            'format': 'qcow2', 'backing-filename': 'base',
+            'full-backing-filename': '/var/lib/nova/instances/_base/base',
+            'backing-filename-format': 'raw'}
+        self.driver = self.make_driver()
+        self.driver._image_api.get.return_value = {'name': 'my snap'}
+
+    def _build(self, state=libvirt.VIR_DOMAIN_RUNNING, **image_props):
+        self.domain = base.FakeDomain(base.file_disk_xml(DISK), state=state)
+        self.instance = self.make_instance(**image_props)
+        return snapshot_plan.build(self.driver, self.context, self.instance,
+                                   base.IMAGE_ID,
+                                   self.make_guest(self.domain))
+
+    def test_running_domain_plans_a_live_snapshot(self):
+        self.flags(snapshot_compression=True, group='libvirt')
+
+        plan = self._build(hw_qemu_guest_agent='yes')
+
+        self.assertEqual(snapshot_plan.SnapshotPlan(
+            image_id=base.IMAGE_ID, image_name='my snap', live=True,
+            power_state=1, disk_dev='vda', disk_path=DISK,
+            disk_format='qcow2',
+            backing_file='/var/lib/nova/instances/_base/base',
+            backing_format='raw', virtual_size=base.DISK_SIZE,
+            image_format='qcow2', compress=True, quiesce=True,
+            require_quiesce=False,
+            work_dir=os.path.join(self.snapshots_dir, base.IMAGE_ID),
+            space_needed=5 * MiB), plan)
+        self.driver._image_api.get.assert_called_once_with(
+            self.context, base.IMAGE_ID)
+        self.assertTrue(os.path.isdir(self.snapshots_dir))
+        self.assertFalse(os.path.exists(plan.work_dir))
+        self.assertEqual(os.path.join(plan.work_dir, 'overlay.qcow2'),
+                         plan.overlay_path)
+        self.assertEqual(os.path.join(plan.work_dir, 'image'),
+                         plan.image_path)
+
+    def test_every_domain_not_shut_down_is_live_like_nova(self):
+        # nova's in-tree snapshot() is live unless the power state is
+        # SHUTDOWN; a cold read of a disk QEMU holds fails on its lock.
+        states = {
+            'running': libvirt.VIR_DOMAIN_RUNNING,
+            'blocked': libvirt.VIR_DOMAIN_BLOCKED,
+            'paused': libvirt.VIR_DOMAIN_PAUSED,
+            'pmsuspended': libvirt.VIR_DOMAIN_PMSUSPENDED,
+            'crashed': libvirt.VIR_DOMAIN_CRASHED,
+            'nostate': libvirt.VIR_DOMAIN_NOSTATE,
+            'shutting-down': libvirt.VIR_DOMAIN_SHUTDOWN,
+            'shut-off': libvirt.VIR_DOMAIN_SHUTOFF,
+        }
+
+        live = {name: self._build(state=state).live
+                for name, state in states.items()}
+
+        self.assertEqual(
+            {'running': True, 'blocked': True, 'paused': True,
+             'pmsuspended': True, 'crashed': True, 'nostate': True,
+             'shutting-down': False, 'shut-off': False}, live)
+
+    def test_shut_off_domain_plans_a_cold_snapshot_without_quiesce(self):
+        plan = self._build(state=libvirt.VIR_DOMAIN_SHUTOFF,
+                           os_require_quiesce='yes')
+
+        self.assertFalse(plan.live)
+        self.assertEqual((False, False), (plan.quiesce, plan.require_quiesce))
+        self.assertEqual(3 * MiB, plan.space_needed)
+
+    def test_unbacked_disk_has_no_backing_format(self):
+        self.qemu_img.disk_info = {'virtual-size': 1, 'format': 'qcow2',
+                                   'backing-filename-format': 'raw'}
+
+        plan = self._build()
+
+        self.assertEqual((None, None), (plan.backing_file,
+                                        plan.backing_format))
+
+    def test_raw_output_is_never_compressed(self):
+        self.flags(snapshot_compression=True, snapshot_image_format='raw',
+                   group='libvirt')
+
+        self.assertFalse(self._build().compress)
+
+    def test_deleted_image_fails_before_qemu_img_runs(self):
+        self.driver._image_api.get.side_effect = (
+            nova_exception.ImageNotFound(image_id=base.IMAGE_ID))
+
+        self.assertRaises(nova_exception.ImageNotFound, self._build)
+        self.assertEqual([], self.qemu_img.commands)
+
+    def test_insufficient_space_fails_before_the_domain_is_changed(self):
+        self.qemu_img.required = 2 ** 62
+
+        self.assertRaises(exception.InsufficientSnapshotSpace, self._build)
+        # Only reads: the XML, the power state and the domain id.
+        self.assertEqual({'XMLDesc', 'info', 'ID'},
+                         {c[0] for c in self.domain.mock.method_calls})
