@@ -70,7 +70,11 @@ def redefine(driver, xml, instance, xml_path):
             error = e
             if attempt < REDEFINE_ATTEMPTS:
                 time.sleep(1)
-    _save_xml(xml, xml_path)
+    try:
+        _save_xml(xml, xml_path)
+    except OSError as e:
+        # Still raise the error that matters; say where the XML is not.
+        xml_path = '(nowhere: saving it to %s failed: %s)' % (xml_path, e)
     raise exception.DomainRedefineFailed(
         instance_uuid=instance.uuid, reason=error, xml_path=xml_path)
 

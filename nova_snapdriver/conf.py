@@ -113,7 +113,7 @@ def register_opts(conf):
 
 
 def list_opts():
-    return {snapdriver_group: snapdriver_opts}
+    return [(snapdriver_group, snapdriver_opts)]
 
 
 register_opts(cfg.CONF)

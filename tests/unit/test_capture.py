@@ -377,6 +377,18 @@ class LiveCaptureTestCase(base.TestCase):
         self.assertEqual(0o600, stat.S_IMODE(os.stat(self.xml_path).st_mode))
 
 
+    def test_redefine_failure_still_raised_when_the_xml_cannot_be_saved(self):
+        # A full disk after a big snapshot must not turn the error that
+        # matters (the domain is transient) into an OSError.
+        os.mkdir(self.xml_path)  # opening it for writing fails
+        self._fail_redefine(3)
+
+        err = self.assertRaises(exception.DomainRedefineFailed, self._live)
+
+        self.assertIn('nowhere', str(err))
+        self.assertIn(self.xml_path, str(err))
+
+
 class ColdCaptureTestCase(base.TestCase):
 
     def test_cold_capture_is_the_disk_itself(self):
