@@ -86,14 +86,21 @@ def _save_xml(xml, path):
         f.write(xml)
 
 
-def live(driver, context, instance, guest, plan):
+def saved_xml(guest):
+    """The persistent definition, secrets included, to redefine it from."""
+    return guest.get_xml_desc(dump_inactive=True, dump_sensitive=True)
+
+
+def live(driver, context, instance, guest, plan, xml, step):
     """Copy the running disk into the overlay; the domain ends as it began.
 
-    Returns the path of the captured file (the overlay) and its format.
+    ``xml`` is the domain's saved definition (``saved_xml``); ``step(name)``
+    is called after each change to the domain, for the journal.  Returns
+    the path of the captured file (the overlay) and its format.
     """
     os.chmod(plan.work_dir, 0o701)  # QEMU (not root) must reach the overlay
     create_overlay(plan)
-    xml = guest.get_xml_desc(dump_inactive=True, dump_sensitive=True)
+    step('overlay')
     state = {'undefined': False, 'copying': False, 'quiesced': False}
     done = False
     try:
@@ -103,8 +110,10 @@ def live(driver, context, instance, guest, plan):
             state['undefined'] = True
             LOG.debug('Domain undefined for the block copy',
                       instance=instance)
+            step('undefined')
         start_copy(guest, plan)
         state['copying'] = True
+        step('copying')
         blockjob.wait_for_mirror(
             guest, plan.disk_dev, instance,
             timeout=CONF.snapdriver.block_job_timeout,

@@ -104,6 +104,23 @@ Number of parallel coroutines ``qemu-img convert`` uses (its ``-m`` option)
 when it writes the snapshot image.  Writes are out of order (``-W``); the
 result is identical, only faster.
 """),
+    cfg.StrOpt('journal_path',
+               default='$state_path/snapdriver-journal',
+               help="""
+Directory for the journal of snapshots in flight.
+
+Before a snapshot touches the domain it writes a record here (the domain's
+saved definition, the temp files, the phase), and removes it when done.  If
+nova-compute dies in the middle, the record lets the driver repair
+everything at the next start (``init_host``), or
+``nova-snapdriver-manage recover`` at any time.  Records can hold secrets
+from the domain XML: the directory is created with mode 0700 and records
+with mode 0600.  Keep it on a local, persistent filesystem.
+
+Related options:
+
+* ``[DEFAULT] state_path``
+"""),
 ]
 
 

@@ -21,8 +21,10 @@ from oslo_log import log as logging
 from nova_snapdriver import capture
 from nova_snapdriver import conf  # noqa: F401  (registers [snapdriver])
 from nova_snapdriver import extract
+from nova_snapdriver import journal
 from nova_snapdriver import plan as snapshot_plan
 from nova_snapdriver import progress
+from nova_snapdriver import recovery
 from nova_snapdriver import upload
 
 CONF = cfg.CONF
@@ -31,6 +33,31 @@ LOG = logging.getLogger(__name__)
 
 class SnapLibvirtDriver(libvirt_driver.LibvirtDriver):
     """LibvirtDriver whose snapshots are bounded, verified and recoverable."""
+
+    def init_host(self, host):
+        """Start as nova's driver does, then repair interrupted snapshots.
+
+        nova-compute calls this before it looks at its instances
+        (``ComputeManager.init_host`` runs ``_init_instance`` for each one
+        afterwards).  Repairing here, once the libvirt connection is up,
+        means a domain left transient by a snapshot that died with the
+        previous nova-compute is persistent again before nova syncs its
+        power state, and the leftover block job is gone before anything
+        else touches the disk.
+        """
+        super(SnapLibvirtDriver, self).init_host(host)
+        try:
+            reports = recovery.recover(self._host.get_connection(),
+                                       self._image_api,
+                                       recovery.image_context())
+        except Exception:
+            LOG.exception('Recovering interrupted snapshots failed; run '
+                          '"nova-snapdriver-manage recover" to retry')
+            return
+        if reports:
+            LOG.info('Looked at %(n)d interrupted snapshot(s): %(states)s',
+                     {'n': len(reports),
+                      'states': ', '.join(r['state'] for r in reports)})
 
     def snapshot(self, context, instance, image_id, update_task_state):
         """Snapshot the root disk of ``instance`` into Glance ``image_id``.
@@ -85,14 +112,28 @@ class SnapLibvirtDriver(libvirt_driver.LibvirtDriver):
 
     def _run(self, context, instance, guest, plan, metadata,
              update_task_state, clock):
+        xml = capture.saved_xml(guest) if plan.live else None
+        record = journal.begin(
+            instance_uuid=instance.uuid, instance_name=instance.name,
+            image_id=plan.image_id, disk_path=plan.disk_path,
+            disk_dev=plan.disk_dev, work_dir=plan.work_dir, xml=xml,
+            persistent=bool(plan.live and
+                            guest.has_persistent_configuration()),
+            phase='planned')
+
+        def step(name, **fields):
+            record.update(phase=name, **fields)
+            progress.notify_step(instance, name)
+
         os.makedirs(plan.work_dir, mode=0o700, exist_ok=True)
         try:
             with clock.phase('capture'):
                 if plan.live:
                     captured, fmt = capture.live(self, context, instance,
-                                                 guest, plan)
+                                                 guest, plan, xml, step)
                 else:
                     captured, fmt = capture.cold(plan)
+            step('extracting')
             with clock.phase('extract'):
                 size = extract.extract(plan, captured, fmt, instance)
                 if captured == plan.overlay_path:
@@ -100,11 +141,38 @@ class SnapLibvirtDriver(libvirt_driver.LibvirtDriver):
                     os.unlink(plan.overlay_path)
             update_task_state(task_state=task_states.IMAGE_UPLOADING,
                               expected_state=task_states.IMAGE_PENDING_UPLOAD)
+            step('uploading', size=size)
             with clock.phase('upload'):
                 upload.upload(self._image_api, context, plan.image_id,
                               metadata, plan.image_path, size, instance)
         finally:
-            shutil.rmtree(plan.work_dir, ignore_errors=True)
-            if os.path.exists(plan.work_dir):
-                LOG.error('Could not remove %(dir)s; delete it by hand',
-                          {'dir': plan.work_dir}, instance=instance)
+            self._finish(instance, guest, plan, record)
+
+    def _finish(self, instance, guest, plan, record):
+        """Remove the temp files, then the record: unless a repair is due.
+
+        A record is left behind only when something is still wrong (the
+        domain is transient although it was persistent, or the temp files
+        could not be removed), for recovery to repair.
+        """
+        shutil.rmtree(plan.work_dir, ignore_errors=True)
+        problems = []
+        if os.path.exists(plan.work_dir):
+            problems.append('could not remove %s' % plan.work_dir)
+        if record.data['persistent']:
+            try:
+                if not guest.has_persistent_configuration():
+                    problems.append('the domain is still transient')
+            except libvirt.libvirtError as e:
+                if e.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
+                    problems.append('cannot check the domain: %s' % e)
+        if problems:
+            LOG.error('Snapshot %(image)s left work to do (%(problems)s); '
+                      'its journal record %(record)s is kept for '
+                      '"nova-snapdriver-manage recover" or the next start '
+                      'of nova-compute',
+                      {'image': plan.image_id,
+                       'problems': '; '.join(problems),
+                       'record': record.path}, instance=instance)
+            return
+        record.remove()

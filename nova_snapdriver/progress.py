@@ -20,8 +20,10 @@ _listeners = []
 def listen(callback):
     """Call ``callback(instance_uuid, phase, done, total)`` on every update.
 
-    ``phase`` is a phase name or ``'<phase>:done'`` when a phase ends, then
-    ``done`` is its duration in seconds and ``total`` is None.
+    ``phase`` is a phase name ('copy', 'upload') with bytes done of total;
+    ``'<phase>:done'`` when a phase ends, then ``done`` is its duration in
+    seconds and ``total`` is None; or ``'step:<name>'`` right after the
+    snapshot journaled that it reached step ``name`` (see ``journal``).
     """
     _listeners.append(callback)
 
@@ -36,6 +38,11 @@ def _notify(instance, phase, done, total):
             callback(instance.uuid, phase, done, total)
         except Exception:
             LOG.exception('Progress listener failed; ignoring it')
+
+
+def notify_step(instance, name):
+    """A step of the snapshot was journaled: tell listeners 'step:<name>'."""
+    _notify(instance, 'step:' + name, 0, None)
 
 
 def human_size(nbytes):

@@ -73,7 +73,13 @@ def nova_conf(workdir, glance_server, libvirt_conn):
 @pytest.fixture(scope='session')
 def driver(nova_conf):
     """Our driver, loaded by name and started as nova-compute starts it."""
-    yield nova_env.load_driver()
+    return nova_env.load_driver()
+
+
+@pytest.fixture(scope='session', autouse=True)
+def stop_drivers():
+    """Stop every driver a test started, or the process never exits."""
+    yield
     nova_env.shutdown()
 
 

@@ -11,6 +11,7 @@ snapshot that lost either layer, or its backing file, is caught by
 """
 
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -105,6 +106,11 @@ class NovaInstance(object):
                                     timeout=120)
         return self
 
+    def ref_json(self):
+        """The instance for ``tests.testbed.child``, as JSON."""
+        return json.dumps({'uuid': self.uuid, 'id': self.id,
+                           'image_meta': self.image_meta})
+
     def lookup(self):
         """The domain as libvirt has it now (it may have been redefined)."""
         return self.conn.lookupByUUIDString(self.uuid)
@@ -121,13 +127,23 @@ class NovaInstance(object):
         except libvirt.libvirtError:
             dom = None
         if dom is not None:
+            persistent = dom.isPersistent()
             if dom.isActive():
-                dom.destroy()
-            if dom.isPersistent():
+                dom.destroy()  # a transient domain is gone after this
+            if persistent:
                 dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_NVRAM)
         shutil.rmtree(self.dir, ignore_errors=True)
         if os.path.exists(self.base_path):
             os.unlink(self.base_path)
+
+
+class InstanceRef(object):
+    """What another process needs to rebuild an instance's nova object."""
+
+    def __init__(self, uuid, id, image_meta):
+        self.uuid = uuid
+        self.id = id
+        self.image_meta = image_meta
 
 
 def make_instance_object(inst):

@@ -63,6 +63,9 @@ def write_conf(workdir, glance_url, virt_type='qemu', extra=None):
             'reserved_space_mb': '0',
         },
         'oslo_concurrency': {'lock_path': os.path.join(workdir, 'locks')},
+        # Recovery talks to Glance as nova's service user; the test Glance
+        # has no keystone, so that user needs no credentials.
+        'service_user': {'auth_type': 'none'},
     }
     for section, values in (extra or {}).items():
         sections.setdefault(section, {}).update(values)
@@ -77,11 +80,15 @@ def write_conf(workdir, glance_url, virt_type='qemu', extra=None):
 
 
 def configure(workdir, glance_url, virt_type='qemu', extra=None):
-    """Parse nova.conf as nova-compute does; once per process."""
-    global _configured
+    """Write nova.conf and parse it as nova-compute does; once per process."""
     if _configured is not None:
         return _configured
-    path = write_conf(workdir, glance_url, virt_type, extra)
+    return configure_from(write_conf(workdir, glance_url, virt_type, extra))
+
+
+def configure_from(path):
+    """Parse an existing nova.conf (a child process shares the parent's)."""
+    global _configured
     nova_config.parse_args(['nova-compute', '--config-file', path],
                            configure_db=False, init_rpc=False)
     objects.register_all()
@@ -108,7 +115,7 @@ def shutdown():
         driver, host = _started.pop()
         driver.cleanup_host(host=host)
         # nova's Host.cleanup leaves its connection-event loop running (see
-        # its TODO); a handler that raises SystemExit ends that loop.
+        # its to-do note); a handler that raises SystemExit ends that loop.
         driver._host._conn_event_handler_queue.put(_end_event_loop)
     thread_pool_factory.shutdown_all_executors()
 

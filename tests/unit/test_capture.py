@@ -376,7 +376,6 @@ class LiveCaptureTestCase(base.TestCase):
             self.assertEqual(self.saved_xml, f.read())
         self.assertEqual(0o600, stat.S_IMODE(os.stat(self.xml_path).st_mode))
 
-
     def test_redefine_failure_still_raised_when_the_xml_cannot_be_saved(self):
         # A full disk after a big snapshot must not turn the error that
         # matters (the domain is transient) into an OSError.

@@ -1,0 +1,306 @@
+"""nova-snapdriver-manage: the operator's view of snapshots on this host.
+
+    nova-snapdriver-manage [--config-file F] [--json] status
+    nova-snapdriver-manage [--config-file F] [--json] recover [--dry-run]
+    nova-snapdriver-manage [--config-file F] [--json] check
+
+``status`` lists the snapshots in flight (or left by a dead process) with
+their phase and progress.  ``recover`` repairs what interrupted snapshots
+left behind, exactly as nova-compute does when it starts.  ``check`` tells
+whether this host can run the driver: versions, features, qemu-img, the
+rootwrap filters, free space and the journal's permissions.  Exit status:
+0 when all is well, 1 when something needs the operator.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+import warnings
+
+# nova's dependencies warn about eventlet on import; not the operator's
+# business on this command's terminal.
+warnings.simplefilter('ignore', DeprecationWarning)
+
+import libvirt  # noqa: E402
+from nova import config as nova_config  # noqa: E402
+from nova.image import glance as nova_glance  # noqa: E402
+from nova import objects  # noqa: E402
+from oslo_config import cfg  # noqa: E402
+
+from nova_snapdriver import conf  # noqa: F401,E402  (registers options)
+from nova_snapdriver import journal  # noqa: E402
+from nova_snapdriver import progress  # noqa: E402
+from nova_snapdriver import qemu_img  # noqa: E402
+from nova_snapdriver import recovery  # noqa: E402
+
+CONF = cfg.CONF
+
+
+def _connect():
+    return libvirt.open(CONF.libvirt.connection_uri or 'qemu:///system')
+
+
+def _version(number):
+    return '%d.%d.%d' % (number // 1000000, number // 1000 % 1000,
+                         number % 1000)
+
+
+# -- status ---------------------------------------------------------------
+
+def _copy_progress(conn, data):
+    try:
+        dom = conn.lookupByUUIDString(data['instance_uuid'])
+        job = dom.blockJobInfo(data['disk_dev'], 0)
+    except (libvirt.libvirtError, KeyError):
+        return None
+    if not job or not job.get('end'):
+        return None
+    return 100 * job['cur'] // job['end']
+
+
+def status(conn):
+    rows = []
+    for path in journal.paths():
+        try:
+            rec = journal.load(path)
+        except journal.CorruptRecord as e:
+            rows.append({'record': path, 'state': 'corrupt',
+                         'problem': str(e)})
+            continue
+        fd = journal.try_lock(path)
+        if fd is not None:
+            os.close(fd)
+        data = rec.data
+        row = {'record': path, 'instance_uuid': data['instance_uuid'],
+               'image_id': rec.image_id, 'phase': rec.phase,
+               'pid': data.get('pid'),
+               'age_seconds': int(time.time() - data.get('started_at', 0)),
+               'state': 'in flight' if fd is None else
+                        'interrupted (run recover)'}
+        if rec.phase == 'copying':
+            row['progress_percent'] = _copy_progress(conn, data)
+        if data.get('size'):
+            row['size'] = data['size']
+        rows.append(row)
+    return rows
+
+
+def _print_status(rows):
+    if not rows:
+        print('No snapshot in flight.')
+        return
+    for row in rows:
+        if row['state'] == 'corrupt':
+            print('CORRUPT %(record)s: %(problem)s' % row)
+            continue
+        extra = ''
+        if row.get('progress_percent') is not None:
+            extra += ', %d%% copied' % row['progress_percent']
+        if row.get('size'):
+            extra += ', %s image' % progress.human_size(row['size'])
+        print('%s image %s of instance %s: phase %s%s, started %ds ago by '
+              'pid %s, %s' % (row['state'].split(' ')[0].upper(),
+                              row['image_id'], row['instance_uuid'],
+                              row['phase'], extra, row['age_seconds'],
+                              row['pid'], row['state']))
+
+
+# -- recover --------------------------------------------------------------
+
+def recover(conn, dry_run):
+    return recovery.recover(conn, nova_glance.API(),
+                            recovery.image_context(), dry_run=dry_run)
+
+
+def _print_recover(reports):
+    if not reports:
+        print('Nothing to recover.')
+    for r in reports:
+        print('%s: %s' % (r.get('image_id', r['record']), r['state']))
+        for action in r['actions']:
+            print('  done: %s' % action if r['state'] != 'dry run'
+                  else '  would do: %s' % action)
+        for problem in r['problems']:
+            print('  PROBLEM: %s' % problem)
+
+
+# -- check ----------------------------------------------------------------
+
+def _check(name, ok, detail, warn=False):
+    return {'check': name, 'result': 'OK' if ok else
+            ('WARN' if warn else 'FAIL'), 'detail': detail}
+
+
+def _check_features(conn):
+    lib, hv = conn.getLibVersion(), conn.getVersion()
+    results = [_check('versions', lib >= 8000000 and hv >= 6002000,
+                      'libvirt %s, QEMU %s (nova 34 needs libvirt >= 8.0.0 '
+                      'and QEMU >= 6.2.0)' % (_version(lib), _version(hv)))]
+    results.append(_check(
+        'blockRebase copy', hasattr(libvirt, 'VIR_DOMAIN_BLOCK_REBASE_COPY'),
+        'virDomainBlockRebase with COPY|REUSE_EXT|SHALLOW'))
+    results.append(_check(
+        'blockCopy transient job',
+        hasattr(libvirt, 'VIR_DOMAIN_BLOCK_COPY_TRANSIENT_JOB'),
+        'virDomainBlockCopy with VIR_DOMAIN_BLOCK_COPY_TRANSIENT_JOB',
+        warn=True))
+    try:
+        caps = conn.getDomainCapabilities(None, None, None, None, 0)
+    except libvirt.libvirtError as e:
+        caps = str(e)
+    backup = ("<backup supported='yes'/>" in caps and
+              hasattr(libvirt.virDomain, 'backupBegin'))
+    results.append(_check('backup API', backup,
+                          'virDomainBackupBegin (push mode)', warn=True))
+    return results
+
+
+def _check_qemu_img():
+    try:
+        out = subprocess.run(['qemu-img', 'measure', '--size', '1M', '-O',
+                              'qcow2', '--output=json'], check=True,
+                             capture_output=True, text=True).stdout
+        json.loads(out)
+    except (OSError, subprocess.CalledProcessError, ValueError) as e:
+        return _check('qemu-img measure', False, str(e))
+    return _check('qemu-img measure', True, 'qemu-img measure works')
+
+
+def _sample_commands():
+    inst = os.path.join(CONF.instances_path,
+                        '00000000-0000-4000-8000-000000000000')
+    work = os.path.join(CONF.libvirt.snapshots_directory,
+                        '00000000-0000-4000-8000-000000000001')
+    disk = os.path.join(inst, 'disk')
+    base = os.path.join(CONF.instances_path, '_base', 'a' * 40)
+    overlay = os.path.join(work, 'overlay.qcow2')
+    image = os.path.join(work, 'image')
+    return {
+        'create': qemu_img.create_overlay_cmd(overlay, base, 'raw', 1024),
+        'info': qemu_img.info_cmd(disk, 'qcow2'),
+        'measure': qemu_img.measure_cmd(disk, 'qcow2', 'qcow2'),
+        'convert': qemu_img.convert_cmd(overlay, 'qcow2', image, 'qcow2'),
+    }
+
+
+def _check_rootwrap():
+    if CONF.workarounds.disable_rootwrap:
+        return _check('rootwrap filters', True,
+                      '[workarounds] disable_rootwrap is set: sudo is used')
+    try:
+        from oslo_rootwrap import wrapper
+        parser = wrapper.configparser.RawConfigParser()
+        parser.read(CONF.rootwrap_config)
+        config = wrapper.RootwrapConfig(parser)
+        filters = wrapper.load_filters(config.filters_path)
+    except Exception as e:
+        return _check('rootwrap filters', False, 'cannot load %s: %s'
+                      % (CONF.rootwrap_config, e))
+    refused = []
+    for name, cmd in _sample_commands().items():
+        try:
+            wrapper.match_filter(filters, cmd, exec_dirs=config.exec_dirs)
+        except Exception:
+            refused.append(name)
+    if refused:
+        return _check('rootwrap filters', False,
+                      'qemu-img %s refused for paths under %s: install '
+                      'etc/nova/rootwrap.d/snapdriver.filters into one of '
+                      '%s and match its path prefix to instances_path'
+                      % (', '.join(refused), CONF.instances_path,
+                         ', '.join(config.filters_path)))
+    return _check('rootwrap filters', True,
+                  'qemu-img create, info, measure and convert allowed')
+
+
+def _check_space():
+    path = CONF.libvirt.snapshots_directory
+    try:
+        st = os.statvfs(path)
+    except OSError as e:
+        return _check('snapshots directory', False, '%s: %s' % (path, e))
+    free = st.f_bavail * st.f_frsize
+    reserve = CONF.snapdriver.reserved_space_mb * 1024 * 1024
+    return _check('snapshots directory', free > reserve,
+                  '%s: %s free (reserve %s)' % (
+                      path, progress.human_size(free),
+                      progress.human_size(reserve)), warn=True)
+
+
+def _check_state_dir():
+    path = journal.directory()
+    if not os.path.exists(path):
+        return _check('journal directory', True,
+                      '%s will be created with mode 0700' % path)
+    st = os.stat(path)
+    mode = st.st_mode & 0o777
+    ok = mode & 0o077 == 0 and st.st_uid == os.geteuid()
+    return _check('journal directory', ok,
+                  '%s: mode %o, owner uid %d (want 0700, uid %d)'
+                  % (path, mode, st.st_uid, os.geteuid()))
+
+
+def check(conn):
+    return (_check_features(conn) + [_check_qemu_img(), _check_rootwrap(),
+                                     _check_space(), _check_state_dir()])
+
+
+def _print_check(results):
+    for r in results:
+        print('%(result)-4s %(check)s: %(detail)s' % r)
+
+
+# -- main -----------------------------------------------------------------
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(
+        prog='nova-snapdriver-manage',
+        description='Snapshots in flight, their recovery, and a host check '
+                    'for the nova-snapdriver compute driver.')
+    parser.add_argument('--config-file', action='append', default=[],
+                        help='nova.conf to read (repeatable; default: '
+                             "nova's usual locations)")
+    parser.add_argument('--json', action='store_true',
+                        help='print JSON instead of text')
+    sub = parser.add_subparsers(dest='command', required=True)
+    sub.add_parser('status', help='snapshots in flight or interrupted')
+    rec = sub.add_parser('recover', help='repair interrupted snapshots')
+    rec.add_argument('--dry-run', action='store_true',
+                     help='say what would be done, do nothing')
+    sub.add_parser('check', help='can this host run the driver?')
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    nova_argv = ['nova-snapdriver-manage']
+    for path in args.config_file:
+        nova_argv += ['--config-file', path]
+    nova_config.parse_args(nova_argv, configure_db=False, init_rpc=False)
+    objects.register_all()
+    conn = _connect()
+    try:
+        if args.command == 'status':
+            result, show = status(conn), _print_status
+            failed = any(r['state'] != 'in flight' for r in result)
+        elif args.command == 'recover':
+            result, show = recover(conn, args.dry_run), _print_recover
+            failed = any(r['problems'] or r['state'] in ('failed', 'corrupt')
+                         for r in result)
+        else:
+            result, show = check(conn), _print_check
+            failed = any(r['result'] == 'FAIL' for r in result)
+    finally:
+        conn.close()
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        show(result)
+    return 1 if failed else 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
