@@ -85,3 +85,92 @@ def abort(guest, disk):
             return False
         raise
     return True
+
+
+def _job_stats(domain, flags=0):
+    return domain.jobStats(flags)
+
+
+def backup_running(domain):
+    """True while a backup job runs on ``domain``."""
+    stats = _job_stats(domain)
+    return (stats.get('type', libvirt.VIR_DOMAIN_JOB_NONE) !=
+            libvirt.VIR_DOMAIN_JOB_NONE and
+            stats.get('operation') == libvirt.VIR_DOMAIN_JOB_OPERATION_BACKUP)
+
+
+def wait_for_backup(domain, disk, instance, timeout, poll_interval,
+                    log_interval, sleep=time.sleep, clock=time.monotonic):
+    """Return once the backup job on ``domain`` completed successfully.
+
+    A backup, unlike a mirror, ends on its own.  It is polled through the
+    domain job (``virDomainGetJobStats``); once no job is left, the
+    completed job's statistics (``VIR_DOMAIN_JOB_STATS_COMPLETED``) say
+    whether it succeeded.  A backup that failed or was aborted is an error.
+
+    :raises BackupFailed: the backup ended without success.
+    :raises BackupTimeout: still running after ``timeout`` seconds; the
+        caller must abort it.
+    """
+    meter = progress.Progress(instance, 'backup', 0, log_interval)
+    deadline = clock() + timeout
+    percent = 0
+    while True:
+        stats = _job_stats(domain)
+        if stats.get('type', libvirt.VIR_DOMAIN_JOB_NONE) == \
+                libvirt.VIR_DOMAIN_JOB_NONE:
+            break
+        total = stats.get('disk_total')
+        if total:
+            done = stats.get('disk_processed', 0)
+            percent = 100 * done // total
+            meter.update(done, total)
+        if clock() >= deadline:
+            raise exception.BackupTimeout(
+                disk=disk, instance_uuid=instance.uuid, timeout=timeout,
+                percent=percent)
+        sleep(poll_interval)
+    done = _job_stats(domain, libvirt.VIR_DOMAIN_JOB_STATS_COMPLETED)
+    if done.get('operation') != libvirt.VIR_DOMAIN_JOB_OPERATION_BACKUP:
+        raise exception.BackupFailed(
+            disk=disk, instance_uuid=instance.uuid,
+            reason='ended, and libvirt keeps no record of how')
+    if done.get('type') != libvirt.VIR_DOMAIN_JOB_COMPLETED or \
+            not done.get('success', True):
+        kind = ('was cancelled from outside'
+                if done.get('type') == libvirt.VIR_DOMAIN_JOB_CANCELLED
+                else 'failed')
+        reason = '%s (%s)' % (kind, done.get('errmsg', 'no message'))
+        raise exception.BackupFailed(disk=disk, instance_uuid=instance.uuid,
+                                     reason=reason)
+    if done.get('disk_total'):
+        meter.update(done['disk_total'], done['disk_total'])
+    LOG.debug('Backup of %(disk)s complete', {'disk': disk},
+              instance=instance)
+
+
+def abort_backup(domain, timeout=60, sleep=time.sleep,
+                 clock=time.monotonic):
+    """Abort a backup still running on ``domain``; True if there was one.
+
+    Waits (bounded) until the job is gone, so that QEMU has let go of the
+    target before the caller removes it.
+    """
+    try:
+        if not backup_running(domain):
+            return False
+        domain.abortJob()
+    except libvirt.libvirtError as e:
+        if e.get_error_code() in (libvirt.VIR_ERR_NO_DOMAIN,
+                                  libvirt.VIR_ERR_OPERATION_INVALID):
+            return False
+        raise
+    deadline = clock() + timeout
+    while clock() < deadline:
+        try:
+            if not backup_running(domain):
+                break
+        except libvirt.libvirtError:
+            break
+        sleep(0.1)
+    return True

@@ -13,11 +13,22 @@ holes closed:
 * the guest is frozen only around the abort, so a quiesced snapshot costs
   the guest milliseconds, not the whole copy.
 
+``[snapdriver] capture_method`` (decided in the plan) picks how:
+
+* ``rebase`` (``_live_mirror`` with undefine=True): the sequence above;
+* ``copy`` (``_live_mirror`` with undefine=False): ``virDomainBlockCopy``
+  with ``TRANSIENT_JOB|SHALLOW|REUSE_EXT`` into the same overlay, the same
+  ready wait and abort, and the domain stays persistent throughout;
+* ``backup`` (``_live_backup``): ``virDomainBackupBegin`` in push mode, a
+  full backup of the disk, point in time at its start, written by QEMU
+  straight into the image (or a flat qcow2 to be compressed), no undefine.
+
 The cold path reads nothing but the disk: the domain is shut off.
 """
 
 import os
 import time
+from xml.etree import ElementTree
 
 import libvirt
 from oslo_config import cfg
@@ -53,6 +64,53 @@ def start_copy(guest, plan):
              libvirt.VIR_DOMAIN_BLOCK_REBASE_SHALLOW)
     guest._domain.blockRebase(plan.disk_dev, plan.overlay_path,
                               CONF.snapdriver.block_job_bandwidth, flags)
+
+
+def start_blockcopy(guest, plan):
+    """virDomainBlockCopy(TRANSIENT_JOB|SHALLOW|REUSE_EXT) into the overlay.
+
+    The same shallow mirror as ``start_copy``, but a transient job: libvirt
+    allows it on a persistent domain, so nothing is undefined.
+    """
+    disk = ElementTree.Element('disk', type='file')
+    ElementTree.SubElement(disk, 'source', file=plan.overlay_path)
+    ElementTree.SubElement(disk, 'driver', type='qcow2')
+    params = {}
+    bandwidth = CONF.snapdriver.block_job_bandwidth
+    if bandwidth:
+        params[libvirt.VIR_DOMAIN_BLOCK_COPY_BANDWIDTH] = \
+            bandwidth * 1024 * 1024
+    flags = (libvirt.VIR_DOMAIN_BLOCK_COPY_TRANSIENT_JOB |
+             libvirt.VIR_DOMAIN_BLOCK_COPY_SHALLOW |
+             libvirt.VIR_DOMAIN_BLOCK_COPY_REUSE_EXT)
+    guest._domain.blockCopy(plan.disk_dev,
+                            ElementTree.tostring(disk, encoding='unicode'),
+                            params, flags)
+
+
+def backup_xml(guest, plan):
+    """Push-mode backup XML: the root disk into ``plan.backup_path``.
+
+    Every other disk of the domain is listed with backup='no'.  libvirt
+    creates the target itself, flat, in ``plan.backup_format``.
+    """
+    root = ElementTree.Element('domainbackup', mode='push')
+    disks = ElementTree.SubElement(root, 'disks')
+    dom = ElementTree.fromstring(guest.get_xml_desc())
+    for target in dom.findall('./devices/disk/target'):
+        dev = target.get('dev')
+        if dev == plan.disk_dev:
+            disk = ElementTree.SubElement(disks, 'disk', name=dev,
+                                          backup='yes', type='file')
+            ElementTree.SubElement(disk, 'target', file=plan.backup_path)
+            ElementTree.SubElement(disk, 'driver', type=plan.backup_format)
+        elif dev:
+            ElementTree.SubElement(disks, 'disk', name=dev, backup='no')
+    return ElementTree.tostring(root, encoding='unicode')
+
+
+def start_backup(guest, plan):
+    guest._domain.backupBegin(backup_xml(guest, plan), None, 0)
 
 
 def redefine(driver, xml, instance, xml_path):
@@ -92,26 +150,39 @@ def saved_xml(guest):
 
 
 def live(driver, context, instance, guest, plan, xml, step):
-    """Copy the running disk into the overlay; the domain ends as it began.
+    """Capture the running disk; the domain ends as it began.
 
     ``xml`` is the domain's saved definition (``saved_xml``); ``step(name)``
     is called after each change to the domain, for the journal.  Returns
-    the path of the captured file (the overlay) and its format.
+    the path of the captured file and its format.
     """
+    method = plan.capture_method
+    if method == 'backup':
+        return _live_backup(driver, context, instance, guest, plan, step)
+    return _live_mirror(driver, context, instance, guest, plan, xml, step,
+                        undefine=(method == 'rebase'))
+
+
+def _live_mirror(driver, context, instance, guest, plan, xml, step,
+                 undefine):
+    """rebase (undefine=True) or copy: mirror into the overlay, abort."""
     os.chmod(plan.work_dir, 0o701)  # QEMU (not root) must reach the overlay
     create_overlay(plan)
     step('overlay')
     state = {'undefined': False, 'copying': False, 'quiesced': False}
     done = False
     try:
-        if guest.has_persistent_configuration():
+        if undefine and guest.has_persistent_configuration():
             driver._delete_guest_configuration(guest, keep_vtpm=True,
                                                keep_nvram=True)
             state['undefined'] = True
             LOG.debug('Domain undefined for the block copy',
                       instance=instance)
             step('undefined')
-        start_copy(guest, plan)
+        if undefine:
+            start_copy(guest, plan)
+        else:
+            start_blockcopy(guest, plan)
         state['copying'] = True
         step('copying')
         blockjob.wait_for_mirror(
@@ -133,6 +204,46 @@ def live(driver, context, instance, guest, plan, xml, step):
         if done and error is not None:
             raise error
     return plan.overlay_path, 'qcow2'
+
+
+def _live_backup(driver, context, instance, guest, plan, step):
+    """Push-mode full backup of the root disk; the domain stays persistent.
+
+    Point in time at backupBegin: with quiesce, the guest is frozen only
+    around the begin.  The backup runs to completion on its own; one that
+    fails, is aborted from outside or outlives the timeout is an error,
+    and one still running when we leave is aborted.
+    """
+    os.chmod(plan.work_dir, 0o701)  # QEMU (not root) must reach the target
+    domain = guest._domain
+    running = False
+    quiesced = False
+    try:
+        if plan.quiesce:
+            quiesced = _freeze(driver, context, instance, plan)
+        try:
+            start_backup(guest, plan)
+            running = True
+        finally:
+            if quiesced:
+                _thaw(driver, context, instance)
+        step('backup')
+        blockjob.wait_for_backup(
+            domain, plan.disk_dev, instance,
+            timeout=CONF.snapdriver.block_job_timeout,
+            poll_interval=CONF.snapdriver.block_job_poll_interval,
+            log_interval=CONF.snapdriver.progress_log_interval)
+        running = False
+    finally:
+        if running:
+            try:
+                if blockjob.abort_backup(domain):
+                    LOG.info('Aborted the backup of %(disk)s',
+                             {'disk': plan.disk_dev}, instance=instance)
+            except Exception:
+                LOG.exception('Aborting the backup of %(disk)s failed',
+                              {'disk': plan.disk_dev}, instance=instance)
+    return plan.backup_path, plan.backup_format
 
 
 def _restore(driver, context, instance, guest, plan, xml, state):

@@ -24,7 +24,8 @@ snapdriver_opts = [
                default=1800,
                min=1,
                help="""
-Seconds to wait for the block copy of a live snapshot to become ready.
+Seconds to wait for the block copy of a live snapshot to become ready, or
+for its backup to complete (``capture_method = backup``).
 
 A live snapshot mirrors the root disk into a temporary overlay.  The mirror
 must converge before the copy can be taken.  A guest that writes faster than
@@ -120,6 +121,85 @@ with mode 0600.  Keep it on a local, persistent filesystem.
 Related options:
 
 * ``[DEFAULT] state_path``
+"""),
+    cfg.StrOpt('capture_method',
+               default='rebase',
+               choices=[
+                   ('rebase', 'The classic sequence nova\'s in-tree driver '
+                    'runs: undefine the persistent domain, '
+                    'blockRebase(COPY|SHALLOW|REUSE_EXT) into an overlay, '
+                    'wait for the mirror to be ready, abort it, redefine '
+                    'the domain, then qemu-img convert.  Works with every '
+                    'libvirt nova supports; the domain is transient for '
+                    'the whole copy.'),
+                   ('copy', 'virDomainBlockCopy with '
+                    'VIR_DOMAIN_BLOCK_COPY_TRANSIENT_JOB|SHALLOW|REUSE_EXT '
+                    'into an overlay: the same mirror, ready wait and '
+                    'abort as rebase, but the domain is never undefined.  '
+                    'Then qemu-img convert.'),
+                   ('backup', 'virDomainBackupBegin in push mode: a full '
+                    'backup of the root disk written by QEMU directly as '
+                    'the image, in its final format, with no overlay and '
+                    'no undefine.  Point in time at the start of the '
+                    'backup.  Uncompressed images need no convert pass at '
+                    'all (one copy of the data instead of two); with '
+                    '[libvirt] snapshot_compression the backup is '
+                    'converted once more to compress it.'),
+                   ('auto', 'backup if the domain capabilities report '
+                    '<backup supported=\'yes\'/> and libvirt-python has '
+                    'backupBegin, else copy if libvirt has '
+                    'VIR_DOMAIN_BLOCK_COPY_TRANSIENT_JOB, else rebase.'),
+               ],
+               help="""
+How a live snapshot captures the running root disk.
+
+Consistency differs between the methods:
+
+* ``rebase`` and ``copy`` mirror the disk into an overlay until the mirror
+  has converged, then abort the mirror.  The image holds the disk as it was
+  at the instant of the abort (the end of the copy), with every write the
+  guest finished before it.  A guest that writes faster than the copy can
+  delay convergence (see ``block_job_timeout``).
+* ``backup`` is point in time at the instant the backup began: QEMU copies
+  each block out before the guest overwrites it (copy-before-write), so
+  later writes never reach the image and the backup always converges.  It
+  needs libvirt >= 7.2 with QEMU >= 4.2 (``<backup supported='yes'/>`` in
+  ``virsh domcapabilities``).  ``block_job_bandwidth`` does not apply to it
+  (libvirt's backup API has no rate limit).
+
+Which to pick: ``rebase`` where the others are unavailable or to behave
+exactly like nova's in-tree driver; ``copy`` to keep the domain persistent
+throughout (no window in which a crash of nova-compute or libvirtd leaves
+a transient domain); ``backup`` for the shortest and most predictable
+snapshot with a persistent domain and, without compression, half the
+temporary space and disk traffic.  ``auto`` picks the best this host
+supports.  The method actually used is logged with the plan and recorded
+in the snapshot's journal record.
+
+Related options:
+
+* ``block_job_timeout``: bounds the mirror (rebase, copy) or the backup.
+* ``[libvirt] snapshot_compression``, ``compression_type``
+"""),
+    cfg.StrOpt('compression_type',
+               default='zlib',
+               choices=[
+                   ('zlib', 'qcow2 clusters compressed with zlib (deflate), '
+                    'what nova\'s in-tree driver writes; readable by every '
+                    'qemu-img.'),
+                   ('zstd', 'qcow2 clusters compressed with zstd '
+                    '(qemu-img convert -o compression_type=zstd): much '
+                    'faster to write and read, similar size; needs QEMU >= '
+                    '5.1 wherever the image is used.'),
+               ],
+               help="""
+Compression algorithm of qcow2 snapshot images when ``[libvirt]
+snapshot_compression`` is on.  Without snapshot_compression, or for raw
+images, nothing is compressed and this option is ignored.
+
+Related options:
+
+* ``[libvirt] snapshot_compression``, ``[libvirt] snapshot_image_format``
 """),
 ]
 

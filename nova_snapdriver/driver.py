@@ -117,8 +117,11 @@ class SnapLibvirtDriver(libvirt_driver.LibvirtDriver):
             instance_uuid=instance.uuid, instance_name=instance.name,
             image_id=plan.image_id, disk_path=plan.disk_path,
             disk_dev=plan.disk_dev, work_dir=plan.work_dir, xml=xml,
-            persistent=bool(plan.live and
+            # Only rebase undefines the domain: the others must never
+            # redefine it, here or in recovery.
+            persistent=bool(plan.live and plan.capture_method == 'rebase' and
                             guest.has_persistent_configuration()),
+            capture_method=plan.capture_method if plan.live else None,
             phase='planned')
 
         def step(name, **fields):
@@ -135,10 +138,20 @@ class SnapLibvirtDriver(libvirt_driver.LibvirtDriver):
                     captured, fmt = capture.cold(plan)
             step('extracting')
             with clock.phase('extract'):
-                size = extract.extract(plan, captured, fmt, instance)
-                if captured == plan.overlay_path:
+                if captured == plan.image_path:
+                    # A backup written as the final image: single copy.
+                    size = os.path.getsize(plan.image_path)
+                    LOG.info('The backup is the %(fmt)s image (%(size)s): '
+                             'no convert pass',
+                             {'fmt': plan.image_format,
+                              'size': progress.human_size(size)},
+                             instance=instance)
+                else:
+                    size = extract.extract(plan, captured, fmt, instance)
+                if captured != plan.disk_path and \
+                        captured != plan.image_path:
                     # Not needed any more: free its space before the upload.
-                    os.unlink(plan.overlay_path)
+                    os.unlink(captured)
             update_task_state(task_state=task_states.IMAGE_UPLOADING,
                               expected_state=task_states.IMAGE_PENDING_UPLOAD)
             step('uploading', size=size)

@@ -41,6 +41,20 @@ class BlockJobTimeout(BlockJobFailed):
                 "block_job_bandwidth's limit, and retry.")
 
 
+class BackupFailed(SnapshotError):
+    msg_fmt = _("The backup of %(disk)s for the snapshot of instance "
+                "%(instance_uuid)s %(reason)s. The backup was aborted and the "
+                "instance is unchanged; it is safe to retry the snapshot.")
+
+
+class BackupTimeout(BackupFailed):
+    msg_fmt = _("The backup of %(disk)s for the snapshot of instance "
+                "%(instance_uuid)s was not complete after %(timeout)d s "
+                "(%(percent)d%% copied). The backup was aborted and the "
+                "instance is unchanged. Raise [snapdriver] "
+                "block_job_timeout and retry.")
+
+
 class DomainRedefineFailed(SnapshotError):
     msg_fmt = _("The persistent definition of instance %(instance_uuid)s "
                 "could not be restored after its snapshot: %(reason)s. The "

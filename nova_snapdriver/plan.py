@@ -9,6 +9,9 @@ touched.
 
 import dataclasses
 import os
+from xml.etree import ElementTree
+
+import libvirt
 
 from nova.compute import power_state
 from nova import exception as nova_exception
@@ -33,7 +36,11 @@ HANDLED_FORMATS = ('raw', 'qcow2')
 LIVE_STATES = tuple(set(power_state.STATE_MAP) - {power_state.SHUTDOWN})
 
 OVERLAY_NAME = 'overlay.qcow2'
+BACKUP_NAME = 'backup.qcow2'
 IMAGE_NAME = 'image'
+
+# [snapdriver] capture_method values that name a method ('auto' does not).
+CAPTURE_METHODS = ('rebase', 'copy', 'backup')
 
 
 class NotHandled(Exception):
@@ -58,10 +65,31 @@ class SnapshotPlan(object):
     require_quiesce: bool
     work_dir: str
     space_needed: int
+    # Live only: 'rebase', 'copy' or 'backup' (see [snapdriver]
+    # capture_method); the cold path captures nothing.
+    capture_method: str = 'rebase'
+    compression_type: str = 'zlib'
 
     @property
     def overlay_path(self):
         return os.path.join(self.work_dir, OVERLAY_NAME)
+
+    @property
+    def single_copy(self):
+        """The backup is written as the final image: no convert pass."""
+        return (self.live and self.capture_method == 'backup' and
+                not self.compress)
+
+    @property
+    def backup_path(self):
+        """Where a backup is written: the image itself when it can be."""
+        if self.single_copy:
+            return self.image_path
+        return os.path.join(self.work_dir, BACKUP_NAME)
+
+    @property
+    def backup_format(self):
+        return self.image_format if self.single_copy else 'qcow2'
 
     @property
     def image_path(self):
@@ -110,17 +138,57 @@ def quiesce_wanted(driver, instance, image_meta):
     return True, required
 
 
-def space_needed(live, disk_path, disk_format, disk_info, image_format):
+def space_needed(live, disk_path, disk_format, disk_info, image_format,
+                 method='rebase', compress=False):
     """Bytes the snapshot stages in the snapshots directory at its peak.
 
     The image itself, as ``qemu-img measure`` counts it, plus for a live
-    snapshot the overlay: a shallow copy holds what the instance's own
-    layer holds, which its allocated size bounds.
+    snapshot by mirror (rebase, copy) the overlay: a shallow copy holds
+    what the instance's own layer holds, which its allocated size bounds.
+    A backup is a full, flat qcow2: the image itself when uncompressed,
+    else a second full copy beside the compressed image.
     """
     needed = qemu_img.measure(disk_path, disk_format, image_format)
-    if live:
+    if live and method == 'backup':
+        if compress:
+            needed += qemu_img.measure(disk_path, disk_format, 'qcow2')
+    elif live:
         needed += int(disk_info.get('actual-size', 0))
     return needed
+
+
+def backup_supported(conn, guest):
+    """True if this libvirt and QEMU can run a push-mode backup."""
+    if not hasattr(libvirt.virDomain, 'backupBegin'):
+        return False
+    try:
+        root = ElementTree.fromstring(guest.get_xml_desc())
+        os_type = root.find('./os/type')
+        arch = os_type.get('arch') if os_type is not None else None
+        caps = conn.getDomainCapabilities(None, arch, None,
+                                          root.get('type'), 0)
+    except Exception as e:
+        LOG.debug('Cannot read the domain capabilities: %s', e)
+        return False
+    backup = ElementTree.fromstring(caps).find('./features/backup')
+    return backup is not None and backup.get('supported') == 'yes'
+
+
+def capture_method(driver, guest):
+    """The live capture method: [snapdriver] capture_method, auto resolved.
+
+    auto: backup if the domain capabilities say ``<backup
+    supported='yes'/>`` and libvirt-python has backupBegin, else copy if
+    libvirt knows VIR_DOMAIN_BLOCK_COPY_TRANSIENT_JOB, else rebase.
+    """
+    method = CONF.snapdriver.capture_method
+    if method != 'auto':
+        return method
+    if backup_supported(driver._host.get_connection(), guest):
+        return 'backup'
+    if hasattr(libvirt, 'VIR_DOMAIN_BLOCK_COPY_TRANSIENT_JOB'):
+        return 'copy'
+    return 'rebase'
 
 
 def check_space(directory, needed):
@@ -150,10 +218,14 @@ def build(driver, context, instance, image_id, guest):
         quiesce_wanted(driver, instance, instance.image_meta)
         if live else (False, False))
 
+    method = capture_method(driver, guest) if live else 'rebase'
+    compress = bool(CONF.libvirt.snapshot_compression and
+                    image_format == 'qcow2')
+
     snapshots_dir = CONF.libvirt.snapshots_directory
     os.makedirs(snapshots_dir, exist_ok=True)
     needed = space_needed(live, disk_path, disk_format, disk_info,
-                          image_format)
+                          image_format, method, compress)
     free = check_space(snapshots_dir, needed)
 
     plan = SnapshotPlan(
@@ -169,16 +241,20 @@ def build(driver, context, instance, image_id, guest):
                         if backing_file else None),
         virtual_size=int(disk_info['virtual-size']),
         image_format=image_format,
-        compress=bool(CONF.libvirt.snapshot_compression and
-                      image_format == 'qcow2'),
+        compress=compress,
         quiesce=quiesce,
         require_quiesce=require_quiesce,
         work_dir=os.path.join(snapshots_dir, image_id),
-        space_needed=needed)
-    LOG.info('Planned %(kind)s snapshot of %(disk)s (%(fmt)s, %(vsize)s '
-             'virtual, backed by %(backing)s) into a %(ofmt)s image: needs '
-             '%(needed)s in %(dir)s, %(free)s free',
+        space_needed=needed,
+        capture_method=method,
+        compression_type=CONF.snapdriver.compression_type)
+    LOG.info('Planned %(kind)s snapshot (capture method %(method)s'
+             '%(single)s) of %(disk)s (%(fmt)s, %(vsize)s virtual, backed '
+             'by %(backing)s) into a %(ofmt)s image: needs %(needed)s in '
+             '%(dir)s, %(free)s free',
              {'kind': 'live' if live else 'cold', 'disk': disk_path,
+              'method': method if live else 'none',
+              'single': ', single copy' if plan.single_copy else '',
               'fmt': disk_format,
               'vsize': progress.human_size(plan.virtual_size),
               'backing': backing_file or 'nothing', 'ofmt': image_format,

@@ -3,8 +3,11 @@
 For each journal record whose process is gone (its lock is free), in order:
 
 1. abort a block job still running on the disk (the mirror outlives the
-   process that started it: it belongs to QEMU);
-2. redefine the domain from the saved XML if it is no longer persistent,
+   process that started it: it belongs to QEMU), or a backup job when the
+   record's capture method is backup;
+2. redefine the domain from the saved XML if it is no longer persistent
+   and the snapshot's method undefined it (only rebase does: the record's
+   ``persistent`` is false for copy and backup),
    but never overwrite a persistent definition that differs from the saved
    one: someone changed it since, and theirs wins (reported);
 3. delete the temp files;
@@ -29,6 +32,7 @@ from nova import exception as nova_exception
 from nova import service_auth
 from oslo_log import log as logging
 
+from nova_snapdriver import blockjob
 from nova_snapdriver import journal
 
 LOG = logging.getLogger(__name__)
@@ -80,6 +84,14 @@ def _repair_domain(conn, rec, dry_run, actions, problems):
             actions.append('aborted the block job on %s' % data['disk_dev'])
             if not dry_run:
                 dom.blockJobAbort(data['disk_dev'], 0)
+    if (dom is not None and dom.isActive() and
+            data.get('capture_method') == 'backup'):
+        if blockjob.backup_running(dom):
+            actions.append('aborted the backup job of %s'
+                           % data.get('instance_name',
+                                      data['instance_uuid']))
+            if not dry_run:
+                blockjob.abort_backup(dom)
     if not data.get('persistent') or not data.get('xml'):
         return
     if dom is not None and dom.isPersistent():

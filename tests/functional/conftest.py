@@ -8,6 +8,7 @@ Nothing here skips: a part that is missing fails the run.
 """
 
 import os
+import random
 import shutil
 import tempfile
 
@@ -26,6 +27,17 @@ from tests.testbed import libvirtd  # noqa: E402
 
 GUEST_CACHE = os.environ.get('SNAPDRIVER_GUEST_CACHE',
                              '/var/tmp/nova-snapdriver-guest')
+
+
+@pytest.fixture(scope='session', autouse=True)
+def unique_domain_names():
+    """Start the instance-%08x name counter at a random high base.
+
+    Test runs sharing one libvirtd (a developer's and CI's, two worktrees)
+    then do not define domains with the same name.
+    """
+    test_instance.NovaInstance._next_id = 0x5000000 + random.randrange(
+        0x1000000)
 
 
 @pytest.fixture(scope='session')

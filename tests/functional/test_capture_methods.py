@@ -1,0 +1,198 @@
+"""Each [snapdriver] capture_method on real libvirt (9.0) and QEMU (7.2).
+
+rebase (the classic sequence), copy (a transient blockCopy job, no
+undefine), backup (push-mode virDomainBackupBegin, no undefine, written
+as the final image) and auto (which must pick backup on this host).  For
+each: the image is flat and equal to the disk, the domain persistent and
+running, nothing is left in the snapshots directory and the journal is
+empty; and a job aborted from outside fails the snapshot and leaves the
+instance as it was.
+"""
+
+import os
+import subprocess
+
+import libvirt
+import pytest
+
+from nova_snapdriver import exception
+from nova_snapdriver import journal
+from nova_snapdriver import progress
+from tests.testbed import checks
+from tests.testbed import guest as test_guest
+from tests.testbed import libvirtd
+
+
+@pytest.fixture
+def recorded(monkeypatch):
+    """The fields of every journal record begun during the test."""
+    records = []
+    begin = journal.begin
+
+    def spy(**fields):
+        records.append(dict(fields))
+        return begin(**fields)
+    monkeypatch.setattr(journal, 'begin', spy)
+    return records
+
+
+@pytest.fixture
+def listener():
+    added = []
+
+    def add(callback):
+        progress.listen(callback)
+        added.append(callback)
+
+    yield add
+    for callback in added:
+        progress.unlisten(callback)
+
+
+def reference_copy(inst, workdir):
+    path = os.path.join(workdir, inst.uuid + '.ref')
+    subprocess.run(['qemu-img', 'convert', '-U', '-f', 'qcow2', '-O',
+                    'qcow2', inst.disk_path, path], check=True)
+    return path
+
+
+def assert_instance_as_before(inst, snapshots_dir, reference=None):
+    assert inst.is_persistent(), 'domain left transient'
+    assert inst.state() == libvirt.VIR_DOMAIN_RUNNING
+    assert checks.block_jobs(inst.lookup()) == {}
+    assert inst.lookup().jobStats().get('type') == libvirt.VIR_DOMAIN_JOB_NONE
+    info = checks.image_info(inst.disk_path, 'qcow2')
+    assert info['full-backing-filename'] == inst.base_path
+    if reference:
+        assert checks.same_content(inst.disk_path, reference)
+    assert checks.leftovers(snapshots_dir) == []
+    assert journal.paths() == []
+
+
+def download(glance_client, image_id, workdir):
+    return checks.download(glance_client, image_id,
+                           os.path.join(workdir, image_id + '.img'))
+
+
+@pytest.mark.parametrize('method', ['rebase', 'copy', 'backup', 'auto'])
+def test_method_gives_a_flat_equal_image_and_leaves_nothing(
+        method, driver, context, conf, make_instance, make_image,
+        glance_client, snapshots_dir, workdir, recorded):
+    conf('snapdriver', capture_method=method)
+    inst = make_instance()
+    image = make_image(inst)
+
+    driver.snapshot(context, inst.obj, image['id'], lambda **kw: None)
+
+    expected = 'backup' if method == 'auto' else method
+    assert [r['capture_method'] for r in recorded] == [expected]
+    # Only rebase undefines the domain, so only its record may redefine it.
+    assert recorded[0]['persistent'] == (expected == 'rebase')
+    assert glance_client.images.get(image['id']).status == 'active'
+    local = download(glance_client, image['id'], workdir)
+    assert 'backing-filename' not in checks.image_info(local, 'qcow2')
+    assert checks.same_content(local, inst.disk_path)
+    assert_instance_as_before(inst, snapshots_dir)
+    os.unlink(local)
+
+
+def test_backup_is_point_in_time_at_backup_begin(
+        driver, context, conf, make_instance, make_image, glance_client,
+        snapshots_dir, workdir, listener):
+    """The image holds markers 1..K, K fixed when backupBegin took effect.
+
+    The guest writes marker k (fsync'd) and only then prints "MARK k" and
+    goes on with k+1, so at any instant the disk holds the printed markers
+    plus at most one more.  ``before`` is the last mark printed before the
+    snapshot began; ``at_begin`` the last one printed when the driver's
+    journal step 'backup' ran, right after backupBegin returned (a
+    console read later than the instant of the backup can only see more).
+    So a point in time at the backup's start gives
+    ``before <= K <= at_begin + 1``, whereas a copy converged at its end
+    (rebase, copy) may hold markers written during the whole job.  The
+    guest keeps writing during and after the backup (``after`` grows
+    past K), and none of those later markers may be in the image, with no
+    gap below K (check_consistent).
+    """
+    conf('snapdriver', capture_method='backup')
+    inst = make_instance(mode='markers', disk_mib=256)
+    test_guest.wait_for_console(inst.console_log, 'MARK 20', timeout=60)
+    marks = {}
+
+    def at_begin(uuid, phase, done, total):
+        if uuid == inst.uuid and phase == 'step:backup':
+            marks['at_begin'] = test_guest.last_console_mark(
+                inst.console_log)
+    listener(at_begin)
+    before = test_guest.last_console_mark(inst.console_log)
+    image = make_image(inst)
+
+    driver.snapshot(context, inst.obj, image['id'], lambda **kw: None)
+
+    test_guest.wait_for_console(
+        inst.console_log, 'MARK %d\n' % (marks['at_begin'] + 10), timeout=60)
+    after = test_guest.last_console_mark(inst.console_log)
+    local = download(glance_client, image['id'], workdir)
+    k = test_guest.check_consistent(test_guest.read_markers(local, 'qcow2'))
+    assert before <= k <= marks['at_begin'] + 1, (before, k, marks)
+    assert after > k + 1
+    assert inst.is_persistent()
+    assert checks.leftovers(snapshots_dir) == []
+    os.unlink(local)
+
+
+def test_copy_cancelled_from_outside_fails_and_changes_nothing(
+        driver, context, conf, make_instance, make_image, listener,
+        snapshots_dir, workdir):
+    conf('snapdriver', capture_method='copy', block_job_bandwidth=1)
+    inst = make_instance()
+    reference = reference_copy(inst, workdir)
+    outsider = libvirt.open(libvirtd.URI)
+    aborted = []
+
+    def abort_once(uuid, phase, done, total):
+        if uuid == inst.uuid and phase == 'copy' and not aborted:
+            # The domain stays persistent during a copy: check it mid-job.
+            dom = outsider.lookupByUUIDString(uuid)
+            aborted.append(bool(dom.isPersistent()))
+            dom.blockJobAbort('vda', 0)
+    listener(abort_once)
+    image = make_image(inst)
+
+    with pytest.raises(exception.BlockJobFailed) as err:
+        driver.snapshot(context, inst.obj, image['id'], lambda **kw: None)
+
+    outsider.close()
+    assert aborted == [True], 'not cancelled, or transient during the copy'
+    assert 'cancelled' in str(err.value)
+    assert_instance_as_before(inst, snapshots_dir, reference)
+    os.unlink(reference)
+
+
+def test_backup_aborted_from_outside_fails_and_changes_nothing(
+        driver, context, conf, make_instance, make_image, listener,
+        snapshots_dir, workdir):
+    conf('snapdriver', capture_method='backup')
+    # A larger disk, so the backup is still running when it is aborted.
+    inst = make_instance(disk_mib=2048)
+    reference = reference_copy(inst, workdir)
+    outsider = libvirt.open(libvirtd.URI)
+    aborted = []
+
+    def abort_once(uuid, phase, done, total):
+        if uuid == inst.uuid and phase == 'step:backup' and not aborted:
+            dom = outsider.lookupByUUIDString(uuid)
+            aborted.append(bool(dom.isPersistent()))
+            dom.abortJob()
+    listener(abort_once)
+    image = make_image(inst)
+
+    with pytest.raises(exception.BackupFailed) as err:
+        driver.snapshot(context, inst.obj, image['id'], lambda **kw: None)
+
+    outsider.close()
+    assert aborted == [True]
+    assert 'cancelled from outside' in str(err.value)
+    assert inst.uuid in str(err.value)
+    assert_instance_as_before(inst, snapshots_dir, reference)
+    os.unlink(reference)
