@@ -22,10 +22,12 @@ def extract(plan, captured, captured_format, instance):
     with compute_utils.disk_ops_semaphore:
         qemu_img.convert(captured, captured_format, plan.image_path,
                          plan.image_format, compress=plan.compress,
-                         coroutines=CONF.snapdriver.convert_coroutines)
+                         coroutines=CONF.snapdriver.convert_coroutines,
+                         compression_type=plan.compression_type)
     size = os.path.getsize(plan.image_path)
     LOG.info('Extracted a %(fmt)s image of %(size)s%(compressed)s',
              {'fmt': plan.image_format, 'size': progress.human_size(size),
-              'compressed': ' (compressed)' if plan.compress else ''},
+              'compressed': (' (compressed, %s)' % plan.compression_type
+                             if plan.compress else '')},
              instance=instance)
     return size

@@ -43,10 +43,14 @@ def measure_cmd(path, fmt, out_format):
 
 
 def convert_cmd(src, src_format, dst, dst_format, compress=False,
-                coroutines=16):
+                coroutines=16, compression_type='zlib'):
     cmd = [QEMU_IMG, 'convert', '-f', src_format, '-O', dst_format]
     if compress:
         cmd.append('-c')
+        # zlib is qcow2's default: only zstd needs saying (and is the only
+        # -o the rootwrap filters allow).
+        if compression_type == 'zstd':
+            cmd += ['-o', 'compression_type=zstd']
     cmd += ['-W', '-m', str(coroutines), src, dst]
     return cmd
 
@@ -95,7 +99,9 @@ def measure(path, fmt, out_format):
     return int(out['required'])
 
 
-def convert(src, src_format, dst, dst_format, compress=False, coroutines=16):
+def convert(src, src_format, dst, dst_format, compress=False, coroutines=16,
+            compression_type='zlib'):
     """Write the whole chain of ``src`` into a flat ``dst``."""
     _execute(convert_cmd(src, src_format, dst, dst_format,
-                         compress=compress, coroutines=coroutines))
+                         compress=compress, coroutines=coroutines,
+                         compression_type=compression_type))

@@ -196,3 +196,31 @@ def test_backup_aborted_from_outside_fails_and_changes_nothing(
     assert inst.uuid in str(err.value)
     assert_instance_as_before(inst, snapshots_dir, reference)
     os.unlink(reference)
+
+
+@pytest.mark.parametrize('method,compression_type', [
+    ('rebase', 'zlib'), ('rebase', 'zstd'), ('backup', 'zstd')])
+def test_compressed_image_uses_the_compression_type(
+        method, compression_type, driver, context, conf, make_instance,
+        make_image, glance_client, snapshots_dir, workdir):
+    """[libvirt] snapshot_compression with [snapdriver] compression_type.
+
+    With backup the backup is a flat qcow2 beside the image, compressed by
+    one more convert pass (no single copy).
+    """
+    conf('libvirt', snapshot_compression=True)
+    conf('snapdriver', capture_method=method,
+         compression_type=compression_type)
+    inst = make_instance()
+    image = make_image(inst)
+
+    driver.snapshot(context, inst.obj, image['id'], lambda **kw: None)
+
+    local = download(glance_client, image['id'], workdir)
+    info = checks.image_info(local, 'qcow2')
+    assert 'backing-filename' not in info
+    assert info['format-specific']['data']['compression-type'] == \
+        compression_type
+    assert checks.same_content(local, inst.disk_path)
+    assert_instance_as_before(inst, snapshots_dir)
+    os.unlink(local)

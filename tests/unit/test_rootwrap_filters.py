@@ -36,6 +36,7 @@ BASE = '%s/_base/%s' % (INSTANCES, SHA1)
 BASES = [BASE, BASE + '_5', BASE + '_sm']
 OVERLAY = '%s/snapshots/%s/overlay.qcow2' % (INSTANCES, IMAGE_UUID)
 IMAGE = '%s/snapshots/%s/image' % (INSTANCES, IMAGE_UUID)
+BACKUP = '%s/snapshots/%s/backup.qcow2' % (INSTANCES, IMAGE_UUID)
 
 FORMATS = ['raw', 'qcow2']
 SIZES = [1, 1073741824, 10737418240, 2199023255552]
@@ -48,6 +49,7 @@ FILTER_NAMES = {
     'snapdriver-qemu-img-measure',
     'snapdriver-qemu-img-convert',
     'snapdriver-qemu-img-convert-compressed',
+    'snapdriver-qemu-img-convert-compressed-zstd',
 }
 
 
@@ -125,7 +127,7 @@ def _allowed_cases():
         for out_fmt in FORMATS:
             yield ('snapdriver-qemu-img-measure',
                    qemu_img.measure_cmd(DISK, fmt, out_fmt))
-    for src in (DISK, OVERLAY):
+    for src in (DISK, OVERLAY, BACKUP):
         for fmt in FORMATS:
             for out_fmt in FORMATS:
                 for n in COROUTINES:
@@ -135,6 +137,11 @@ def _allowed_cases():
                     yield ('snapdriver-qemu-img-convert-compressed',
                            qemu_img.convert_cmd(src, fmt, IMAGE, out_fmt,
                                                 compress=True, coroutines=n))
+            for n in COROUTINES:
+                yield ('snapdriver-qemu-img-convert-compressed-zstd',
+                       qemu_img.convert_cmd(src, fmt, IMAGE, 'qcow2',
+                                            compress=True, coroutines=n,
+                                            compression_type='zstd'))
     # The builders' defaults.
     yield ('snapdriver-qemu-img-convert',
            qemu_img.convert_cmd(DISK, 'qcow2', IMAGE, 'qcow2'))
@@ -248,6 +255,13 @@ WRONG_ROLE = {
         OVERLAY, 'qcow2', BASE, 'raw'),
     'convert-onto-overlay': qemu_img.convert_cmd(
         DISK, 'qcow2', OVERLAY, 'qcow2'),
+    'convert-onto-backup': qemu_img.convert_cmd(
+        DISK, 'qcow2', BACKUP, 'qcow2'),
+    'convert-zstd-onto-backup': qemu_img.convert_cmd(
+        DISK, 'qcow2', BACKUP, 'qcow2', compress=True,
+        compression_type='zstd'),
+    'create-on-backup': qemu_img.create_cmd(BACKUP, 1024),
+    'measure-backup': qemu_img.measure_cmd(BACKUP, 'qcow2', 'qcow2'),
 }
 
 SUBCOMMANDS = ['rebase', 'commit', 'amend', 'dd', 'bench', 'check',
@@ -263,6 +277,9 @@ SHAPES = {
     'convert': qemu_img.convert_cmd(DISK, 'raw', IMAGE, 'raw'),
     'convert-compressed': qemu_img.convert_cmd(
         DISK, 'raw', IMAGE, 'raw', compress=True),
+    'convert-compressed-zstd': qemu_img.convert_cmd(
+        DISK, 'raw', IMAGE, 'qcow2', compress=True,
+        compression_type='zstd'),
 }
 
 
@@ -338,6 +355,20 @@ def _option_cases():
     yield 'convert-two-sources', _insert(cv, len(cv) - 1, DISK)
     yield 'convert-compress-twice', _insert(cvc, 7, '-c')
     yield 'convert-l-snapshot', _insert(cv, 2, '-l', 'snapshot.name=x')
+    cvz = SHAPES['convert-compressed-zstd']
+    yield 'convert-zstd-o-data-file', _replace(
+        cvz, 'compression_type=zstd', 'data_file=/etc/shadow')
+    yield 'convert-zstd-o-two-options', _replace(
+        cvz, 'compression_type=zstd',
+        'compression_type=zstd,data_file=/etc/shadow')
+    yield 'convert-zstd-o-zlib', _replace(
+        cvz, 'compression_type=zstd', 'compression_type=zlib')
+    yield 'convert-zstd-to-raw', _replace(cvz, 'qcow2', 'raw')
+    yield 'convert-zstd-without-c', [a for a in cvz if a != '-c']
+    yield 'convert-zstd-o-before-c', (
+        cvz[:6] + ['-o', 'compression_type=zstd', '-c'] + cvz[9:])
+    yield 'convert-o-zstd-uncompressed', _insert(
+        cv, 6, '-o', 'compression_type=zstd')
     yield 'trailing-extra-argument', inf + ['--help']
     # Options swapped for others, so that the argument count is unchanged.
     yield 'info-U-replaced-by-u', _replace(inf, '-U', '-u')
