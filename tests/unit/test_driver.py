@@ -43,7 +43,8 @@ class ConfTestCase(base.TestCase):
         self.assertEqual(
             {'block_job_timeout': 1800, 'block_job_bandwidth': 0,
              'block_job_poll_interval': 0.5, 'progress_log_interval': 10,
-             'reserved_space_mb': 256, 'convert_coroutines': 16},
+             'reserved_space_mb': 256, 'convert_coroutines': 16,
+             'capture_method': 'rebase', 'compression_type': 'zlib'},
             {opt.name: cfg.CONF.snapdriver[opt.name]
              for opt in conf.snapdriver_opts})
 

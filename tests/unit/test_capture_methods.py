@@ -1,0 +1,168 @@
+"""The capture_method choice, the backup wait and the zstd convert line.
+
+libvirt is mocked at the virDomain/virConnect boundary; the functional
+tests (tests/functional/test_capture_methods.py) run each method for real.
+"""
+
+from unittest import mock
+
+import libvirt
+
+from nova_snapdriver import blockjob
+from nova_snapdriver import exception
+from nova_snapdriver import plan as snapshot_plan
+from nova_snapdriver import qemu_img
+from tests.unit import base
+
+NONE = {'type': libvirt.VIR_DOMAIN_JOB_NONE}
+BACKUP = libvirt.VIR_DOMAIN_JOB_OPERATION_BACKUP
+DOMAIN_XML = ("<domain type='kvm'><os><type arch='x86_64'>hvm</type></os>"
+              "</domain>")
+
+
+def running(done, total=100):
+    return {'type': libvirt.VIR_DOMAIN_JOB_UNBOUNDED, 'operation': BACKUP,
+            'disk_processed': done, 'disk_total': total}
+
+
+def completed(job_type=libvirt.VIR_DOMAIN_JOB_COMPLETED, **extra):
+    return dict({'type': job_type, 'operation': BACKUP,
+                 'disk_processed': 100, 'disk_total': 100}, **extra)
+
+
+class WaitForBackupTestCase(base.TestCase):
+
+    def setUp(self):
+        super(WaitForBackupTestCase, self).setUp()
+        self.instance = self.make_instance()
+        self.clock = base.FakeClock()
+        self.domain = mock.Mock()
+
+    def _wait(self, active, final, timeout=60):
+        stats = iter(active + [NONE])
+
+        def job_stats(flags=0):
+            if flags & libvirt.VIR_DOMAIN_JOB_STATS_COMPLETED:
+                return final
+            return next(stats)
+        self.domain.jobStats.side_effect = job_stats
+        return blockjob.wait_for_backup(
+            self.domain, 'vda', self.instance, timeout=timeout,
+            poll_interval=1, log_interval=10, sleep=self.clock.sleep,
+            clock=self.clock)
+
+    def test_completed_backup_returns(self):
+        self._wait([running(0), running(50)], completed())
+        self.domain.abortJob.assert_not_called()
+
+    def test_cancelled_backup_is_an_error(self):
+        e = self.assertRaises(
+            exception.BackupFailed, self._wait, [running(10)],
+            completed(libvirt.VIR_DOMAIN_JOB_CANCELLED, success=False,
+                      errmsg='Operation canceled'))
+        self.assertIn('cancelled from outside', str(e))
+        self.assertIn('Operation canceled', str(e))
+
+    def test_failed_backup_is_an_error(self):
+        e = self.assertRaises(
+            exception.BackupFailed, self._wait, [],
+            completed(libvirt.VIR_DOMAIN_JOB_FAILED, success=False,
+                      errmsg='No space left on device'))
+        self.assertIn('failed (No space left on device)', str(e))
+
+    def test_no_record_of_the_backup_is_an_error(self):
+        e = self.assertRaises(exception.BackupFailed, self._wait, [],
+                              {'type': libvirt.VIR_DOMAIN_JOB_COMPLETED,
+                               'operation': 0})
+        self.assertIn('no record', str(e))
+
+    def test_timeout_names_the_option(self):
+        e = self.assertRaises(exception.BackupTimeout, self._wait,
+                              [running(30)] * 10, completed(), timeout=3)
+        self.assertIn('block_job_timeout', str(e))
+        self.assertIn('30%', str(e))
+
+
+class AbortBackupTestCase(base.TestCase):
+
+    def test_aborts_a_running_backup_and_waits_for_it_to_end(self):
+        domain = mock.Mock()
+        domain.jobStats.side_effect = [running(5), running(6), NONE]
+        self.assertTrue(blockjob.abort_backup(domain, sleep=lambda s: None))
+        domain.abortJob.assert_called_once_with()
+
+    def test_nothing_to_abort(self):
+        domain = mock.Mock()
+        domain.jobStats.return_value = NONE
+        self.assertFalse(blockjob.abort_backup(domain))
+        domain.abortJob.assert_not_called()
+
+
+class CaptureMethodTestCase(base.TestCase):
+
+    def setUp(self):
+        super(CaptureMethodTestCase, self).setUp()
+        self.driver = mock.Mock()
+        self.conn = self.driver._host.get_connection.return_value
+        self.guest = mock.Mock()
+        self.guest.get_xml_desc.return_value = DOMAIN_XML
+
+    def _caps(self, backup):
+        features = ("<backup supported='%s'/>" % backup) if backup else ''
+        self.conn.getDomainCapabilities.return_value = (
+            '<domainCapabilities><features>%s</features>'
+            '</domainCapabilities>' % features)
+
+    def test_explicit_method_is_used_without_probing(self):
+        for method in snapshot_plan.CAPTURE_METHODS:
+            self.flags(capture_method=method, group='snapdriver')
+            self.assertEqual(method, snapshot_plan.capture_method(
+                self.driver, self.guest))
+        self.conn.getDomainCapabilities.assert_not_called()
+
+    def test_auto_picks_backup_when_supported(self):
+        self.flags(capture_method='auto', group='snapdriver')
+        self._caps('yes')
+        self.assertEqual('backup', snapshot_plan.capture_method(
+            self.driver, self.guest))
+        self.conn.getDomainCapabilities.assert_called_once_with(
+            None, 'x86_64', None, 'kvm', 0)
+
+    def test_auto_picks_copy_without_backup(self):
+        self.flags(capture_method='auto', group='snapdriver')
+        for backup in ('no', None):
+            self._caps(backup)
+            self.assertEqual('copy', snapshot_plan.capture_method(
+                self.driver, self.guest))
+
+    def test_auto_picks_rebase_without_transient_block_copy(self):
+        self.flags(capture_method='auto', group='snapdriver')
+        self._caps('no')
+        with mock.patch.object(snapshot_plan, 'libvirt') as fake_libvirt:
+            del fake_libvirt.VIR_DOMAIN_BLOCK_COPY_TRANSIENT_JOB
+            fake_libvirt.virDomain = libvirt.virDomain
+            self.assertEqual('rebase', snapshot_plan.capture_method(
+                self.driver, self.guest))
+
+    def test_auto_falls_back_when_capabilities_cannot_be_read(self):
+        self.flags(capture_method='auto', group='snapdriver')
+        self.conn.getDomainCapabilities.side_effect = libvirt.libvirtError(
+            'no caps')
+        self.assertEqual('copy', snapshot_plan.capture_method(
+            self.driver, self.guest))
+
+
+class ZstdConvertTestCase(base.TestCase):
+
+    def test_zstd_adds_only_the_compression_type_option(self):
+        self.assertEqual(
+            ['qemu-img', 'convert', '-f', 'qcow2', '-O', 'qcow2', '-c',
+             '-o', 'compression_type=zstd', '-W', '-m', '16', 'a', 'b'],
+            qemu_img.convert_cmd('a', 'qcow2', 'b', 'qcow2', compress=True,
+                                 compression_type='zstd'))
+
+    def test_zstd_without_compression_changes_nothing(self):
+        self.assertEqual(
+            qemu_img.convert_cmd('a', 'qcow2', 'b', 'qcow2'),
+            qemu_img.convert_cmd('a', 'qcow2', 'b', 'qcow2',
+                                 compression_type='zstd'))
