@@ -75,15 +75,8 @@ def _lookup(conn, uuid):
 def _repair_domain(conn, rec, dry_run, actions, problems):
     data = rec.data
     dom = _lookup(conn, data['instance_uuid'])
-    if dom is not None and dom.isActive() and data.get('disk_dev'):
-        try:
-            job = dom.blockJobInfo(data['disk_dev'], 0)
-        except libvirt.libvirtError:
-            job = {}
-        if job:
-            actions.append('aborted the block job on %s' % data['disk_dev'])
-            if not dry_run:
-                dom.blockJobAbort(data['disk_dev'], 0)
+    # A backup is a domain job: abortJob is its API.  (libvirt also lists
+    # it as a block job of the disk, so it goes first.)
     if (dom is not None and dom.isActive() and
             data.get('capture_method') == 'backup'):
         if blockjob.backup_running(dom):
@@ -92,6 +85,16 @@ def _repair_domain(conn, rec, dry_run, actions, problems):
                                       data['instance_uuid']))
             if not dry_run:
                 blockjob.abort_backup(dom)
+    if dom is not None and dom.isActive() and data.get('disk_dev') and \
+            not (dry_run and actions):
+        try:
+            job = dom.blockJobInfo(data['disk_dev'], 0)
+        except libvirt.libvirtError:
+            job = {}
+        if job:
+            actions.append('aborted the block job on %s' % data['disk_dev'])
+            if not dry_run:
+                dom.blockJobAbort(data['disk_dev'], 0)
     if not data.get('persistent') or not data.get('xml'):
         return
     if dom is not None and dom.isPersistent():

@@ -18,6 +18,7 @@ import pytest
 from nova_snapdriver import exception
 from nova_snapdriver import journal
 from nova_snapdriver import progress
+from nova_snapdriver import recovery
 from tests.testbed import checks
 from tests.testbed import guest as test_guest
 from tests.testbed import libvirtd
@@ -224,3 +225,43 @@ def test_compressed_image_uses_the_compression_type(
     assert checks.same_content(local, inst.disk_path)
     assert_instance_as_before(inst, snapshots_dir)
     os.unlink(local)
+
+
+def test_recovery_aborts_a_leftover_backup_and_never_redefines(
+        conf, make_instance, libvirt_conn, snapshots_dir):
+    """A backup left running by a dead nova-compute, then recovery.
+
+    The record says capture_method backup and, as for every method but
+    rebase, persistent False: recovery must abort the backup job, remove
+    the temp files and the record, and must not redefine the domain (the
+    record's XML carries a marker description that must not appear).
+    """
+    inst = make_instance(disk_mib=4096)
+    dom = inst.lookup()
+    work_dir = os.path.join(snapshots_dir, 'c0ffee00-1234-4abc-8def-'
+                            '0123456789ab')
+    os.makedirs(work_dir)
+    os.chmod(work_dir, 0o701)
+    saved = dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE).replace(
+        '</name>', '</name><description>redefined</description>', 1)
+    record = journal.begin(
+        instance_uuid=inst.uuid, instance_name=inst.name,
+        image_id=os.path.basename(work_dir), disk_path=inst.disk_path,
+        disk_dev='vda', work_dir=work_dir, xml=saved, persistent=False,
+        capture_method='backup', phase='backup')
+    dom.backupBegin(
+        "<domainbackup mode='push'><disks><disk name='vda' backup='yes' "
+        "type='file'><target file='%s/image'/><driver type='qcow2'/>"
+        "</disk></disks></domainbackup>" % work_dir, None, 0)
+    os.close(record._lock_fd)  # the process that held it is "dead"
+
+    reports = recovery.recover(libvirt_conn)
+
+    assert [r['state'] for r in reports] == ['recovered']
+    assert not any('redefined' in a for a in reports[0]['actions'])
+    assert reports[0]['actions'][0].startswith('aborted the backup job')
+    assert inst.lookup().jobStats().get('type') == \
+        libvirt.VIR_DOMAIN_JOB_NONE
+    assert 'redefined' not in inst.lookup().XMLDesc(
+        libvirt.VIR_DOMAIN_XML_INACTIVE)
+    assert_instance_as_before(inst, snapshots_dir)
