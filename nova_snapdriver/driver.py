@@ -128,8 +128,8 @@ class SnapLibvirtDriver(libvirt_driver.LibvirtDriver):
             record.update(phase=name, **fields)
             progress.notify_step(instance, name)
 
-        os.makedirs(plan.work_dir, mode=0o700, exist_ok=True)
         try:
+            os.makedirs(plan.work_dir, mode=0o700, exist_ok=True)
             with clock.phase('capture'):
                 if plan.live:
                     captured, fmt = capture.live(self, context, instance,
@@ -187,5 +187,7 @@ class SnapLibvirtDriver(libvirt_driver.LibvirtDriver):
                       {'image': plan.image_id,
                        'problems': '; '.join(problems),
                        'record': record.path}, instance=instance)
+            # Ours no more: recovery must not take it for one in flight.
+            record.release()
             return
         record.remove()

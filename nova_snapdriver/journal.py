@@ -95,6 +95,10 @@ class Record(object):
             except FileNotFoundError:
                 pass
         _fsync_dir(os.path.dirname(self.path))
+        self.release()
+
+    def release(self):
+        """Drop the lock, keep the record: it is now for recovery."""
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
@@ -144,9 +148,16 @@ def paths():
         names = os.listdir(directory())
     except FileNotFoundError:
         return []
-    found = [os.path.join(directory(), n) for n in names
-             if n.endswith('.json')]
-    return sorted(found, key=lambda p: os.stat(p).st_mtime)
+    found = []
+    for name in names:
+        if not name.endswith('.json'):
+            continue
+        path = os.path.join(directory(), name)
+        try:
+            found.append((os.stat(path).st_mtime, path))
+        except FileNotFoundError:
+            continue  # its snapshot finished since the listdir
+    return [path for _mtime, path in sorted(found)]
 
 
 def try_lock(record_path):

@@ -21,9 +21,10 @@ def listen(callback):
     """Call ``callback(instance_uuid, phase, done, total)`` on every update.
 
     ``phase`` is a phase name ('copy', 'upload') with bytes done of total;
-    ``'<phase>:done'`` when a phase ends, then ``done`` is its duration in
-    seconds and ``total`` is None; or ``'step:<name>'`` right after the
-    snapshot journaled that it reached step ``name`` (see ``journal``).
+    ``'<phase>:done'`` (or ``'<phase>:failed'``) when a phase ends, then
+    ``done`` is its duration in seconds and ``total`` is None; or
+    ``'step:<name>'`` right after the snapshot journaled that it reached
+    step ``name`` (see ``journal``).
     """
     _listeners.append(callback)
 
@@ -97,14 +98,18 @@ class PhaseClock(object):
         start = time.monotonic()
         LOG.debug('Snapshot phase %(phase)s starting',
                   {'phase': name}, instance=self.instance)
+        outcome = 'failed'
         try:
             yield
+            outcome = 'done'
         finally:
             secs = time.monotonic() - start
             self.durations[name] = secs
-            _notify(self.instance, name + ':done', secs, None)
-            LOG.info('Snapshot phase %(phase)s took %(secs).2fs',
-                     {'phase': name, 'secs': secs}, instance=self.instance)
+            _notify(self.instance, '%s:%s' % (name, outcome), secs, None)
+            LOG.info('Snapshot phase %(phase)s %(how)s %(secs).2fs',
+                     {'phase': name, 'secs': secs,
+                      'how': 'took' if outcome == 'done' else 'failed after'},
+                     instance=self.instance)
 
     def summary(self):
         """'12.3s (plan 0.1s, capture 2.0s, ...)' for the final log line."""

@@ -67,8 +67,9 @@ def status(conn):
         try:
             rec = journal.load(path)
         except journal.CorruptRecord as e:
-            rows.append({'record': path, 'state': 'corrupt',
-                         'problem': str(e)})
+            if os.path.exists(path):  # else it just finished
+                rows.append({'record': path, 'state': 'corrupt',
+                             'problem': str(e)})
             continue
         fd = journal.try_lock(path)
         if fd is not None:
@@ -102,7 +103,8 @@ def _print_status(rows):
         if row.get('size'):
             extra += ', %s image' % progress.human_size(row['size'])
         print('%s image %s of instance %s: phase %s%s, started %ds ago by '
-              'pid %s, %s' % (row['state'].split(' ')[0].upper(),
+              'pid %s, %s' % ('RUNNING' if row['state'] == 'in flight'
+                              else 'STOPPED',
                               row['image_id'], row['instance_uuid'],
                               row['phase'], extra, row['age_seconds'],
                               row['pid'], row['state']))

@@ -10,6 +10,7 @@ Nothing here skips: a part that is missing fails the run.
 import os
 import random
 import shutil
+import subprocess
 import tempfile
 
 import libvirt
@@ -179,3 +180,13 @@ def conf(nova_conf):
 @pytest.fixture
 def glance_client(glance):
     return test_glance.client(glance.url)
+
+
+@pytest.fixture
+def reference(instance, workdir):
+    """A copy of the instance's disk as it was before the snapshot."""
+    path = os.path.join(workdir, instance.uuid + '.ref')
+    subprocess.run(['qemu-img', 'convert', '-U', '-f', 'qcow2', '-O',
+                    'qcow2', instance.disk_path, path], check=True)
+    yield path
+    os.unlink(path)

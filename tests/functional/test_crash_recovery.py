@@ -27,15 +27,6 @@ MANAGE = os.path.join(os.path.dirname(sys.executable),
                       'nova-snapdriver-manage')
 
 
-@pytest.fixture
-def reference(instance, workdir):
-    path = os.path.join(workdir, instance.uuid + '.ref')
-    subprocess.run(['qemu-img', 'convert', '-U', '-f', 'qcow2', '-O',
-                    'qcow2', instance.disk_path, path], check=True)
-    yield path
-    os.unlink(path)
-
-
 def run_until(nova_conf, inst, image_id, stop_at, timeout=120):
     """Start a snapshot in a child; return it once it reached ``stop_at``."""
     child = subprocess.Popen(

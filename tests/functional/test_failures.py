@@ -8,7 +8,6 @@ libvirt from outside, the copy slowed past the timeout.
 """
 
 import os
-import subprocess
 
 import libvirt
 import pytest
@@ -21,16 +20,6 @@ from nova_snapdriver import progress
 from tests.testbed import checks
 from tests.testbed import libvirtd
 from tests.testbed import smallfs
-
-
-@pytest.fixture
-def reference(instance, workdir):
-    """A copy of the instance's disk as it was before the snapshot."""
-    path = os.path.join(workdir, instance.uuid + '.ref')
-    subprocess.run(['qemu-img', 'convert', '-U', '-f', 'qcow2', '-O',
-                    'qcow2', instance.disk_path, path], check=True)
-    yield path
-    os.unlink(path)
 
 
 @pytest.fixture

@@ -93,32 +93,23 @@ def test_image_properties_match_nova_intree_driver(
     os.unlink(b)
 
 
-def test_shut_off_instance_takes_the_cold_path_and_stays_off(
-        driver, context, make_instance, make_image, glance_client,
-        task_states, snapshots_dir, workdir):
+@pytest.mark.parametrize('to_state,state', [
+    # Shut off: the cold path, the disk is read as it is.
+    (lambda dom: dom.destroy(), libvirt.VIR_DOMAIN_SHUTOFF),
+    # Paused: the live path; block jobs run while the vCPUs don't.
+    (lambda dom: dom.suspend(), libvirt.VIR_DOMAIN_PAUSED),
+], ids=['shut-off', 'paused'])
+def test_instance_not_running_is_snapshotted_and_keeps_its_state(
+        to_state, state, driver, context, make_instance, make_image,
+        glance_client, task_states, snapshots_dir, workdir):
     inst = make_instance()
-    inst.lookup().destroy()
+    to_state(inst.lookup())
 
     image_id = snapshot(driver, context, inst, make_image, task_states)
 
     local = download(glance_client, image_id, workdir)
     assert checks.same_content(local, inst.disk_path)
-    assert_instance_intact(inst, state=libvirt.VIR_DOMAIN_SHUTOFF)
-    assert checks.leftovers(snapshots_dir) == []
-    os.unlink(local)
-
-
-def test_paused_instance_is_snapshotted_live_and_stays_paused(
-        driver, context, make_instance, make_image, glance_client,
-        task_states, snapshots_dir, workdir):
-    inst = make_instance()
-    inst.lookup().suspend()
-
-    image_id = snapshot(driver, context, inst, make_image, task_states)
-
-    local = download(glance_client, image_id, workdir)
-    assert checks.same_content(local, inst.disk_path)
-    assert_instance_intact(inst, state=libvirt.VIR_DOMAIN_PAUSED)
+    assert_instance_intact(inst, state=state)
     assert checks.leftovers(snapshots_dir) == []
     os.unlink(local)
 

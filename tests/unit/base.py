@@ -2,7 +2,8 @@
 
 Mocks stand only where the driver leaves Python: the libvirt domain (an
 autospec'd ``libvirt.virDomain`` behind nova's real ``Guest``), the libvirt
-host connection (an autospec'd nova ``Host``), ``processutils.execute`` (a
+host connection (an autospec'd nova ``Host``; for recovery, which talks to
+libvirt directly, an autospec'd ``virConnect``), ``processutils.execute`` (a
 fake ``qemu-img``) and the image API.  Everything between them, nova's
 ``Guest``/``BlockDevice``/config parsing and the driver's own modules, runs
 for real.
@@ -12,6 +13,7 @@ import hashlib
 import logging
 import os
 from unittest import mock
+from xml.etree import ElementTree
 
 import fixtures
 import libvirt
@@ -134,6 +136,43 @@ class FakeDomain(object):
         return 0
 
 
+class FakeConnection(object):
+    """An autospec'd virConnect whose domains are FakeDomains, by UUID.
+
+    ``mock`` is the virConnect.  ``lookupByUUIDString`` fails as libvirt
+    does (VIR_ERR_NO_DOMAIN) for a UUID it does not hold; ``defineXML``
+    makes that domain persistent again, with the XML it was given.
+    """
+
+    def __init__(self, *domains):
+        self.domains = {d.uuid: d for d in domains}
+        self.defined = []
+        m = self.mock = mock.create_autospec(libvirt.virConnect,
+                                             instance=True)
+        m.lookupByUUIDString.side_effect = self._lookup
+        m.defineXML.side_effect = self._define
+
+    def _lookup(self, uuid):
+        if uuid not in self.domains:
+            raise libvirt_error(libvirt.VIR_ERR_NO_DOMAIN,
+                                'Domain not found: no domain with '
+                                'matching uuid')
+        return self.domains[uuid].mock
+
+    def _define(self, xml):
+        self.defined.append(xml)
+        uuid = ElementTree.fromstring(xml).findtext('uuid')
+        dom = self.domains.get(uuid)
+        if dom is None:
+            # Defined anew, shut off, from a definition we cannot parse
+            # back into a FakeDomain: good enough for what tests look at.
+            dom = self.domains[uuid] = FakeDomain(
+                file_disk_xml('/nowhere'), uuid=uuid,
+                state=libvirt.VIR_DOMAIN_SHUTOFF)
+        dom.persistent = True
+        return dom.mock
+
+
 class FakeQemuImg(object):
     """``processutils.execute`` as far as the qemu-img commands go.
 
@@ -199,7 +238,7 @@ class FakeClock(object):
 
 
 class TestCase(oslotest_base.BaseTestCase):
-    """Config fixture, captured logs and a tmp snapshots directory."""
+    """Config fixture, captured logs, tmp snapshots and journal dirs."""
 
     def setUp(self):
         super(TestCase, self).setUp()
@@ -209,6 +248,12 @@ class TestCase(oslotest_base.BaseTestCase):
         self.tmp = self.useFixture(fixtures.TempDir()).path
         self.snapshots_dir = os.path.join(self.tmp, 'snapshots')
         self.flags(snapshots_directory=self.snapshots_dir, group='libvirt')
+        # Never the default under $state_path: outside tmp, and shared
+        # (its locks would block) with any other run.  Anything else kept
+        # under $state_path lands in tmp too.
+        self.flags(state_path=os.path.join(self.tmp, 'state'))
+        self.journal_dir = os.path.join(self.tmp, 'journal')
+        self.flags(journal_path=self.journal_dir, group='snapdriver')
         self.context = nova_context.get_admin_context()
 
     def flags(self, group=None, **kw):

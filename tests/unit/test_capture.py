@@ -57,10 +57,14 @@ class LiveCaptureTestCase(base.TestCase):
         self.qemu_img, self.execute = self.patch_execute()
         self.sleep = self.useFixture(fixtures.MockPatch(
             'nova_snapdriver.capture.time.sleep')).mock
+        # The journal callback, recorded in the same sequence as the
+        # boundaries so that each step is seen right after its change.
+        self.step = mock.Mock()
         self.calls = mock.Mock()
         self.calls.attach_mock(self.domain.mock, 'domain')
         self.calls.attach_mock(self.driver._host, 'host')
         self.calls.attach_mock(self.execute, 'execute')
+        self.calls.attach_mock(self.step, 'step')
 
     def _plan(self, **kw):
         fields = dict(
@@ -75,13 +79,13 @@ class LiveCaptureTestCase(base.TestCase):
 
     def _live(self, **plan_fields):
         return capture.live(self.driver, self.context, self.instance,
-                            self.guest, self._plan(**plan_fields))
+                            self.guest, self._plan(**plan_fields),
+                            self.saved_xml, self.step)
 
     def _boundary_calls(self):
         """What was asked of qemu-img and libvirt, reads left out."""
         return [c for c in self.calls.mock_calls
-                if c[0].split('.')[-1] not in READS or
-                c == mock.call.domain.XMLDesc(flags=SAVE_FLAGS)]
+                if c[0].split('.')[-1] not in READS]
 
     def _expected(self, steps):
         calls = {
@@ -90,7 +94,7 @@ class LiveCaptureTestCase(base.TestCase):
                 BACKING, self.overlay, str(base.DISK_SIZE),
                 run_as_root=True, root_helper=mock.ANY,
                 env_variables={'LC_ALL': 'C', 'LANG': 'C'}),
-            'save_xml': mock.call.domain.XMLDesc(flags=SAVE_FLAGS),
+            'step:overlay': mock.call.step('overlay'),
             'undefine': mock.call.domain.undefineFlags(UNDEFINE_FLAGS),
             'copy': mock.call.domain.blockRebase(
                 base.DISK_DEV, self.overlay, 50, COPY_FLAGS),
@@ -98,6 +102,8 @@ class LiveCaptureTestCase(base.TestCase):
             'abort': mock.call.domain.blockJobAbort(base.DISK_DEV, flags=0),
             'thaw': mock.call.domain.fsThaw(),
             'get_guest': mock.call.host.get_guest(self.instance),
+            'step:undefined': mock.call.step('undefined'),
+            'step:copying': mock.call.step('copying'),
             'redefine': mock.call.host.write_instance_config(self.saved_xml),
         }
         return [calls[s] for s in steps]
@@ -115,7 +121,8 @@ class LiveCaptureTestCase(base.TestCase):
         result = self._live()
 
         self.assertEqual((self.overlay, 'qcow2'), result)
-        self._assert_steps('overlay', 'save_xml', 'undefine', 'copy',
+        self._assert_steps('overlay', 'step:overlay', 'undefine',
+                           'step:undefined', 'copy', 'step:copying',
                            'abort', 'redefine')
         self.assertEqual(0o701, stat.S_IMODE(os.stat(self.work_dir).st_mode))
         self.assertFalse(os.path.exists(self.xml_path))
@@ -144,7 +151,8 @@ class LiveCaptureTestCase(base.TestCase):
     def test_quiesced_success_freezes_only_around_the_abort(self):
         self._live(quiesce=True)
 
-        self._assert_steps('overlay', 'save_xml', 'undefine', 'copy',
+        self._assert_steps('overlay', 'step:overlay', 'undefine',
+                           'step:undefined', 'copy', 'step:copying',
                            'get_guest', 'freeze', 'abort', 'get_guest',
                            'thaw', 'redefine')
 
@@ -153,7 +161,8 @@ class LiveCaptureTestCase(base.TestCase):
 
         self.assertEqual((self.overlay, 'qcow2'), self._live())
 
-        self._assert_steps('overlay', 'save_xml', 'copy', 'abort')
+        self._assert_steps('overlay', 'step:overlay', 'copy',
+                           'step:copying', 'abort')
 
     def test_freeze_failing_without_require_quiesce_copies_unquiesced(self):
         self._fail('fsFreeze', base.libvirt_error(
@@ -161,7 +170,8 @@ class LiveCaptureTestCase(base.TestCase):
 
         self.assertEqual((self.overlay, 'qcow2'), self._live(quiesce=True))
 
-        self._assert_steps('overlay', 'save_xml', 'undefine', 'copy',
+        self._assert_steps('overlay', 'step:overlay', 'undefine',
+                           'step:undefined', 'copy', 'step:copying',
                            'get_guest', 'freeze', 'abort', 'redefine')
         self.assertIn('Skipping quiescing instance', self.logs.output)
 
@@ -171,10 +181,58 @@ class LiveCaptureTestCase(base.TestCase):
 
         self.assertEqual((self.overlay, 'qcow2'), self._live(quiesce=True))
 
-        self._assert_steps('overlay', 'save_xml', 'undefine', 'copy',
+        self._assert_steps('overlay', 'step:overlay', 'undefine',
+                           'step:undefined', 'copy', 'step:copying',
                            'get_guest', 'freeze', 'abort', 'get_guest',
                            'thaw', 'redefine')
         self.assertIn('virsh domfsthaw instance-00000001', self.logs.output)
+
+    def test_saved_xml_is_the_inactive_definition_with_secrets(self):
+        self.domain.mock.reset_mock()
+
+        self.assertEqual(self.saved_xml, capture.saved_xml(self.guest))
+
+        self.domain.mock.XMLDesc.assert_called_once_with(flags=SAVE_FLAGS)
+
+    # --- the journal callback ---------------------------------------------
+
+    def test_journal_failing_after_the_undefine_still_redefines(self):
+        # A full journal disk right after the undefine: the domain must not
+        # stay transient because its record could not be written.
+        error = OSError(28, 'No space left on device')
+        self.step.side_effect = (
+            lambda name: self._raise(error) if name == 'undefined' else None)
+
+        raised = self.assertRaises(OSError, self._live)
+
+        self.assertIs(error, raised)
+        self._assert_steps('overlay', 'step:overlay', 'undefine',
+                           'step:undefined', 'redefine')
+        self.assertIsNone(self.domain.job)
+
+    def test_journal_failing_after_the_copy_starts_aborts_and_redefines(self):
+        error = OSError(28, 'No space left on device')
+        self.step.side_effect = (
+            lambda name: self._raise(error) if name == 'copying' else None)
+
+        raised = self.assertRaises(OSError, self._live)
+
+        self.assertIs(error, raised)
+        self._assert_steps('overlay', 'step:overlay', 'undefine',
+                           'step:undefined', 'copy', 'step:copying',
+                           'abort', 'redefine')
+        self.assertIsNone(self.domain.job)
+
+    def test_journal_failing_after_the_overlay_leaves_the_domain_alone(self):
+        self.step.side_effect = OSError(28, 'No space left on device')
+
+        self.assertRaises(OSError, self._live)
+
+        self._assert_steps('overlay', 'step:overlay')
+
+    @staticmethod
+    def _raise(error):
+        raise error
 
     # --- failures before anything is undone ------------------------------
 
@@ -199,7 +257,7 @@ class LiveCaptureTestCase(base.TestCase):
         self.assertIsNot(error, raised)
         self.assertIs(second, raised)
         self.assertEqual(
-            self._expected(['overlay', 'save_xml', 'undefine']) +
+            self._expected(['overlay', 'step:overlay', 'undefine']) +
             [mock.call.domain.undefine()], self._boundary_calls())
 
     # --- failures after the undefine --------------------------------------
@@ -211,8 +269,9 @@ class LiveCaptureTestCase(base.TestCase):
         raised = self.assertRaises(libvirt.libvirtError, self._live)
 
         self.assertIs(error, raised)
-        self._assert_steps('overlay', 'save_xml', 'undefine', 'copy',
-                           'redefine')
+        # The copy never started: no 'copying' step is journaled.
+        self._assert_steps('overlay', 'step:overlay', 'undefine',
+                           'step:undefined', 'copy', 'redefine')
 
     def test_job_vanishing_aborts_nothing_redefines_and_raises(self):
         self.domain.mock.blockJobInfo.side_effect = lambda *a, **k: {}
@@ -222,7 +281,8 @@ class LiveCaptureTestCase(base.TestCase):
 
         self.assertIn('failed in QEMU or was cancelled', str(exc))
         # The job was gone: blockjob.abort asked, found none, aborted none.
-        self._assert_steps('overlay', 'save_xml', 'undefine', 'copy',
+        self._assert_steps('overlay', 'step:overlay', 'undefine',
+                           'step:undefined', 'copy', 'step:copying',
                            'redefine')
 
     def test_wait_timing_out_aborts_the_job_and_redefines(self):
@@ -235,7 +295,8 @@ class LiveCaptureTestCase(base.TestCase):
                                        self._live, quiesce=True)
 
         self.assertIs(timeout, raised)
-        self._assert_steps('overlay', 'save_xml', 'undefine', 'copy',
+        self._assert_steps('overlay', 'step:overlay', 'undefine',
+                           'step:undefined', 'copy', 'step:copying',
                            'abort', 'redefine')
         self.assertIsNone(self.domain.job)
 
@@ -254,7 +315,8 @@ class LiveCaptureTestCase(base.TestCase):
         raised = self.assertRaises(libvirt.libvirtError, self._live)
 
         self.assertIs(error, raised)
-        self._assert_steps('overlay', 'save_xml', 'undefine', 'copy',
+        self._assert_steps('overlay', 'step:overlay', 'undefine',
+                           'step:undefined', 'copy', 'step:copying',
                            'abort', 'redefine')
 
     def _test_freeze_failing_required(self, abort_error=None):
@@ -269,7 +331,8 @@ class LiveCaptureTestCase(base.TestCase):
 
         self.assertIn(str(freeze_error), str(exc))
         # Never frozen, so never thawed; the running job is aborted.
-        self._assert_steps('overlay', 'save_xml', 'undefine', 'copy',
+        self._assert_steps('overlay', 'step:overlay', 'undefine',
+                           'step:undefined', 'copy', 'step:copying',
                            'get_guest', 'freeze', 'abort', 'redefine')
 
     def test_freeze_failing_with_require_quiesce_aborts_and_raises(self):
@@ -293,7 +356,8 @@ class LiveCaptureTestCase(base.TestCase):
         self.assertIs(error, raised)
         # The abort failed while frozen: abort again (via blockjob.abort),
         # thaw, then redefine.
-        self._assert_steps('overlay', 'save_xml', 'undefine', 'copy',
+        self._assert_steps('overlay', 'step:overlay', 'undefine',
+                           'step:undefined', 'copy', 'step:copying',
                            'get_guest', 'freeze', 'abort', 'abort',
                            'get_guest', 'thaw', 'redefine')
 
@@ -308,7 +372,8 @@ class LiveCaptureTestCase(base.TestCase):
                                    quiesce=True)
 
         self.assertIs(error, raised)
-        self._assert_steps('overlay', 'save_xml', 'undefine', 'copy',
+        self._assert_steps('overlay', 'step:overlay', 'undefine',
+                           'step:undefined', 'copy', 'step:copying',
                            'get_guest', 'freeze', 'abort', 'get_guest',
                            'thaw', 'redefine')
 
@@ -329,7 +394,8 @@ class LiveCaptureTestCase(base.TestCase):
         self.assertEqual(self.xml_path, exc.kwargs['xml_path'])
         self.assertIn('define refused', str(exc))
         self.assertIn("virsh define %s' now" % self.xml_path, str(exc))
-        self._assert_steps('overlay', 'save_xml', 'undefine', 'copy',
+        self._assert_steps('overlay', 'step:overlay', 'undefine',
+                           'step:undefined', 'copy', 'step:copying',
                            'abort', 'redefine', 'redefine', 'redefine')
         self.assertEqual([mock.call(1), mock.call(1)],
                          self.sleep.call_args_list)
@@ -342,7 +408,8 @@ class LiveCaptureTestCase(base.TestCase):
 
         self.assertEqual((self.overlay, 'qcow2'), self._live())
 
-        self._assert_steps('overlay', 'save_xml', 'undefine', 'copy',
+        self._assert_steps('overlay', 'step:overlay', 'undefine',
+                           'step:undefined', 'copy', 'step:copying',
                            'abort', 'redefine', 'redefine', 'redefine')
         self.assertFalse(os.path.exists(self.xml_path))
         self.assertIn('Redefining the domain failed (attempt 2 of 3)',

@@ -5,7 +5,9 @@ autospec'd Host, qemu-img a fake ``processutils.execute`` writing real files
 in a tmp ``[libvirt] snapshots_directory``, Glance an autospec'd image API.
 """
 
+import json
 import os
+import stat
 from unittest import mock
 
 import fixtures
@@ -21,6 +23,7 @@ from nova.virt.libvirt import driver as libvirt_driver
 from nova_snapdriver import conf
 from nova_snapdriver import driver
 from nova_snapdriver import exception
+from nova_snapdriver import journal
 from nova_snapdriver import progress
 from tests.unit import base
 
@@ -40,11 +43,16 @@ DOMAIN_CHANGES = {'undefineFlags', 'undefine', 'blockRebase', 'blockCopy',
 class ConfTestCase(base.TestCase):
 
     def test_snapdriver_options_are_registered_with_their_defaults(self):
+        # The base test case points journal_path into tmp; look under it.
+        cfg.CONF.clear_override('journal_path', group='snapdriver')
+        self.flags(state_path=self.tmp)
+
         self.assertEqual(
             {'block_job_timeout': 1800, 'block_job_bandwidth': 0,
              'block_job_poll_interval': 0.5, 'progress_log_interval': 10,
              'reserved_space_mb': 256, 'convert_coroutines': 16,
-             'capture_method': 'rebase', 'compression_type': 'zlib'},
+             'capture_method': 'rebase', 'compression_type': 'zlib',
+             'journal_path': os.path.join(self.tmp, 'snapdriver-journal')},
             {opt.name: cfg.CONF.snapdriver[opt.name]
              for opt in conf.snapdriver_opts})
 
@@ -87,6 +95,10 @@ class SnapshotTestCase(base.TestCase):
             self.domain)
         self.driver._image_api.get.return_value = {'name': 'my snap'}
         self.driver._image_api.update.side_effect = self._glance_update
+        # Host.write_instance_config is libvirt's defineXML.
+        self.driver._host.write_instance_config.side_effect = self._define
+        self.record_path = os.path.join(self.journal_dir,
+                                        base.IMAGE_ID + '.json')
         self.qemu_img, self.execute = self.patch_execute(base.FakeQemuImg(
             disk_info={'virtual-size': base.DISK_SIZE, 'actual-size': 4096,
                        'format': 'qcow2', 'full-backing-filename': BACKING,
@@ -104,6 +116,10 @@ class SnapshotTestCase(base.TestCase):
         self.uploaded.append((b''.join(iter(data)),
                               sorted(os.listdir(self.work_dir))))
         return base.glance_image(self.uploaded[-1][0])
+
+    def _define(self, xml):
+        self.domain.persistent = True
+        return self.make_guest(self.domain)
 
     def _snapshot(self):
         return self.driver.snapshot(self.context, self.instance,
@@ -124,6 +140,8 @@ class SnapshotTestCase(base.TestCase):
     def _assert_cleaned_up(self):
         self.assertFalse(os.path.exists(self.work_dir))
         self.assertTrue(os.path.isdir(self.snapshots_dir))
+        # The journal record and its lock are gone too.
+        self.assertEqual([], os.listdir(self.journal_dir))
 
     # --- success ----------------------------------------------------------
 
@@ -201,7 +219,7 @@ class SnapshotTestCase(base.TestCase):
             ['qemu-img', 'convert', '-f', 'qcow2', '-O', 'qcow2', '-c', '-W',
              '-m', '3', self.overlay, self.image_path],
             self.qemu_img.commands[-1])
-        self.assertIn('Extracted a qcow2 image of 23 B (compressed)',
+        self.assertIn('Extracted a qcow2 image of 23 B (compressed, zlib)',
                       self.logs.output)
 
     def test_raw_output_format_is_converted_to_and_declared_raw(self):
@@ -269,6 +287,8 @@ class SnapshotTestCase(base.TestCase):
         self.update_task_state.assert_not_called()
         self.assertEqual([], self._domain_changes())
         self.assertFalse(os.path.exists(self.work_dir))
+        # Nothing began: nothing journaled.
+        self.assertFalse(os.path.exists(self.journal_dir))
 
     # --- failures while it runs -----------------------------------------
 
@@ -343,13 +363,274 @@ class SnapshotTestCase(base.TestCase):
         with open(self.xml_path) as f:
             self.assertEqual(self.saved_xml, f.read())
         self.driver._image_api.update.assert_not_called()
+        # The domain is still transient: the record stays for recovery.
+        self._assert_record_kept('copying', 'the domain is still transient')
 
-    def test_work_dir_that_cannot_be_removed_is_logged(self):
+    def test_work_dir_that_cannot_be_removed_keeps_the_record(self):
         self.useFixture(fixtures.MockPatchObject(
             driver.shutil, 'rmtree', autospec=True))
 
         self._snapshot()
 
         self.assertTrue(os.path.isdir(self.work_dir))
-        self.assertIn('ERROR Could not remove %s; delete it by hand'
-                      % self.work_dir, self.logs.output)
+        self._assert_record_kept('uploading',
+                                 'could not remove %s' % self.work_dir)
+
+    # --- the journal ------------------------------------------------------
+
+    def _read_record(self):
+        with open(self.record_path) as f:
+            return json.load(f)
+
+    def _assert_record_kept(self, phase, problem):
+        self.assertEqual(phase, self._read_record()['phase'])
+        self.assertIn(
+            'ERROR Snapshot %s left work to do (%s); its journal record %s '
+            'is kept' % (base.IMAGE_ID, problem, self.record_path),
+            self.logs.output)
+        # Kept for "nova-snapdriver-manage recover", which must not take
+        # it for a snapshot still in flight: its lock is released.
+        fd = journal.try_lock(self.record_path)
+        self.assertIsNotNone(fd, 'the kept record is still locked')
+        os.close(fd)
+
+    def _on_first_qemu_img_create(self, check):
+        execute = self.execute.side_effect
+
+        def side_effect(*cmd, **kwargs):
+            if cmd[1] == 'create':
+                check()
+            return execute(*cmd, **kwargs)
+        self.execute.side_effect = side_effect
+
+    def test_record_is_written_and_locked_before_the_domain_is_touched(self):
+        seen = []
+
+        def check():
+            seen.append(self._read_record())
+            self.assertEqual(
+                0o600, stat.S_IMODE(os.stat(self.record_path).st_mode))
+            self.assertEqual(
+                0o700, stat.S_IMODE(os.stat(self.journal_dir).st_mode))
+            self.assertEqual([], self._domain_changes())
+            self.assertIsNone(journal.try_lock(self.record_path))
+        self._on_first_qemu_img_create(check)
+
+        self._snapshot()
+
+        record, = seen
+        self.assertEqual(
+            {'version': 1, 'instance_uuid': base.INSTANCE_UUID,
+             'instance_name': self.instance.name, 'image_id': base.IMAGE_ID,
+             'disk_path': DISK, 'disk_dev': 'vda', 'work_dir': self.work_dir,
+             'xml': self.saved_xml, 'persistent': True, 'phase': 'planned',
+             'capture_method': 'rebase', 'pid': os.getpid()},
+            {k: v for k, v in record.items()
+             if k not in ('started_at', 'updated_at')})
+        self._assert_cleaned_up()
+
+    def _record_steps(self):
+        """(step, phase and size in the record) at each step:<name>."""
+        steps = []
+
+        def listener(uuid, phase, done, total):
+            if phase.startswith('step:'):
+                record = self._read_record()
+                steps.append((phase, record['phase'], record.get('size')))
+        progress.listen(listener)
+        self.addCleanup(progress.unlisten, listener)
+        return steps
+
+    def test_record_follows_each_step_and_is_removed_last(self):
+        steps = self._record_steps()
+
+        self._snapshot()
+
+        size = len(IMAGE_DATA)
+        self.assertEqual(
+            [('step:overlay', 'overlay', None),
+             ('step:undefined', 'undefined', None),
+             ('step:copying', 'copying', None),
+             ('step:extracting', 'extracting', None),
+             ('step:uploading', 'uploading', size)], steps)
+        self._assert_cleaned_up()
+        self.assertNotIn('left work to do', self.logs.output)
+
+    def test_cold_snapshot_records_no_xml_and_only_its_own_steps(self):
+        self.domain.state = libvirt.VIR_DOMAIN_SHUTOFF
+        seen = []
+        self.driver._image_api.update.side_effect = (
+            lambda *a, **k: seen.append(self._read_record()) or
+            self._glance_update(*a, **k))
+        steps = self._record_steps()
+
+        self._snapshot()
+
+        self.assertEqual(['step:extracting', 'step:uploading'],
+                         [s[0] for s in steps])
+        self.assertIsNone(seen[0]['xml'])
+        self.assertFalse(seen[0]['persistent'])
+        self._assert_cleaned_up()
+
+    def test_transient_domain_is_recorded_as_not_persistent(self):
+        self.domain.persistent = False
+        seen = []
+        self._on_first_qemu_img_create(
+            lambda: seen.append(self._read_record()))
+
+        self._snapshot()
+
+        self.assertFalse(seen[0]['persistent'])
+        self.driver._host.write_instance_config.assert_not_called()
+        self._assert_cleaned_up()
+
+    def test_record_is_removed_after_a_failure(self):
+        self.qemu_img.fail['convert'] = processutils.ProcessExecutionError(
+            exit_code=1, stderr='No space left on device')
+        steps = self._record_steps()
+
+        self.assertRaises(exception.QemuImgFailed, self._snapshot)
+
+        self.assertEqual('step:extracting', steps[-1][0])
+        self._assert_cleaned_up()
+
+    def test_domain_left_transient_keeps_the_record_and_logs(self):
+        # A define that "succeeds" yet leaves the domain transient.
+        self.driver._host.write_instance_config.side_effect = None
+
+        self.assertIsNone(self._snapshot())
+
+        self._assert_cleaned_up_but_the_record()
+        self._assert_record_kept('uploading',
+                                 'the domain is still transient')
+
+    def _assert_cleaned_up_but_the_record(self):
+        self.assertFalse(os.path.exists(self.work_dir))
+        self.assertEqual(sorted([base.IMAGE_ID + '.json',
+                                 base.IMAGE_ID + '.lock']),
+                         sorted(os.listdir(self.journal_dir)))
+
+    def test_domain_gone_at_the_end_removes_the_record(self):
+        gone = base.libvirt_error(libvirt.VIR_ERR_NO_DOMAIN)
+        self._is_persistent_fails_after_redefine(gone)
+
+        self._snapshot()
+
+        self._assert_cleaned_up()
+
+    def test_domain_that_cannot_be_checked_keeps_the_record(self):
+        broken = base.libvirt_error(libvirt.VIR_ERR_INTERNAL_ERROR,
+                                    'connection reset')
+        self._is_persistent_fails_after_redefine(broken)
+
+        self._snapshot()
+
+        self._assert_cleaned_up_but_the_record()
+        self._assert_record_kept(
+            'uploading', 'cannot check the domain: connection reset')
+
+    def _is_persistent_fails_after_redefine(self, error):
+        """isPersistent raises ``error`` once the domain was redefined."""
+        def is_persistent():
+            if self.driver._host.write_instance_config.called:
+                raise error
+            return self.domain.persistent
+        self.domain.mock.isPersistent.side_effect = is_persistent
+
+    def test_journal_that_cannot_be_written_fails_before_anything(self):
+        with open(self.journal_dir, 'w') as f:
+            f.write('a file where the journal directory should be')
+
+        self.assertRaises(OSError, self._snapshot)
+
+        self.assertEqual([], self._domain_changes())
+        self.assertEqual(['info', 'measure'],
+                         [cmd[1] for cmd in self.qemu_img.commands])
+        self.assertFalse(os.path.exists(self.work_dir))
+        self.driver._image_api.update.assert_not_called()
+
+
+class InitHostTestCase(base.TestCase):
+    """init_host(): nova's, then the repair of interrupted snapshots."""
+
+    def setUp(self):
+        super(InitHostTestCase, self).setUp()
+        self.driver = self.make_driver()
+        self.domain = base.FakeDomain(base.file_disk_xml(DISK),
+                                      persistent=False)
+        self.conn = base.FakeConnection(self.domain)
+        self.driver._host.get_connection.return_value = self.conn.mock
+        self.parent = self.useFixture(fixtures.MockPatchObject(
+            libvirt_driver.LibvirtDriver, 'init_host', autospec=True)).mock
+        self.record_path = os.path.join(self.journal_dir,
+                                        base.IMAGE_ID + '.json')
+        self.saved_xml = self.domain.xml(libvirt.VIR_DOMAIN_XML_INACTIVE)
+
+    def _write_dead_record(self):
+        os.makedirs(self.journal_dir, mode=0o700)
+        journal.write_atomically(self.record_path, json.dumps({
+            'version': 1, 'instance_uuid': base.INSTANCE_UUID,
+            'instance_name': 'instance-00000001', 'image_id': base.IMAGE_ID,
+            'disk_path': DISK, 'disk_dev': 'vda',
+            'work_dir': os.path.join(self.snapshots_dir, base.IMAGE_ID),
+            'xml': self.saved_xml, 'persistent': True,
+            'phase': 'copying'}))
+
+    def test_nova_starts_first_then_the_dead_snapshot_is_repaired(self):
+        self._write_dead_record()
+        order = []
+        self.parent.side_effect = lambda *a: order.append(
+            ('nova init_host', os.path.exists(self.record_path)))
+        self.conn.mock.defineXML.side_effect = lambda xml: order.append(
+            ('defineXML', xml))
+
+        self.assertIsNone(self.driver.init_host('compute1'))
+
+        self.parent.assert_called_once_with(self.driver, 'compute1')
+        self.assertEqual([('nova init_host', True),
+                          ('defineXML', self.saved_xml)], order)
+        self.assertFalse(os.path.exists(self.record_path))
+        self.driver._image_api.get.assert_called_once_with(
+            mock.ANY, base.IMAGE_ID)
+        self.assertIn('Looked at 1 interrupted snapshot(s): recovered',
+                      self.logs.output)
+
+    def test_nothing_to_repair_logs_nothing(self):
+        self.driver.init_host('compute1')
+
+        self.parent.assert_called_once_with(self.driver, 'compute1')
+        self.conn.mock.lookupByUUIDString.assert_not_called()
+        self.assertNotIn('interrupted snapshot', self.logs.output)
+
+    def test_recovery_failing_is_logged_and_never_raised(self):
+        self._write_dead_record()
+        self.driver._host.get_connection.side_effect = (
+            base.libvirt_error(libvirt.VIR_ERR_INTERNAL_ERROR, 'no libvirt'))
+
+        self.assertIsNone(self.driver.init_host('compute1'))
+
+        self.assertIn('Recovering interrupted snapshots failed; run '
+                      '"nova-snapdriver-manage recover" to retry',
+                      self.logs.output)
+        self.assertIn('no libvirt', self.logs.output)
+        self.assertTrue(os.path.exists(self.record_path))
+
+    def test_unexpected_recovery_error_is_swallowed(self):
+        self.useFixture(fixtures.MockPatchObject(
+            driver.recovery, 'recover', autospec=True,
+            side_effect=RuntimeError('bug in recovery')))
+
+        self.assertIsNone(self.driver.init_host('compute1'))
+
+        self.assertIn('Recovering interrupted snapshots failed',
+                      self.logs.output)
+        self.assertIn('RuntimeError: bug in recovery', self.logs.output)
+
+    def test_nova_init_host_failing_is_not_swallowed(self):
+        self._write_dead_record()
+        self.parent.side_effect = RuntimeError('libvirt too old')
+
+        self.assertRaises(RuntimeError, self.driver.init_host, 'compute1')
+
+        self.conn.mock.defineXML.assert_not_called()
+        self.assertTrue(os.path.exists(self.record_path))

@@ -187,6 +187,20 @@ class PhaseClockTestCase(ListenerMixin, base.TestCase):
 
         self.assertIs(error, raised)
         self.assertEqual({'extract': 3}, self.phases.durations)
+        self.assertIn('INFO Snapshot phase extract failed after 3.00s',
+                      self.logs.output)
+        self.assertNotIn('extract took', self.logs.output)
+
+    def test_failing_phase_is_sent_to_listeners_as_failed(self):
+        self.listen()
+
+        self.assertRaises(RuntimeError, self._phase, 'capture', 2,
+                          RuntimeError('boom'))
+        self._phase('upload', 1)
+
+        self.assertEqual(
+            [(base.INSTANCE_UUID, 'capture:failed', 2, None),
+             (base.INSTANCE_UUID, 'upload:done', 1, None)], self.updates)
 
     def test_phase_end_is_sent_to_listeners_with_its_duration(self):
         self.listen()
@@ -210,3 +224,29 @@ class PhaseClockTestCase(ListenerMixin, base.TestCase):
 
         self.assertEqual('3.1s (plan 0.1s, capture 2.0s)',
                          self.phases.summary())
+
+
+class NotifyStepTestCase(ListenerMixin, base.TestCase):
+
+    def test_step_is_sent_to_listeners_as_step_name(self):
+        self.listen()
+        instance = self.make_instance()
+
+        progress.notify_step(instance, 'copying')
+        progress.notify_step(instance, 'uploading')
+
+        self.assertEqual(
+            [(base.INSTANCE_UUID, 'step:copying', 0, None),
+             (base.INSTANCE_UUID, 'step:uploading', 0, None)], self.updates)
+
+    def test_failing_listener_does_not_break_a_step(self):
+        self.listen(mock.Mock(side_effect=RuntimeError('bar broke')))
+        after = mock.Mock()
+        self.listen(after)
+
+        progress.notify_step(self.make_instance(), 'overlay')
+
+        after.assert_called_once_with(base.INSTANCE_UUID, 'step:overlay', 0,
+                                      None)
+        self.assertIn('Progress listener failed; ignoring it',
+                      self.logs.output)
