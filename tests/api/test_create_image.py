@@ -126,7 +126,7 @@ class FakeQemuImg(fixtures.Fixture):
         return self.measured
 
     def convert(self, src, src_format, dst, dst_format, compress=False,
-                coroutines=16):
+                coroutines=16, compression_type='zlib'):
         if self.hold:
             self.converting.set()
             if not self.release.wait(60):
