@@ -21,6 +21,8 @@ from tests.testbed import nova_env  # noqa: I100  (imports nova.tests first)
 from nova.compute import utils as compute_utils  # noqa: E402
 from nova.image import glance as nova_glance  # noqa: E402
 
+from nova_snapdriver import progress  # noqa: E402
+
 from tests.testbed import glance as test_glance  # noqa: E402
 from tests.testbed import guest as test_guest  # noqa: E402
 from tests.testbed import instance as test_instance  # noqa: E402
@@ -190,3 +192,17 @@ def reference(instance, workdir):
                     'qcow2', instance.disk_path, path], check=True)
     yield path
     os.unlink(path)
+
+
+@pytest.fixture
+def listener():
+    """Run a callback on the driver's progress updates during one test."""
+    added = []
+
+    def add(callback):
+        progress.listen(callback)
+        added.append(callback)
+
+    yield add
+    for callback in added:
+        progress.unlisten(callback)

@@ -17,7 +17,6 @@ import pytest
 
 from nova_snapdriver import exception
 from nova_snapdriver import journal
-from nova_snapdriver import progress
 from nova_snapdriver import recovery
 from tests.testbed import checks
 from tests.testbed import guest as test_guest
@@ -35,19 +34,6 @@ def recorded(monkeypatch):
         return begin(**fields)
     monkeypatch.setattr(journal, 'begin', spy)
     return records
-
-
-@pytest.fixture
-def listener():
-    added = []
-
-    def add(callback):
-        progress.listen(callback)
-        added.append(callback)
-
-    yield add
-    for callback in added:
-        progress.unlisten(callback)
 
 
 def reference_copy(inst, workdir):

@@ -16,24 +16,9 @@ from nova.compute import task_states as states
 from nova import exception as nova_exception
 
 from nova_snapdriver import exception
-from nova_snapdriver import progress
 from tests.testbed import checks
 from tests.testbed import libvirtd
 from tests.testbed import smallfs
-
-
-@pytest.fixture
-def listener():
-    """Run a callback on the driver's progress updates during one test."""
-    added = []
-
-    def add(callback):
-        progress.listen(callback)
-        added.append(callback)
-
-    yield add
-    for callback in added:
-        progress.unlisten(callback)
 
 
 @pytest.fixture
