@@ -72,6 +72,12 @@ def _vanished_reason(guest):
             'cancelled from outside (see the libvirtd log for the cause)')
 
 
+def _job_is_gone(error):
+    """The domain or its job vanished: there is nothing left to abort."""
+    return error.get_error_code() in (libvirt.VIR_ERR_NO_DOMAIN,
+                                      libvirt.VIR_ERR_OPERATION_INVALID)
+
+
 def abort(guest, disk):
     """Abort the job on ``disk`` if there still is one; True if it was."""
     dev = guest.get_block_device(disk)
@@ -80,8 +86,7 @@ def abort(guest, disk):
             return False
         dev.abort_job()
     except libvirt.libvirtError as e:
-        if e.get_error_code() in (libvirt.VIR_ERR_NO_DOMAIN,
-                                  libvirt.VIR_ERR_OPERATION_INVALID):
+        if _job_is_gone(e):
             return False
         raise
     return True
@@ -161,8 +166,7 @@ def abort_backup(domain, timeout=60, sleep=time.sleep,
             return False
         domain.abortJob()
     except libvirt.libvirtError as e:
-        if e.get_error_code() in (libvirt.VIR_ERR_NO_DOMAIN,
-                                  libvirt.VIR_ERR_OPERATION_INVALID):
+        if _job_is_gone(e):
             return False
         raise
     deadline = clock() + timeout

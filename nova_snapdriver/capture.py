@@ -44,6 +44,13 @@ LOG = logging.getLogger(__name__)
 REDEFINE_ATTEMPTS = 3
 
 
+def _wait_options():
+    """How long and how often to wait for a block job, from the options."""
+    return {'timeout': CONF.snapdriver.block_job_timeout,
+            'poll_interval': CONF.snapdriver.block_job_poll_interval,
+            'log_interval': CONF.snapdriver.progress_log_interval}
+
+
 def create_overlay(plan):
     """The empty qcow2 the live copy is written into."""
     if plan.backing_file:
@@ -187,9 +194,7 @@ def _live_mirror(driver, context, instance, guest, plan, xml, step,
         step('copying')
         blockjob.wait_for_mirror(
             guest, plan.disk_dev, instance,
-            timeout=CONF.snapdriver.block_job_timeout,
-            poll_interval=CONF.snapdriver.block_job_poll_interval,
-            log_interval=CONF.snapdriver.progress_log_interval)
+            **_wait_options())
         if plan.quiesce:
             state['quiesced'] = _freeze(driver, context, instance, plan)
         # A synchronous abort of a ready mirror leaves the overlay holding
@@ -230,9 +235,7 @@ def _live_backup(driver, context, instance, guest, plan, step):
         step('backup')
         blockjob.wait_for_backup(
             domain, plan.disk_dev, instance,
-            timeout=CONF.snapdriver.block_job_timeout,
-            poll_interval=CONF.snapdriver.block_job_poll_interval,
-            log_interval=CONF.snapdriver.progress_log_interval)
+            **_wait_options())
         running = False
     finally:
         if running:
