@@ -1,0 +1,903 @@
+#!/usr/bin/env python3
+"""A real one-machine OpenStack whose nova-compute runs our driver.
+
+    tools/minicloud up        bring the stack up (refused if it is up)
+    tools/minicloud status    what runs, and where
+    tools/minicloud down      stop everything, remove the cloud's domains
+    tools/minicloud env       print the shell variables for the CLI
+
+Run it through ``tools/minicloud`` (the shell wrapper), which installs the
+host packages and the pinned Python environment first.  Everything listens
+on 127.0.0.1 and keeps its state under one directory (``MINICLOUD_DIR``,
+default /var/tmp/nova-snapdriver-minicloud):
+
+    mysql/  rabbitmq/  etc/<service>/  log/<service>.log  run/<service>.pid
+    nova/   (state_path: instances, our journal)   glance/   (image files)
+    images/ (the tiny guest's kernel, initramfs and disk)   clouds.yaml
+
+The services, each a real one from PyPI or Debian, started in its own
+process group so that ``down`` can stop it with everything it spawned:
+
+    MariaDB, RabbitMQ                          Debian's packages
+    keystone, Glance, placement, nova-api,     gunicorn, through
+    neutron (ML2, no agents, no plugins)       tools/minicloud_wsgi.py
+    nova-conductor, nova-scheduler,            their console scripts
+    nova-compute (compute_driver =
+    snapdriver.SnapLibvirtDriver, TCG)
+
+``up`` ends with flavors and the tiny guest's images in Glance: a Debian
+cloud kernel (aki), a busybox initramfs (ari) and a small qcow2 disk
+booted through them.  Two disk images differ only by their kernel command
+line: ``minicloud-idle`` boots and waits, ``minicloud-markers`` writes
+numbered markers to its disk (see tests/testbed/guest.py).
+
+Every client call made here has a timeout, and a failed step stops ``up``
+with the tail of the service's log; ``down`` is always safe to run.
+"""
+
+import argparse
+import concurrent.futures
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+
+from tests.testbed import guest as test_guest  # noqa: E402
+from tests.testbed import libvirtd  # noqa: E402
+
+STATE = os.path.abspath(os.environ.get(
+    'MINICLOUD_DIR', '/var/tmp/nova-snapdriver-minicloud'))
+VENV = sys.prefix
+BIN = os.path.join(VENV, 'bin')
+GUEST_CACHE = os.environ.get('SNAPDRIVER_GUEST_CACHE',
+                             '/var/tmp/nova-snapdriver-guest')
+
+HOST = '127.0.0.1'
+PORTS = {
+    'mysql': 13306,
+    'rabbitmq': 5672,
+    'keystone': 15000,
+    'glance': 19292,
+    'placement': 18778,
+    'nova-api': 18774,
+    'neutron': 19696,
+}
+REGION = 'RegionOne'
+ADMIN_PASSWORD = 'minicloud-admin'
+SERVICE_PASSWORD = 'minicloud-service'
+COMPUTE_HOST = 'minicloud'
+# (name, RAM MiB, disk GB, vCPUs): tempest's flavor_ref and flavor_ref_alt.
+FLAVORS = (('mc.tiny', 192, 1, 1), ('mc.small', 256, 1, 1))
+GUEST_DISK_MIB = 64
+GUEST_CMDLINE = 'console=ttyS0 snapmode=%s'
+# The order ``down`` stops things in: compute first (it holds domains), the
+# databases and the message bus last.
+SERVICES = ('nova-compute', 'nova-scheduler', 'nova-conductor', 'nova-api',
+            'neutron', 'placement', 'glance', 'keystone', 'rabbitmq',
+            'mysql')
+CALL_TIMEOUT = 120      # any one command or HTTP call
+START_TIMEOUT = 120     # a service answering after its start
+STOP_TIMEOUT = 10       # SIGTERM to SIGKILL
+HOST_MAP_TIMEOUT = 120  # nova-compute registering with placement/cell
+
+
+class MinicloudError(Exception):
+    pass
+
+
+def log(msg, *args):
+    stamp = time.strftime('%H:%M:%S')
+    print('minicloud %s: %s' % (stamp, msg % args if args else msg),
+          flush=True)
+
+
+def path(*parts):
+    return os.path.join(STATE, *parts)
+
+
+def url(service, suffix=''):
+    return 'http://%s:%d%s' % (HOST, PORTS[service], suffix)
+
+
+def db_url(name):
+    return ('mysql+pymysql://root@localhost/%s?unix_socket=%s&charset=utf8'
+            % (name, path('mysql', 'mysql.sock')))
+
+
+def log_tail(name, lines=40):
+    try:
+        with open(path('log', name + '.log'), errors='replace') as f:
+            return ''.join(f.readlines()[-lines:])
+    except FileNotFoundError:
+        return '(no log)'
+
+
+# ---------------------------------------------------------------------------
+# Processes: one process group per service, found again by pid file.
+
+def run(cmd, name, env=None, timeout=CALL_TIMEOUT, input=None):
+    """Run a set-up command; its output goes to log/<name>.log."""
+    with open(path('log', name + '.log'), 'a') as out:
+        out.write('\n$ %s\n' % ' '.join(cmd))
+        out.flush()
+        try:
+            res = subprocess.run(cmd, stdout=out, stderr=subprocess.STDOUT,
+                                 env=env, timeout=timeout, input=input)
+        except subprocess.TimeoutExpired:
+            raise MinicloudError('%s: timed out after %ss: %s\n%s'
+                                 % (name, timeout, ' '.join(cmd),
+                                    log_tail(name)))
+    if res.returncode:
+        raise MinicloudError('%s: exit %d: %s\n%s'
+                             % (name, res.returncode, ' '.join(cmd),
+                                log_tail(name)))
+
+
+def start(name, cmd, env=None):
+    """Start a long-running service in its own session (process group)."""
+    out = open(path('log', name + '.log'), 'a')
+    with out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, env=env,
+                                start_new_session=True, cwd=STATE)
+    with open(path('run', name + '.pid'), 'w') as f:
+        f.write('%d\n' % proc.pid)
+    return proc
+
+
+def pid_of(name):
+    """The pid (== process group id) of a service we started, if alive."""
+    try:
+        with open(path('run', name + '.pid')) as f:
+            pid = int(f.read())
+    except (FileNotFoundError, ValueError):
+        return None
+    # A service that died as our own child stays a zombie, which killpg
+    # would still find, until it is reaped.
+    with contextlib.suppress(ChildProcessError, OSError):
+        os.waitpid(pid, os.WNOHANG)
+    try:
+        os.killpg(pid, 0)
+    except ProcessLookupError:
+        return None
+    return pid
+
+
+def stop(name):
+    pid = pid_of(name)
+    if pid is not None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGTERM)
+        deadline = time.monotonic() + STOP_TIMEOUT
+        while time.monotonic() < deadline and pid_of(name):
+            time.sleep(0.2)
+        if pid_of(name):
+            log('%s ignored SIGTERM for %ss; SIGKILL', name, STOP_TIMEOUT)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path('run', name + '.pid'))
+    return pid is not None
+
+
+def wait_for(what, check, timeout=START_TIMEOUT, service=None):
+    deadline = time.monotonic() + timeout
+    while True:
+        if service and not pid_of(service):
+            raise MinicloudError('%s exited while starting:\n%s'
+                                 % (service, log_tail(service)))
+        try:
+            if check():
+                return
+        except Exception:  # noqa: S110 (not up yet; keep polling)
+            pass
+        if time.monotonic() > deadline:
+            raise MinicloudError('%s: not ready after %ss\n%s'
+                                 % (what, timeout,
+                                    log_tail(service) if service else ''))
+        time.sleep(0.5)
+
+
+def http_answers(address):
+    """True once something answers HTTP there (any status code)."""
+    try:
+        urllib.request.urlopen(address, timeout=5).close()
+    except urllib.error.HTTPError:
+        pass
+    return True
+
+
+def port_open(port):
+    with socket.socket() as s:
+        s.settimeout(2)
+        return s.connect_ex((HOST, port)) == 0
+
+
+def port_free(port):
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((HOST, port))
+        except OSError:
+            return False
+    return True
+
+
+# ---------------------------------------------------------------------------
+# MariaDB and RabbitMQ, from Debian, started by hand (there is no systemd).
+
+def start_mysql():
+    datadir = path('mysql', 'data')
+    run(['mariadb-install-db', '--no-defaults', '--datadir=' + datadir,
+         '--user=root', '--auth-root-authentication-method=normal',
+         '--skip-test-db'], 'mysql')
+    start('mysql', [
+        'mariadbd', '--no-defaults', '--datadir=' + datadir,
+        '--socket=' + path('mysql', 'mysql.sock'),
+        '--port=%d' % PORTS['mysql'], '--bind-address=' + HOST,
+        '--user=root', '--skip-log-bin', '--innodb-buffer-pool-size=128M',
+        '--max-connections=500', '--pid-file=' + path('mysql', 'pid')])
+    wait_for('MariaDB', lambda: os.path.exists(path('mysql', 'mysql.sock')),
+             service='mysql')
+    sql = ''.join('CREATE DATABASE %s CHARACTER SET utf8;' % db for db in
+                  ('keystone', 'glance', 'placement', 'neutron', 'nova_api',
+                   'nova_cell0', 'nova'))
+    run(['mariadb', '--no-defaults', '-S', path('mysql', 'mysql.sock'),
+         '-u', 'root', '-e', sql], 'mysql')
+
+
+def rabbit_env():
+    env = dict(os.environ)
+    env.update({
+        'HOME': path('rabbitmq'),  # its Erlang cookie
+        'RABBITMQ_NODENAME': 'rabbit@localhost',
+        'RABBITMQ_NODE_IP_ADDRESS': HOST,
+        'RABBITMQ_NODE_PORT': str(PORTS['rabbitmq']),
+        'ERL_EPMD_ADDRESS': HOST,
+        'RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS':
+            '-kernel inet_dist_use_interface {127,0,0,1}',
+        'RABBITMQ_MNESIA_BASE': path('rabbitmq', 'mnesia'),
+        'RABBITMQ_LOG_BASE': path('log', 'rabbitmq.d'),
+        'RABBITMQ_CONFIG_FILE': path('rabbitmq', 'rabbitmq'),
+        'RABBITMQ_ENABLED_PLUGINS_FILE': path('rabbitmq', 'enabled_plugins'),
+    })
+    return env
+
+
+RABBITMQ_BIN = '/usr/lib/rabbitmq/bin'
+
+
+def start_rabbitmq():
+    # The scripts in /usr/lib/rabbitmq/bin run as the caller; the ones in
+    # /usr/sbin switch to the rabbitmq user, which cannot write STATE.
+    with open(path('rabbitmq', 'enabled_plugins'), 'w') as f:
+        f.write('[].\n')
+    env = rabbit_env()
+    start('rabbitmq', [os.path.join(RABBITMQ_BIN, 'rabbitmq-server')],
+          env=env)
+    # await_startup gives up at once while the node is not registered yet.
+    wait_for('RabbitMQ', lambda: port_open(PORTS['rabbitmq']),
+             service='rabbitmq')
+    run([os.path.join(RABBITMQ_BIN, 'rabbitmqctl'), '--timeout', '90',
+         'await_startup'], 'rabbitmq', env=env, timeout=100)
+
+
+def stop_rabbitmq():
+    if pid_of('rabbitmq'):
+        with contextlib.suppress(MinicloudError):
+            run([os.path.join(RABBITMQ_BIN, 'rabbitmqctl'), 'shutdown'],
+                'rabbitmq', env=rabbit_env(), timeout=60)
+    stop('rabbitmq')
+    # epmd is started by Erlang outside rabbit's process group.
+    subprocess.run(['epmd', '-kill'], stdout=subprocess.DEVNULL,
+                   stderr=subprocess.DEVNULL, timeout=10, check=False)
+
+
+# ---------------------------------------------------------------------------
+# Configuration files.
+
+def authtoken(user):
+    return """\
+[keystone_authtoken]
+www_authenticate_uri = {keystone}/v3
+auth_url = {keystone}/v3
+auth_type = password
+user_domain_name = Default
+project_domain_name = Default
+project_name = service
+username = {user}
+password = {password}
+region_name = {region}
+service_token_roles_required = true
+""".format(keystone=url('keystone'), user=user, password=SERVICE_PASSWORD,
+           region=REGION)
+
+
+def service_auth(section, user='nova'):
+    return """\
+[{section}]
+auth_type = password
+auth_url = {keystone}/v3
+user_domain_name = Default
+project_domain_name = Default
+project_name = service
+username = {user}
+password = {password}
+region_name = {region}
+""".format(section=section, keystone=url('keystone'), user=user,
+           password=SERVICE_PASSWORD, region=REGION)
+
+
+def write(relpath, text):
+    with open(path(relpath), 'w') as f:
+        f.write(text)
+
+
+def copy_from_venv(src, dst):
+    shutil.copy(os.path.join(VENV, 'etc', src), path(dst))
+
+
+def configure():
+    rabbit = 'rabbit://guest:guest@%s:%d/' % (HOST, PORTS['rabbitmq'])
+    write('etc/keystone/keystone.conf', """\
+[DEFAULT]
+[database]
+connection = {db}
+[token]
+provider = fernet
+[fernet_tokens]
+key_repository = {state}/etc/keystone/fernet-keys
+[fernet_receipts]
+key_repository = {state}/etc/keystone/fernet-keys
+[credential]
+key_repository = {state}/etc/keystone/credential-keys
+""".format(db=db_url('keystone'), state=STATE))
+
+    copy_from_venv('glance/glance-api-paste.ini', 'etc/glance')
+    write('etc/glance/glance-api.conf', """\
+[DEFAULT]
+enabled_backends = fs:file
+image_cache_dir = {state}/glance/cache
+worker_self_reference_url = {url}
+[database]
+connection = {db}
+[glance_store]
+default_backend = fs
+[fs]
+filesystem_store_datadir = {state}/glance/images
+[os_glance_staging_store]
+filesystem_store_datadir = {state}/glance/staging
+[os_glance_tasks_store]
+filesystem_store_datadir = {state}/glance/tasks
+[oslo_concurrency]
+lock_path = {state}/lock/glance
+[paste_deploy]
+flavor = keystone
+config_file = {state}/etc/glance/glance-api-paste.ini
+{authtoken}""".format(state=STATE, url=url('glance'), db=db_url('glance'),
+                      authtoken=authtoken('glance')))
+
+    write('etc/placement/placement.conf', """\
+[DEFAULT]
+[api]
+auth_strategy = keystone
+[placement_database]
+connection = {db}
+{authtoken}""".format(db=db_url('placement'),
+                      authtoken=authtoken('placement')))
+
+    copy_from_venv('neutron/api-paste.ini', 'etc/neutron')
+    write('etc/neutron/neutron.conf', """\
+[DEFAULT]
+core_plugin = ml2
+service_plugins =
+auth_strategy = keystone
+transport_url = fake:/
+api_workers = 1
+rpc_workers = 0
+rpc_state_report_workers = 0
+notify_nova_on_port_status_changes = false
+notify_nova_on_port_data_changes = false
+api_paste_config = {state}/etc/neutron/api-paste.ini
+state_path = {state}/neutron
+[agent]
+root_helper = true
+[database]
+connection = {db}
+[oslo_concurrency]
+lock_path = {state}/lock/neutron
+{authtoken}""".format(state=STATE, db=db_url('neutron'),
+                      authtoken=authtoken('neutron')))
+    write('etc/neutron/ml2_conf.ini', """\
+[ml2]
+type_drivers = flat,local
+tenant_network_types = local
+mechanism_drivers =
+extension_drivers = port_security
+[securitygroup]
+firewall_driver = noop
+""")
+
+    copy_from_venv('nova/api-paste.ini', 'etc/nova')
+    privsep = ''.join(
+        '[%s]\nhelper_command = %s/privsep-helper --config-file %s\n'
+        % (section, BIN, path('etc/nova/nova.conf'))
+        for section in ('nova_sys_admin', 'privsep_osbrick',
+                        'vif_plug_ovs_privileged',
+                        'vif_plug_linux_bridge_privileged'))
+    write('etc/nova/nova.conf', """\
+[DEFAULT]
+host = {host}
+my_ip = {ip}
+state_path = {state}/nova
+instances_path = {state}/nova/instances
+transport_url = {rabbit}
+compute_driver = snapdriver.SnapLibvirtDriver
+shutdown_timeout = 5
+running_deleted_instance_action = log
+# The guests are small and idle; let tempest's parallel servers fit.
+initial_cpu_allocation_ratio = 8.0
+initial_ram_allocation_ratio = 1.5
+[api]
+auth_strategy = keystone
+[wsgi]
+api_paste_config = {state}/etc/nova/api-paste.ini
+[api_database]
+connection = {api_db}
+[database]
+connection = {db}
+[conductor]
+workers = 1
+[scheduler]
+workers = 1
+discover_hosts_in_cells_interval = -1
+[libvirt]
+virt_type = qemu
+cpu_mode = none
+[vnc]
+enabled = false
+[spice]
+enabled = false
+[oslo_concurrency]
+lock_path = {state}/lock/nova
+[oslo_messaging_rabbit]
+heartbeat_timeout_threshold = 0
+{authtoken}{placement}{neutron}{service_user}send_service_user_token = true
+{privsep}""".format(host=COMPUTE_HOST, ip=HOST, state=STATE, rabbit=rabbit,
+                    api_db=db_url('nova_api'), db=db_url('nova'),
+                    authtoken=authtoken('nova'),
+                    placement=service_auth('placement', 'placement'),
+                    neutron=service_auth('neutron'),
+                    service_user=service_auth('service_user'),
+                    privsep=privsep))
+
+    # For the CLI, the e2e tests and tempest's configuration.
+    with open(path('clouds.yaml'), 'w') as f:
+        json.dump({'clouds': {'minicloud': {
+            'auth': {'auth_url': url('keystone', '/v3'),
+                     'username': 'admin', 'password': ADMIN_PASSWORD,
+                     'project_name': 'admin',
+                     'user_domain_name': 'Default',
+                     'project_domain_name': 'Default'},
+            'region_name': REGION,
+            'identity_api_version': 3,
+            'api_timeout': CALL_TIMEOUT}}}, f, indent=2)
+
+
+def service_env(service):
+    env = dict(os.environ)
+    env['MINICLOUD_APP'] = service
+    env['OS_%s_CONFIG_DIR' % service.upper()] = path('etc', service)
+    if service == 'nova':
+        env['OS_NOVA_CONFIG_FILES'] = 'api-paste.ini;nova.conf'
+    if service == 'neutron':
+        env['OS_NEUTRON_CONFIG_FILES'] = 'neutron.conf;ml2_conf.ini'
+    return env
+
+
+def start_wsgi(name, app):
+    start(name, [
+        os.path.join(BIN, 'gunicorn'), '--bind', '%s:%d' % (HOST, PORTS[name]),
+        '--workers', '1', '--worker-class', 'gthread', '--threads', '8',
+        '--timeout', '600', '--graceful-timeout', '5',
+        '--pythonpath', os.path.join(REPO, 'tools'),
+        'minicloud_wsgi:application'], env=service_env(app))
+
+
+# ---------------------------------------------------------------------------
+# Bring-up steps.
+
+def nova_manage(*args):
+    run([os.path.join(BIN, 'nova-manage'), '--config-file',
+         path('etc/nova/nova.conf')] + list(args), 'nova-manage',
+        timeout=300)
+
+
+def setup_keystone():
+    conf = ['--config-file', path('etc/keystone/keystone.conf')]
+    manage = [os.path.join(BIN, 'keystone-manage')] + conf
+    run(manage + ['db_sync'], 'keystone-manage', timeout=300)
+    for what in ('fernet_setup', 'credential_setup'):
+        run(manage + [what, '--keystone-user', 'root',
+                      '--keystone-group', 'root'], 'keystone-manage')
+    run(manage + ['bootstrap', '--bootstrap-password', ADMIN_PASSWORD,
+                  '--bootstrap-region-id', REGION,
+                  '--bootstrap-admin-url', url('keystone', '/v3'),
+                  '--bootstrap-public-url', url('keystone', '/v3'),
+                  '--bootstrap-internal-url', url('keystone', '/v3')],
+        'keystone-manage')
+    start_wsgi('keystone', 'keystone')
+    wait_for('keystone', lambda: http_answers(url('keystone', '/v3')),
+             service='keystone')
+    register_services()
+
+
+def register_services():
+    """Service users, the service project, and the catalog."""
+    from keystoneauth1 import identity
+    from keystoneauth1 import session as ks_session
+    from keystoneclient.v3 import client
+
+    auth = identity.Password(
+        auth_url=url('keystone', '/v3'), username='admin',
+        password=ADMIN_PASSWORD, project_name='admin',
+        user_domain_name='Default', project_domain_name='Default')
+    ks = client.Client(session=ks_session.Session(auth=auth,
+                                                  timeout=CALL_TIMEOUT))
+    project = ks.projects.create('service', 'default')
+    roles = {r.name: r for r in ks.roles.list()}
+    for role in ('service',):
+        if role not in roles:
+            roles[role] = ks.roles.create(role)
+    catalog = (('nova', 'compute', url('nova-api', '/v2.1')),
+               ('glance', 'image', url('glance')),
+               ('placement', 'placement', url('placement')),
+               ('neutron', 'network', url('neutron')))
+    for name, kind, address in catalog:
+        user = ks.users.create(name, domain='default',
+                               password=SERVICE_PASSWORD,
+                               default_project=project)
+        for role in ('admin', 'service'):
+            ks.roles.grant(roles[role], user=user, project=project)
+        service = ks.services.create(name, type=kind)
+        for interface in ('public', 'internal'):
+            ks.endpoints.create(service, address, interface=interface,
+                                region=REGION)
+
+
+def setup_glance():
+    run([os.path.join(BIN, 'glance-manage'), '--config-file',
+         path('etc/glance/glance-api.conf'), 'db_sync'], 'glance-manage',
+        timeout=300)
+
+
+def setup_placement():
+    run([os.path.join(BIN, 'placement-manage'), '--config-file',
+         path('etc/placement/placement.conf'), 'db', 'sync'],
+        'placement-manage', timeout=300)
+
+
+def setup_neutron():
+    run([os.path.join(BIN, 'neutron-db-manage'),
+         '--config-file', path('etc/neutron/neutron.conf'),
+         '--config-file', path('etc/neutron/ml2_conf.ini'),
+         'upgrade', 'heads'], 'neutron-db-manage', timeout=600)
+
+
+def setup_nova():
+    nova_manage('api_db', 'sync')
+    nova_manage('cell_v2', 'map_cell0', '--database_connection',
+                db_url('nova_cell0'))
+    nova_manage('cell_v2', 'create_cell', '--name', 'cell1')
+    nova_manage('db', 'sync')
+
+
+def start_nova_services():
+    conf = ['--config-file', path('etc/nova/nova.conf')]
+    for name in ('nova-conductor', 'nova-scheduler', 'nova-compute'):
+        start(name, [os.path.join(BIN, name)] + conf)
+    start_wsgi('nova-api', 'nova')
+
+
+def map_compute_host():
+    """Wait for nova-compute to register, then map it to cell1."""
+    deadline = time.monotonic() + HOST_MAP_TIMEOUT
+    while True:
+        for name in ('nova-compute', 'nova-conductor', 'nova-scheduler'):
+            if not pid_of(name):
+                raise MinicloudError('%s exited while starting:\n%s'
+                                     % (name, log_tail(name)))
+        nova_manage('cell_v2', 'discover_hosts', '--verbose')
+        if _host_mapped():
+            return
+        if time.monotonic() > deadline:
+            raise MinicloudError('nova-compute never registered in %ss:\n%s'
+                                 % (HOST_MAP_TIMEOUT,
+                                    log_tail('nova-compute')))
+        time.sleep(2)
+
+
+def _host_mapped():
+    res = subprocess.run(
+        [os.path.join(BIN, 'nova-manage'), '--config-file',
+         path('etc/nova/nova.conf'), 'cell_v2', 'list_hosts'],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        timeout=CALL_TIMEOUT)
+    return COMPUTE_HOST in res.stdout
+
+
+def build_guest_images():
+    """The tiny guest: kernel, initramfs and a qcow2 disk, made offline."""
+    kernel, initrd = test_guest.build_boot_files(GUEST_CACHE)
+    shutil.copy(kernel, path('images', 'vmlinuz'))
+    shutil.copy(initrd, path('images', 'initrd.gz'))
+    raw = path('images', 'disk.raw')
+    with open(raw, 'wb') as f:
+        # Recognisable data below the markers region: the image's own.
+        f.write(b''.join(b'MINICLOUD BASE IMAGE BLOCK %08d\n' % i
+                         for i in range(32 * 1024)).ljust(1024 * 1024, b'.'))
+        f.truncate(GUEST_DISK_MIB * 1024 * 1024)
+    subprocess.run(['qemu-img', 'convert', '-f', 'raw', '-O', 'qcow2', raw,
+                    path('images', 'disk.qcow2')], check=True,
+                   timeout=CALL_TIMEOUT)
+    os.unlink(raw)
+
+
+def openstack(*args, parse=True):
+    """Run the openstack CLI as the cloud's admin; JSON out if parse."""
+    cmd = [os.path.join(BIN, 'openstack')] + list(args)
+    if parse:
+        cmd += ['-f', 'json']
+    env = dict(os.environ, OS_CLIENT_CONFIG_FILE=path('clouds.yaml'),
+               OS_CLOUD='minicloud')
+    try:
+        res = subprocess.run(cmd, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, env=env,
+                             timeout=CALL_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        raise MinicloudError('timed out after %ss: %s'
+                             % (CALL_TIMEOUT, ' '.join(cmd)))
+    if res.returncode:
+        raise MinicloudError('%s\n%s' % (' '.join(cmd), res.stderr[-3000:]))
+    return json.loads(res.stdout) if parse else res.stdout
+
+
+def create_flavors_and_images():
+    for name, ram, disk, vcpus in FLAVORS:
+        openstack('flavor', 'create', '--ram', str(ram), '--disk', str(disk),
+                  '--vcpus', str(vcpus), '--public', name)
+    kernel = openstack('image', 'create', '--public', '--disk-format', 'aki',
+                       '--container-format', 'aki', '--file',
+                       path('images', 'vmlinuz'), 'minicloud-kernel')
+    ramdisk = openstack('image', 'create', '--public', '--disk-format',
+                        'ari', '--container-format', 'ari', '--file',
+                        path('images', 'initrd.gz'), 'minicloud-ramdisk')
+    for mode in ('idle', 'markers'):
+        openstack('image', 'create', '--public', '--disk-format', 'qcow2',
+                  '--container-format', 'bare', '--file',
+                  path('images', 'disk.qcow2'),
+                  '--property', 'kernel_id=%s' % kernel['id'],
+                  '--property', 'ramdisk_id=%s' % ramdisk['id'],
+                  '--property', 'os_command_line=%s' % (GUEST_CMDLINE % mode),
+                  'minicloud-%s' % mode)
+
+
+# ---------------------------------------------------------------------------
+# Commands.
+
+@contextlib.contextmanager
+def up_lock():
+    os.makedirs(os.path.dirname(STATE), exist_ok=True)
+    with open(STATE + '.lock', 'w') as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise MinicloudError('another "minicloud up" or "down" is '
+                                 'running right now (lock %s.lock)' % STATE)
+        yield
+
+
+def running():
+    return [s for s in SERVICES if pid_of(s)]
+
+
+def cmd_up(args):
+    with up_lock():
+        alive = running()
+        if alive:
+            raise MinicloudError(
+                'the minicloud is already up (%s running, state in %s); '
+                'run "tools/minicloud down" first' % (', '.join(alive),
+                                                     STATE))
+        busy = [name for name, port in PORTS.items() if not port_free(port)]
+        if busy:
+            raise MinicloudError(
+                'ports in use by something else: %s; stop it first'
+                % ', '.join('%s %d' % (n, PORTS[n]) for n in busy))
+        t0 = time.monotonic()
+        shutil.rmtree(STATE, ignore_errors=True)
+        for sub in ('etc/keystone', 'etc/glance', 'etc/placement',
+                    'etc/neutron', 'etc/nova', 'log', 'run', 'mysql',
+                    'rabbitmq', 'nova/instances', 'neutron', 'glance',
+                    'images', 'lock'):
+            os.makedirs(path(sub))
+        try:
+            _up(t0)
+        except BaseException:
+            log('bring-up failed; stopping what was started (logs stay in '
+                '%s/log)', STATE)
+            _down()
+            raise
+
+
+def _up(t0):
+    info = libvirtd.ensure_running()
+    if info.started:
+        with open(path('run', 'libvirtd.started'), 'w') as f:
+            f.write('started by minicloud up\n')
+    log('libvirtd up (%s, QEMU %s)', info.libvirt_version, info.qemu_version)
+    if remove_domains():
+        log('removed domains left by an earlier minicloud')
+    # On a shared development machine other tests may be running guests;
+    # MINICLOUD_WAIT_FOREIGN=<seconds> waits for a moment without any.
+    deadline = time.monotonic() + int(os.environ.get(
+        'MINICLOUD_WAIT_FOREIGN', '0'))
+    foreign = [name for name, _xml in domains()]
+    while foreign and time.monotonic() < deadline:
+        time.sleep(0.5)
+        foreign = [name for name, _xml in domains()]
+    if foreign:
+        # nova-compute would refuse to start: "My hypervisor has existing
+        # instances, but I appear to be a new service in this database".
+        raise MinicloudError(
+            'libvirtd already has domains that are not this cloud\'s: %s. '
+            'A new nova-compute refuses to start beside them; remove them '
+            '(virsh destroy/undefine) or wait for whatever made them to end'
+            % ', '.join(sorted(foreign)))
+    configure()
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        guest = pool.submit(build_guest_images)
+        rabbit = pool.submit(start_rabbitmq)
+        start_mysql()
+        log('MariaDB up')
+        steps = {pool.submit(step): step.__name__ for step in
+                 (setup_keystone, setup_glance, setup_placement,
+                  setup_neutron, setup_nova)}
+        for done in concurrent.futures.as_completed(steps):
+            done.result()
+            log('%s done', steps[done])
+        rabbit.result()
+        log('RabbitMQ up')
+        guest.result()
+    start_wsgi('glance', 'glance')
+    start_wsgi('placement', 'placement')
+    start_wsgi('neutron', 'neutron')
+    start_nova_services()
+    for name, probe in (('glance', '/'), ('placement', '/'),
+                        ('neutron', '/'), ('nova-api', '/')):
+        wait_for(name, lambda: http_answers(url(name, probe)), service=name)
+        log('%s answers on %s', name, url(name))
+    map_compute_host()
+    log('nova-compute (%s) mapped to cell1', COMPUTE_HOST)
+    create_flavors_and_images()
+    log('flavors %s and images minicloud-idle, minicloud-markers created',
+        ', '.join(f[0] for f in FLAVORS))
+    log('up in %.0f s; %s', time.monotonic() - t0, env_hint())
+
+
+def env_hint():
+    return ('export OS_CLIENT_CONFIG_FILE=%s OS_CLOUD=minicloud'
+            % path('clouds.yaml'))
+
+
+def domains():
+    """(name, XML) of every domain libvirtd knows."""
+    import libvirt
+    conn = libvirt.open(libvirtd.URI)
+    with contextlib.closing(conn):
+        return [(dom.name(), dom.XMLDesc(0)) for dom in conn.listAllDomains()]
+
+
+def remove_domains():
+    """Destroy and undefine the domains whose disks live under STATE."""
+    import libvirt
+    try:
+        conn = libvirt.open(libvirtd.URI)
+    except libvirt.libvirtError:
+        return 0
+    removed = 0
+    instances = path('nova', 'instances') + os.sep
+    with contextlib.closing(conn):
+        for dom in conn.listAllDomains():
+            if instances not in dom.XMLDesc(0):
+                continue
+            with contextlib.suppress(libvirt.libvirtError):
+                if dom.isActive():
+                    dom.destroy()
+            with contextlib.suppress(libvirt.libvirtError):
+                dom.undefineFlags(
+                    libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE |
+                    libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA |
+                    libvirt.VIR_DOMAIN_UNDEFINE_NVRAM)
+            removed += 1
+    return removed
+
+
+def _down():
+    for name in SERVICES:
+        if name == 'rabbitmq':
+            stop_rabbitmq()
+        elif stop(name):
+            log('%s stopped', name)
+    removed = remove_domains()
+    if removed:
+        log('removed %d domain(s) of the minicloud', removed)
+    if os.path.exists(path('run', 'libvirtd.started')):
+        libvirtd.stop()
+        os.unlink(path('run', 'libvirtd.started'))
+        log('libvirtd stopped (minicloud up had started it)')
+
+
+def cmd_down(args):
+    if not os.path.isdir(STATE):
+        log('nothing to stop (no %s)', STATE)
+        return
+    with up_lock():
+        _down()
+    log('down; logs stay in %s/log', STATE)
+
+
+def cmd_status(args):
+    alive = running()
+    for name in SERVICES:
+        pid = pid_of(name)
+        where = (url(name) if name in PORTS and name not in
+                 ('mysql', 'rabbitmq') else '')
+        print('%-15s %-8s %s' % (name, 'pid %d' % pid if pid else 'stopped',
+                                 where))
+    print('state: %s' % STATE)
+    if alive:
+        print(env_hint())
+    # Exit status: 0 all up, 3 all down, 1 partly up (like LSB status).
+    if len(alive) == len(SERVICES):
+        return 0
+    return 3 if not alive else 1
+
+
+def cmd_env(args):
+    print(env_hint())
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(
+        prog='tools/minicloud',
+        description='A one-machine OpenStack running nova-snapdriver.')
+    sub = parser.add_subparsers(dest='command', required=True)
+    for name, func in (('up', cmd_up), ('down', cmd_down),
+                       ('status', cmd_status), ('env', cmd_env)):
+        sub.add_parser(name).set_defaults(func=func)
+    args = parser.parse_args(argv)
+    if os.geteuid() != 0:
+        print('minicloud: must run as root (libvirtd, QEMU as root, '
+              'privsep without sudo)', file=sys.stderr)
+        return 2
+    try:
+        return args.func(args) or 0
+    except MinicloudError as e:
+        print('minicloud: error: %s' % e, file=sys.stderr)
+        return 1
+
+
+if __name__ == '__main__':
+    sys.exit(main())
