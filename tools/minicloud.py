@@ -41,6 +41,7 @@ import contextlib
 import fcntl
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -976,7 +977,26 @@ def cmd_tempest(args):
         proc.returncode, time.monotonic() - t0, path('log', 'tempest.log'))
     if proc.returncode:
         print(output[-6000:])
-    return proc.returncode
+        return proc.returncode
+    unexplained = unexplained_skips(output)
+    if unexplained:
+        print('minicloud: %d skipped test(s) not explained in %s:\n  %s'
+              % (len(unexplained), TEMPEST_SKIPS, '\n  '.join(unexplained)))
+        return 1
+    return 0
+
+
+TEMPEST_SKIPS = os.path.join(REPO, 'tests', 'e2e', 'tempest-skips.txt')
+
+
+def unexplained_skips(output):
+    """Skipped tests of a tempest run that tempest-skips.txt lacks."""
+    with open(TEMPEST_SKIPS) as f:
+        allowed = {line.split()[0] for line in f
+                   if line.strip() and not line.startswith('#')}
+    skipped = re.findall(r'^\{\d+\} (\S+?)(?:\[\S*\])? \.\.\. SKIPPED',
+                         output, re.M)
+    return sorted(set(skipped) - allowed)
 
 
 def cmd_env(args):

@@ -1,0 +1,140 @@
+"""End-to-end checks against the real one-machine cloud of tools/minicloud.
+
+These tests drive the cloud only the way a user does, through the
+``openstack`` CLI (every call with a timeout), and then look at what a
+user or an operator would see: the server's status and task state, the
+image's status, properties and bytes, the libvirt domain, and the files
+left on the compute host.  They run in the minicloud's venv:
+
+    tools/minicloud up
+    .venv-minicloud/bin/python -m pytest tests/e2e
+    tools/minicloud down
+
+A cloud that is not up fails the run; nothing here skips.
+"""
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))))
+STATE = os.path.abspath(os.environ.get(
+    'MINICLOUD_DIR', '/var/tmp/nova-snapdriver-minicloud'))
+OPENSTACK = os.path.join(sys.prefix, 'bin', 'openstack')
+CALL_TIMEOUT = 120   # one CLI call
+WAIT_TIMEOUT = 300   # a CLI call with --wait, or a status to be reached
+MARKERS_IMAGE = 'minicloud-markers'
+FLAVOR = 'mc.tiny'
+
+
+class CLIError(Exception):
+    pass
+
+
+def openstack(*args, parse=True, timeout=CALL_TIMEOUT):
+    """Run the openstack CLI as the cloud's admin; parsed JSON if parse."""
+    cmd = [OPENSTACK] + list(args) + (['-f', 'json'] if parse else [])
+    env = dict(os.environ, OS_CLIENT_CONFIG_FILE=os.path.join(
+        STATE, 'clouds.yaml'), OS_CLOUD='minicloud')
+    try:
+        res = subprocess.run(cmd, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, env=env,
+                             timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise CLIError('timed out after %ss: %s' % (timeout, ' '.join(cmd)))
+    if res.returncode:
+        raise CLIError('exit %d: %s\n%s' % (res.returncode, ' '.join(cmd),
+                                            res.stderr[-3000:]))
+    return json.loads(res.stdout) if parse else res.stdout
+
+
+def console_marks(server_id):
+    """The highest k the guest reported with "MARK k" on its console."""
+    log = openstack('console', 'log', 'show', server_id, parse=False)
+    marks = re.findall(r'^MARK (\d+)\r?$', log, re.M)
+    return max(map(int, marks), default=0), log
+
+
+def wait_for(what, check, timeout=WAIT_TIMEOUT, interval=1):
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError('%s: not after %ss' % (what, timeout))
+        time.sleep(interval)
+
+
+def wait_for_status(server_id, status):
+    def check():
+        server = openstack('server', 'show', server_id)
+        if server['status'] == 'ERROR':
+            raise AssertionError('server %s went to ERROR: %s'
+                                 % (server_id, server.get('fault')))
+        return (server if server['status'] == status
+                and not server['OS-EXT-STS:task_state'] else None)
+    return wait_for('server %s %s' % (server_id, status), check)
+
+
+@pytest.fixture(scope='session', autouse=True)
+def cloud():
+    """The minicloud must be up: a cloud that is down fails, never skips."""
+    res = subprocess.run(
+        [sys.executable, os.path.join(REPO, 'tools', 'minicloud.py'),
+         'status'], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        text=True, timeout=CALL_TIMEOUT)
+    if res.returncode:
+        pytest.fail('the minicloud is not up (run "tools/minicloud up"):\n'
+                    + res.stdout, pytrace=False)
+
+
+class Cloud(object):
+    """Servers and images made by one test, deleted after it."""
+
+    def __init__(self):
+        self.servers = []
+        self.images = []
+
+    def boot(self, name, image=MARKERS_IMAGE, min_marks=0):
+        server = openstack('server', 'create', '--flavor', FLAVOR,
+                           '--image', image, '--nic', 'none', '--wait',
+                           name, timeout=WAIT_TIMEOUT)
+        self.servers.append(server['id'])
+        assert server['status'] == 'ACTIVE', server
+        if min_marks:
+            wait_for('%d markers written by %s' % (min_marks, name),
+                     lambda: console_marks(server['id'])[0] >= min_marks)
+        return server
+
+    def snapshot(self, server_id, name):
+        image = openstack('server', 'image', 'create', '--wait', '--name',
+                          name, server_id, timeout=WAIT_TIMEOUT)
+        self.images.append(image['id'])
+        return image
+
+    def cleanup(self):
+        for server_id in self.servers:
+            try:
+                openstack('server', 'delete', '--wait', server_id,
+                          parse=False, timeout=WAIT_TIMEOUT)
+            except CLIError as e:
+                print('cleanup: %s' % e)
+        for image_id in self.images:
+            try:
+                openstack('image', 'delete', image_id, parse=False)
+            except CLIError as e:
+                print('cleanup: %s' % e)
+
+
+@pytest.fixture
+def resources():
+    made = Cloud()
+    yield made
+    made.cleanup()

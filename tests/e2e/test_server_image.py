@@ -1,0 +1,168 @@
+"""``openstack server image create`` on a real cloud running our driver.
+
+The servers boot the tiny guest of tools/minicloud (a Debian cloud kernel
+and a busybox initramfs through the image's kernel_id/ramdisk_id), which
+writes numbered markers to its disk and reports each on its console.  A
+snapshot taken while it writes must hold markers 1..K and nothing else,
+with K between the counts the console showed before and after the
+snapshot; of a stopped or paused server it must equal the disk.
+"""
+
+import contextlib
+import os
+import subprocess
+import tempfile
+
+import libvirt
+
+from tests.e2e.conftest import console_marks
+from tests.e2e.conftest import MARKERS_IMAGE
+from tests.e2e.conftest import openstack
+from tests.e2e.conftest import STATE
+from tests.e2e.conftest import wait_for
+from tests.e2e.conftest import wait_for_status
+from tests.testbed import guest as test_guest
+
+INSTANCES = os.path.join(STATE, 'nova', 'instances')
+BASE_DISK = os.path.join(STATE, 'images', 'disk.qcow2')
+
+
+def download(image_id, directory):
+    dest = os.path.join(directory, image_id + '.img')
+    openstack('image', 'save', '--file', dest, image_id, parse=False)
+    return dest
+
+
+def raw_bytes(image_path, fmt, size):
+    """The first size bytes of the guest's view of an image."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, 'head.raw')
+        opts = ('driver=raw,offset=0,size=%d,file.driver=%s,'
+                'file.file.driver=file,file.file.filename=%s'
+                % (size, fmt, image_path))
+        subprocess.run(['qemu-img', 'convert', '-U', '--image-opts', opts,
+                        '-O', 'raw', out], check=True, timeout=120)
+        with open(out, 'rb') as f:
+            return f.read()
+
+
+def domain_state(server):
+    """(persistent, state) of the server's libvirt domain."""
+    conn = libvirt.open('qemu:///system')
+    with contextlib.closing(conn):
+        dom = conn.lookupByName(server['OS-EXT-SRV-ATTR:instance_name'])
+        return bool(dom.isPersistent()), dom.state()[0]
+
+
+def assert_snapshot_image(image, server):
+    """Status and the properties a snapshot image must carry."""
+    shown = openstack('image', 'show', image['id'])
+    assert shown['status'] == 'active', shown
+    props = shown['properties']
+    assert props['image_type'] == 'snapshot', props
+    assert props['instance_uuid'] == server['id'], props
+    # Booting from it needs the guest's kernel and initramfs.
+    base = openstack('image', 'show', MARKERS_IMAGE)['properties']
+    assert props['kernel_id'] == base['kernel_id']
+    assert props['ramdisk_id'] == base['ramdisk_id']
+    assert shown['disk_format'] == 'qcow2', shown
+    return shown
+
+
+def assert_host_clean():
+    """No staging files in the snapshots directory, no journal record."""
+    assert os.listdir(os.path.join(INSTANCES, 'snapshots')) == []
+    journal = os.path.join(STATE, 'nova', 'snapdriver-journal')
+    assert [n for n in os.listdir(journal) if n.endswith('.json')] == []
+
+
+def assert_image_equals_disk(image_path, server):
+    disk = os.path.join(INSTANCES, server['id'], 'disk')
+    res = subprocess.run(['qemu-img', 'compare', '-U', '-f', 'qcow2',
+                          '-F', 'qcow2', image_path, disk],
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                         text=True, timeout=300)
+    assert res.returncode == 0, res.stdout
+
+
+def test_live_snapshot_of_a_writing_server(resources, tmp_path):
+    server = resources.boot('e2e-live', min_marks=20)
+    before, _log = console_marks(server['id'])
+
+    image = resources.snapshot(server['id'], 'e2e-live-snap')
+
+    after, _log = console_marks(server['id'])
+    assert_snapshot_image(image, server)
+    shown = wait_for_status(server['id'], 'ACTIVE')
+    assert shown['OS-EXT-STS:task_state'] is None
+    assert domain_state(shown) == (True, libvirt.VIR_DOMAIN_RUNNING)
+    assert_host_clean()
+
+    path = download(image['id'], str(tmp_path))
+    count = test_guest.check_consistent(
+        test_guest.read_markers(path, 'qcow2'))
+    assert before <= count <= after, (before, count, after)
+    # Below the markers the disk holds the base image's own data.
+    head = test_guest.MARKER_BASE
+    assert raw_bytes(path, 'qcow2', head) == raw_bytes(BASE_DISK, 'qcow2',
+                                                       head)
+    # The guest went on writing after the snapshot.
+    wait_for('markers after the snapshot',
+             lambda: console_marks(server['id'])[0] > after)
+
+    # A second server boots from the snapshot and finds its data.  Its
+    # guest must not write markers of its own: the image's kernel command
+    # line (inherited from the server) is set to the idle mode first.
+    openstack('image', 'set', '--property',
+              'os_command_line=console=ttyS0 snapmode=idle', image['id'],
+              parse=False)
+    clone = resources.boot('e2e-from-snap', image=image['id'])
+    wait_for('the clone guest to start',
+             lambda: test_guest.READY in console_marks(clone['id'])[1])
+    clone_disk = os.path.join(INSTANCES, clone['id'], 'disk')
+    assert test_guest.check_consistent(
+        test_guest.read_markers(clone_disk, 'qcow2')) == count
+    assert raw_bytes(clone_disk, 'qcow2', head) == raw_bytes(
+        BASE_DISK, 'qcow2', head)
+
+
+def test_snapshot_of_a_stopped_server(resources, tmp_path):
+    server = resources.boot('e2e-stopped', min_marks=20)
+    openstack('server', 'stop', server['id'], parse=False)
+    wait_for_status(server['id'], 'SHUTOFF')
+
+    image = resources.snapshot(server['id'], 'e2e-stopped-snap')
+
+    assert_snapshot_image(image, server)
+    shown = wait_for_status(server['id'], 'SHUTOFF')
+    assert domain_state(shown) == (True, libvirt.VIR_DOMAIN_SHUTOFF)
+    assert_host_clean()
+    path = download(image['id'], str(tmp_path))
+    assert_image_equals_disk(path, server)
+    assert test_guest.check_consistent(
+        test_guest.read_markers(path, 'qcow2')) >= 20
+
+
+def test_snapshot_of_a_paused_server(resources, tmp_path):
+    server = resources.boot('e2e-paused', min_marks=20)
+    openstack('server', 'pause', server['id'], parse=False)
+    wait_for_status(server['id'], 'PAUSED')
+    paused_at, _log = console_marks(server['id'])
+
+    image = resources.snapshot(server['id'], 'e2e-paused-snap')
+
+    assert_snapshot_image(image, server)
+    shown = wait_for_status(server['id'], 'PAUSED')
+    assert domain_state(shown) == (True, libvirt.VIR_DOMAIN_PAUSED)
+    assert_host_clean()
+    path = download(image['id'], str(tmp_path))
+    assert_image_equals_disk(path, server)
+    count = test_guest.check_consistent(
+        test_guest.read_markers(path, 'qcow2'))
+    # The console may lag one marker behind the disk, never lead it.
+    assert paused_at <= count <= paused_at + 1, (paused_at, count)
+    # Unpaused, it goes on writing.
+    openstack('server', 'unpause', server['id'], parse=False)
+    wait_for_status(server['id'], 'ACTIVE')
+    wait_for('markers after unpause',
+             lambda: console_marks(server['id'])[0] > count)
