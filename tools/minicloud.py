@@ -619,6 +619,11 @@ def map_compute_host():
             if not pid_of(name):
                 raise MinicloudError('%s exited while starting:\n%s'
                                      % (name, log_tail(name)))
+            # After a CRITICAL error a nova service may hang on instead of
+            # exiting (nova-compute does, refusing to start).
+            if critical_in_log(name):
+                raise MinicloudError('%s failed to start:\n%s'
+                                     % (name, log_tail(name)))
         nova_manage('cell_v2', 'discover_hosts', '--verbose')
         if _host_mapped():
             return
@@ -627,6 +632,11 @@ def map_compute_host():
                                  % (HOST_MAP_TIMEOUT,
                                     log_tail('nova-compute')))
         time.sleep(2)
+
+
+def critical_in_log(name):
+    with open(path('log', name + '.log'), errors='replace') as f:
+        return any(' CRITICAL ' in line for line in f)
 
 
 def _host_mapped():
