@@ -82,8 +82,8 @@ COMPUTE_HOST = 'minicloud'
 FLAVORS = (('mc.tiny', 192, 1, 1), ('mc.small', 256, 1, 1))
 GUEST_DISK_MIB = 64
 GUEST_CMDLINE = 'console=ttyS0 snapmode=%s'
-# The order ``down`` stops things in: compute first (it holds domains), the
-# databases and the message bus last.
+# ``down`` stops the OpenStack services together, then the message bus,
+# then the database.
 SERVICES = ('nova-compute', 'nova-scheduler', 'nova-conductor', 'nova-api',
             'neutron', 'placement', 'glance', 'keystone', 'rabbitmq',
             'mysql')
@@ -175,21 +175,28 @@ def pid_of(name):
     return pid
 
 
-def stop(name):
-    pid = pid_of(name)
-    if pid is not None:
+def stop(*names):
+    """Stop services by process group: SIGTERM to all, SIGKILL later.
+
+    Returns the names of those that were running.
+    """
+    pids = {name: pid_of(name) for name in names}
+    pids = {name: pid for name, pid in pids.items() if pid is not None}
+    for pid in pids.values():
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pid, signal.SIGTERM)
-        deadline = time.monotonic() + STOP_TIMEOUT
-        while time.monotonic() < deadline and pid_of(name):
-            time.sleep(0.2)
+    deadline = time.monotonic() + STOP_TIMEOUT
+    while time.monotonic() < deadline and any(map(pid_of, pids)):
+        time.sleep(0.2)
+    for name, pid in pids.items():
         if pid_of(name):
             log('%s ignored SIGTERM for %ss; SIGKILL', name, STOP_TIMEOUT)
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pid, signal.SIGKILL)
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(path('run', name + '.pid'))
-    return pid is not None
+    for name in names:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path('run', name + '.pid'))
+    return [name for name in names if name in pids]
 
 
 def wait_for(what, check, timeout=START_TIMEOUT, service=None):
@@ -846,18 +853,72 @@ def remove_domains():
 
 
 def _down():
-    for name in SERVICES:
-        if name == 'rabbitmq':
-            stop_rabbitmq()
-        elif stop(name):
-            log('%s stopped', name)
+    # The OpenStack services together, then the bus and the database.
+    stopped = stop(*SERVICES[:SERVICES.index('rabbitmq')])
+    if stopped:
+        log('stopped %s', ', '.join(stopped))
+    stop_rabbitmq()
+    if stop('mysql'):
+        log('stopped rabbitmq, mysql')
     removed = remove_domains()
     if removed:
         log('removed %d domain(s) of the minicloud', removed)
+    for pid, cmdline in stray_processes():
+        # Something that left its service's process group (a daemonised
+        # helper): nothing of the cloud may outlive "down".
+        log('killing stray process %d: %s', pid, cmdline[:200])
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
     if os.path.exists(path('run', 'libvirtd.started')):
         libvirtd.stop()
         os.unlink(path('run', 'libvirtd.started'))
         log('libvirtd stopped (minicloud up had started it)')
+
+
+def _ancestors():
+    pids, pid = set(), os.getpid()
+    while pid > 1:
+        pids.add(pid)
+        try:
+            with open('/proc/%d/stat' % pid) as f:
+                pid = int(f.read().rsplit(')', 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            break
+    return pids
+
+
+def stray_processes():
+    """Processes that run the cloud's code or use its state directory.
+
+    Returns (pid, command line) pairs; this process and its parents are
+    left out.
+    """
+    marks = (STATE + os.sep, os.path.join(VENV, 'bin') + os.sep)
+    mine = _ancestors()
+    found = []
+    for entry in os.listdir('/proc'):
+        if not entry.isdigit() or int(entry) in mine:
+            continue
+        try:
+            with open('/proc/%s/cmdline' % entry, 'rb') as f:
+                cmdline = f.read().replace(b'\0', b' ').decode(
+                    'utf-8', 'replace').strip()
+        except OSError:
+            continue
+        if any(mark in cmdline for mark in marks):
+            found.append((int(entry), cmdline))
+    return found
+
+
+def leftovers():
+    """What of the cloud still runs: services, processes, domains."""
+    out = ['service %s (pid %d)' % (s, pid_of(s)) for s in running()]
+    out += ['process %d: %s' % (pid, cmd[:150])
+            for pid, cmd in stray_processes()]
+    with contextlib.suppress(Exception):
+        out += ['domain %s' % name for name, xml in domains()
+                if path('nova', 'instances') + os.sep in xml]
+    return out
 
 
 def cmd_down(args):
@@ -866,7 +927,12 @@ def cmd_down(args):
         return
     with up_lock():
         _down()
-    log('down; logs stay in %s/log', STATE)
+    left = leftovers()
+    if left:
+        raise MinicloudError('still running after down:\n  '
+                             + '\n  '.join(left))
+    log('down: no process or domain of the cloud is left; logs stay in '
+        '%s/log', STATE)
 
 
 def cmd_status(args):

@@ -54,14 +54,31 @@ def openstack(*args, parse=True, timeout=CALL_TIMEOUT):
     return json.loads(res.stdout) if parse else res.stdout
 
 
+_sdk = []
+
+
+def sdk():
+    """An openstacksdk connection, for polling.
+
+    One CLI call costs about 2 s of Python start-up; an SDK call a few
+    milliseconds.  What a test checks still goes through the CLI.
+    """
+    if not _sdk:
+        import openstack as openstacksdk
+        os.environ['OS_CLIENT_CONFIG_FILE'] = os.path.join(STATE,
+                                                           'clouds.yaml')
+        _sdk.append(openstacksdk.connect(cloud='minicloud'))
+    return _sdk[0]
+
+
 def console_marks(server_id):
     """The highest k the guest reported with "MARK k" on its console."""
-    log = openstack('console', 'log', 'show', server_id, parse=False)
+    log = sdk().compute.get_server_console_output(server_id)['output']
     marks = re.findall(r'^MARK (\d+)\r?$', log, re.M)
     return max(map(int, marks), default=0), log
 
 
-def wait_for(what, check, timeout=WAIT_TIMEOUT, interval=1):
+def wait_for(what, check, timeout=WAIT_TIMEOUT, interval=0.5):
     deadline = time.monotonic() + timeout
     while True:
         result = check()
@@ -73,14 +90,15 @@ def wait_for(what, check, timeout=WAIT_TIMEOUT, interval=1):
 
 
 def wait_for_status(server_id, status):
+    """Wait for status with no task state; return ``server show``."""
     def check():
-        server = openstack('server', 'show', server_id)
-        if server['status'] == 'ERROR':
+        server = sdk().compute.get_server(server_id)
+        if server.status == 'ERROR':
             raise AssertionError('server %s went to ERROR: %s'
-                                 % (server_id, server.get('fault')))
-        return (server if server['status'] == status
-                and not server['OS-EXT-STS:task_state'] else None)
-    return wait_for('server %s %s' % (server_id, status), check)
+                                 % (server_id, server.fault))
+        return server.status == status and not server.task_state
+    wait_for('server %s %s' % (server_id, status), check)
+    return openstack('server', 'show', server_id)
 
 
 @pytest.fixture(scope='session', autouse=True)
