@@ -613,9 +613,22 @@ def setup_nova():
 
 def start_nova_services():
     conf = ['--config-file', path('etc/nova/nova.conf')]
-    for name in ('nova-conductor', 'nova-scheduler', 'nova-compute'):
+    for name in ('nova-conductor', 'nova-scheduler'):
         start(name, [os.path.join(BIN, name)] + conf)
+    start_compute()
     start_wsgi('nova-api', 'nova')
+
+
+def start_compute(*extra_config_files):
+    """Start nova-compute; later config files override nova.conf.
+
+    The e2e tests restart it with a bandwidth limit for a crash test.
+    """
+    cmd = [os.path.join(BIN, 'nova-compute'),
+           '--config-file', path('etc/nova/nova.conf')]
+    for extra in extra_config_files:
+        cmd += ['--config-file', extra]
+    start('nova-compute', cmd)
 
 
 def map_compute_host():
