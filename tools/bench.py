@@ -27,7 +27,9 @@ timed ones, whose times they would spoil.
 
 Data kinds: ``random`` (incompressible) and ``compressible`` (each MiB half
 random, half a repeated text: about 2:1 for zlib).  The disk is filled
-from 32 MiB to its end, in the instance's base image.
+from 32 MiB to its end, in the instance's base image.  Images are not
+compressed unless --compression says so (then nova's in-tree driver
+compresses with zlib, as [libvirt] snapshot_compression makes it).
 
 Writes bench.json, bench.md (tables of ratios, pasteable in the README)
 and bench.png (needs matplotlib, bench-requirements.txt) into --out.  Not
@@ -506,9 +508,10 @@ def plot_writes(ax, cases):
     ax.legend(fontsize=8)
 
 
-def report(cases, out):
+def report(cases, args):
+    out = args.out
     with open(os.path.join(out, 'bench.json'), 'w') as f:
-        json.dump(cases, f, indent=1)
+        json.dump({'args': vars(args), 'cases': cases}, f, indent=1)
     md = timing_table(cases) + '\n' + writes_table(cases)
     with open(os.path.join(out, 'bench.md'), 'w') as f:
         f.write(md)
@@ -533,6 +536,11 @@ def parse_args():
     parser.add_argument('--write-seconds', type=float, default=3.0,
                         help='length of each guest-write measurement; '
                         '0 skips them')
+    parser.add_argument('--compression', choices=('none', 'zlib', 'zstd'),
+                        default='none',
+                        help='compress the images: [libvirt] '
+                        'snapshot_compression (nova in-tree: zlib) and '
+                        '[snapdriver] compression_type (ours)')
     parser.add_argument('--out', default='bench-results')
     args = parser.parse_args()
     args.sizes = [float(s) for s in args.sizes.split(',') if s]
@@ -546,10 +554,15 @@ def parse_args():
 class Bench(object):
     """What every snapshot of the run shares: services, drivers, dirs."""
 
-    def __init__(self, workdir, glance_url, intree):
+    def __init__(self, workdir, glance_url, intree, compression):
         self.conn = libvirt.open(libvirtd.URI)
         nova_env.configure(workdir, glance_url,
                            virt_type=libvirtd.virt_type())
+        if compression != 'none':
+            nova_env.CONF.set_override('snapshot_compression', True,
+                                       'libvirt')
+            nova_env.CONF.set_override('compression_type', compression,
+                                       'snapdriver')
         self.drivers = {'ours': nova_env.load_driver()}
         if intree:
             self.drivers['in-tree'] = nova_env.load_intree_driver()
@@ -576,7 +589,8 @@ def main():
     bench = None
     try:
         test_instance.NovaInstance._next_id = 0x6000000 + os.getpid()
-        bench = Bench(args.workdir, glance.url, not args.skip_intree)
+        bench = Bench(args.workdir, glance.url, not args.skip_intree,
+                      args.compression)
         for size in args.sizes:
             for kind in args.data:
                 print('case: %g GiB %s' % (size, kind), flush=True)
@@ -587,7 +601,7 @@ def main():
             bench.close()
         glance.stop()
         shutil.rmtree(args.workdir, ignore_errors=True)
-    report(cases, args.out)
+    report(cases, args)
 
 
 if __name__ == '__main__':
