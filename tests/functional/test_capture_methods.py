@@ -254,14 +254,15 @@ def test_backup_timeout_aborts_the_backup_and_names_the_option(
 
 
 @pytest.mark.parametrize('method,compression_type', [
-    ('rebase', 'zlib'), ('rebase', 'zstd'), ('backup', 'zstd')])
+    ('rebase', 'zlib'), ('rebase', 'zstd'), ('backup', 'zstd'),
+    ('auto', 'zstd')])
 def test_compressed_image_uses_the_compression_type(
         method, compression_type, driver, context, conf, make_instance,
-        make_image, glance_client, snapshots_dir, workdir):
+        make_image, glance_client, snapshots_dir, workdir, recorded):
     """[libvirt] snapshot_compression with [snapdriver] compression_type.
 
     With backup the backup is a flat qcow2 beside the image, compressed by
-    one more convert pass (no single copy).
+    one more convert pass (no single copy); so auto picks copy here.
     """
     conf('libvirt', snapshot_compression=True)
     conf('snapdriver', capture_method=method,
@@ -271,6 +272,8 @@ def test_compressed_image_uses_the_compression_type(
 
     driver.snapshot(context, inst.obj, image['id'], lambda **kw: None)
 
+    expected = 'copy' if method == 'auto' else method
+    assert [r['capture_method'] for r in recorded] == [expected]
     local = download(glance_client, image['id'], workdir)
     info = checks.image_info(local, 'qcow2')
     assert 'backing-filename' not in info
