@@ -148,7 +148,10 @@ Related options:
                    ('auto', 'backup if the domain capabilities report '
                     '<backup supported=\'yes\'/> and libvirt-python has '
                     'backupBegin, else copy if libvirt has '
-                    'VIR_DOMAIN_BLOCK_COPY_TRANSIENT_JOB, else rebase.'),
+                    'VIR_DOMAIN_BLOCK_COPY_TRANSIENT_JOB, else rebase.  '
+                    'With [libvirt] snapshot_compression on a qcow2 '
+                    'image, copy before backup (a compressed backup '
+                    'costs a second full copy and pass).'),
                ],
                help="""
 How a live snapshot captures the running root disk.

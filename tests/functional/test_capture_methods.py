@@ -5,14 +5,16 @@ undefine), backup (push-mode virDomainBackupBegin, no undefine, written
 as the final image) and auto (which must pick backup on this host).  For
 each: the image is flat and equal to the disk, the domain persistent and
 running, nothing is left in the snapshots directory and the journal is
-empty; and a job aborted from outside fails the snapshot and leaves the
-instance as it was.
+empty; and a job aborted from outside, or a backup that outlasts
+block_job_timeout, fails the snapshot and leaves the instance as it was.
 """
 
+import json
 import os
 import subprocess
 
 import libvirt
+import libvirt_qemu
 import pytest
 
 from nova_snapdriver import exception
@@ -156,44 +158,111 @@ def test_copy_cancelled_from_outside_fails_and_changes_nothing(
     os.unlink(reference)
 
 
+@pytest.fixture
+def outsider():
+    """A second libvirt connection: whoever acts on the domain meanwhile."""
+    conn = libvirt.open(libvirtd.URI)
+    yield conn
+    conn.close()
+
+
+def once_backup_begun(inst, listener, outsider, action):
+    """Run ``action(domain)`` once, right after backupBegin returned.
+
+    Returns the list that will hold what ``action`` returned.
+    """
+    results = []
+
+    def once(uuid, phase, done, total):
+        if uuid == inst.uuid and phase == 'step:backup' and not results:
+            results.append(action(outsider.lookupByUUIDString(uuid)))
+    listener(once)
+    return results
+
+
+def abort_job(domain):
+    """Abort the domain's job; say whether the domain was persistent."""
+    persistent = bool(domain.isPersistent())
+    domain.abortJob()
+    return persistent
+
+
+def throttle_block_jobs(domain, bytes_per_second=1024 * 1024):
+    """Slow every block job of ``domain`` down, through QEMU's monitor.
+
+    libvirt offers no bandwidth for a backup, and QEMU's backup job takes
+    one (block-job-set-speed), so a test can make a backup outlast a short
+    timeout on any disk, however fast the host.  Returns the jobs' ids.
+    """
+    def qmp(command, **arguments):
+        reply = libvirt_qemu.qemuMonitorCommand(
+            domain, json.dumps({'execute': command,
+                                'arguments': arguments}), 0)
+        return json.loads(reply)['return']
+    jobs = [job['device'] for job in qmp('query-block-jobs')]
+    for job in jobs:
+        qmp('block-job-set-speed', device=job, speed=bytes_per_second)
+    return jobs
+
+
 def test_backup_aborted_from_outside_fails_and_changes_nothing(
         driver, context, conf, make_instance, make_image, listener,
-        snapshots_dir, workdir):
+        outsider, snapshots_dir, workdir):
     conf('snapdriver', capture_method='backup')
     # A larger disk, so the backup is still running when it is aborted.
     inst = make_instance(disk_mib=2048)
     reference = reference_copy(inst, workdir)
-    outsider = libvirt.open(libvirtd.URI)
-    aborted = []
-
-    def abort_once(uuid, phase, done, total):
-        if uuid == inst.uuid and phase == 'step:backup' and not aborted:
-            dom = outsider.lookupByUUIDString(uuid)
-            aborted.append(bool(dom.isPersistent()))
-            dom.abortJob()
-    listener(abort_once)
+    aborted = once_backup_begun(inst, listener, outsider, abort_job)
     image = make_image(inst)
 
     with pytest.raises(exception.BackupFailed) as err:
         driver.snapshot(context, inst.obj, image['id'], lambda **kw: None)
 
-    outsider.close()
-    assert aborted == [True]
+    assert aborted == [True], 'not aborted, or transient during the backup'
     assert 'cancelled from outside' in str(err.value)
     assert inst.uuid in str(err.value)
     assert_instance_as_before(inst, snapshots_dir, reference)
     os.unlink(reference)
 
 
+def test_backup_timeout_aborts_the_backup_and_names_the_option(
+        driver, context, conf, make_instance, make_image, listener,
+        outsider, snapshots_dir, workdir):
+    """[snapdriver] block_job_timeout reached during a backup.
+
+    The backup is throttled to 1 MiB/s from outside as soon as it has
+    begun, so its 2 GiB cannot be done within the 1 s timeout.
+    """
+    conf('snapdriver', capture_method='backup', block_job_timeout=1)
+    inst = make_instance(disk_mib=2048)
+    reference = reference_copy(inst, workdir)
+    throttled = once_backup_begun(inst, listener, outsider,
+                                  throttle_block_jobs)
+    image = make_image(inst)
+
+    with pytest.raises(exception.BackupTimeout) as err:
+        driver.snapshot(context, inst.obj, image['id'], lambda **kw: None)
+
+    assert throttled and throttled[0], 'no backup job to throttle'
+    message = str(err.value)
+    assert 'not complete after 1 s' in message
+    assert 'block_job_timeout' in message
+    assert 'The backup was aborted' in message
+    assert inst.uuid in message
+    assert_instance_as_before(inst, snapshots_dir, reference)
+    os.unlink(reference)
+
+
 @pytest.mark.parametrize('method,compression_type', [
-    ('rebase', 'zlib'), ('rebase', 'zstd'), ('backup', 'zstd')])
+    ('rebase', 'zlib'), ('rebase', 'zstd'), ('backup', 'zstd'),
+    ('auto', 'zstd')])
 def test_compressed_image_uses_the_compression_type(
         method, compression_type, driver, context, conf, make_instance,
-        make_image, glance_client, snapshots_dir, workdir):
+        make_image, glance_client, snapshots_dir, workdir, recorded):
     """[libvirt] snapshot_compression with [snapdriver] compression_type.
 
     With backup the backup is a flat qcow2 beside the image, compressed by
-    one more convert pass (no single copy).
+    one more convert pass (no single copy); so auto picks copy here.
     """
     conf('libvirt', snapshot_compression=True)
     conf('snapdriver', capture_method=method,
@@ -203,6 +272,8 @@ def test_compressed_image_uses_the_compression_type(
 
     driver.snapshot(context, inst.obj, image['id'], lambda **kw: None)
 
+    expected = 'copy' if method == 'auto' else method
+    assert [r['capture_method'] for r in recorded] == [expected]
     local = download(glance_client, image['id'], workdir)
     info = checks.image_info(local, 'qcow2')
     assert 'backing-filename' not in info

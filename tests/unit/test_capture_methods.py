@@ -135,14 +135,35 @@ class CaptureMethodTestCase(base.TestCase):
             self.assertEqual('copy', snapshot_plan.capture_method(
                 self.driver, self.guest))
 
-    def test_auto_picks_rebase_without_transient_block_copy(self):
+    def _auto_without_transient_copy(self, backup, compress=False):
+        """What auto picks where libvirt has no transient block copy."""
         self.flags(capture_method='auto', group='snapdriver')
-        self._caps('no')
+        self._caps(backup)
         with mock.patch.object(snapshot_plan, 'libvirt') as fake_libvirt:
             del fake_libvirt.VIR_DOMAIN_BLOCK_COPY_TRANSIENT_JOB
             fake_libvirt.virDomain = libvirt.virDomain
-            self.assertEqual('rebase', snapshot_plan.capture_method(
-                self.driver, self.guest))
+            return snapshot_plan.capture_method(self.driver, self.guest,
+                                                compress=compress)
+
+    def test_auto_picks_rebase_without_transient_block_copy(self):
+        self.assertEqual('rebase', self._auto_without_transient_copy('no'))
+
+    def test_auto_picks_copy_over_backup_for_a_compressed_image(self):
+        self.flags(capture_method='auto', group='snapdriver')
+        self._caps('yes')
+        self.assertEqual('copy', snapshot_plan.capture_method(
+            self.driver, self.guest, compress=True))
+        self.assertEqual('backup', snapshot_plan.capture_method(
+            self.driver, self.guest, compress=False))
+
+    def test_auto_compressed_without_transient_copy_still_backs_up(self):
+        self.assertEqual('backup', self._auto_without_transient_copy(
+            'yes', compress=True))
+
+    def test_explicit_backup_is_kept_for_a_compressed_image(self):
+        self.flags(capture_method='backup', group='snapdriver')
+        self.assertEqual('backup', snapshot_plan.capture_method(
+            self.driver, self.guest, compress=True))
 
     def test_auto_falls_back_when_capabilities_cannot_be_read(self):
         self.flags(capture_method='auto', group='snapdriver')
