@@ -32,6 +32,7 @@ from nova.virt.libvirt import guest as libvirt_guest
 from nova.virt.libvirt import host as libvirt_host
 
 from nova_snapdriver import driver
+from nova_snapdriver import journal
 
 objects.register_all()
 
@@ -41,6 +42,21 @@ INSTANCE_UUID = '6f1b1a3c-2b5e-4c8e-9a0d-3e2f1c4b5a69'
 IMAGE_ID = 'c0ffee00-1234-4abc-8def-0123456789ab'
 DISK_DEV = 'vda'
 DISK_SIZE = 10 * 1024 ** 3
+
+
+def begin_journal_record(snapshots_dir, image_id=IMAGE_ID, **fields):
+    """Write the journal record of a rebase snapshot that is copying.
+
+    Returns the record with its lock held; ``fields`` (``xml`` and
+    ``disk_path`` among them) override the defaults.
+    """
+    values = dict(
+        instance_uuid=INSTANCE_UUID, instance_name='instance-00000001',
+        image_id=image_id, disk_path=None, disk_dev=DISK_DEV,
+        work_dir=os.path.join(snapshots_dir, image_id), xml=None,
+        persistent=True, phase='copying')
+    values.update(fields)
+    return journal.begin(**values)
 
 
 def libvirt_error(code, message='fake libvirt error'):

@@ -108,14 +108,10 @@ class ManageTestCase(base.TestCase):
         return code, json.loads(out)
 
     def _record(self, image_id=base.IMAGE_ID, alive=False, **fields):
-        values = dict(
-            instance_uuid=base.INSTANCE_UUID,
-            instance_name='instance-00000001', image_id=image_id,
-            disk_path=DISK, disk_dev=base.DISK_DEV,
-            work_dir=os.path.join(self.snapshots_dir, image_id),
-            xml=self.saved_xml, persistent=True, phase='copying')
-        values.update(fields)
-        record = journal.begin(**values)
+        fields.setdefault('xml', self.saved_xml)
+        fields.setdefault('disk_path', DISK)
+        record = base.begin_journal_record(self.snapshots_dir, image_id,
+                                           **fields)
         if alive:
             self.addCleanup(record.release)
         else:

@@ -83,14 +83,10 @@ class RecoveryTestCase(base.TestCase):
 
     def _dead_record(self, image_id=base.IMAGE_ID, **fields):
         """What a snapshot leaves when its process dies: record, no lock."""
-        values = dict(
-            instance_uuid=base.INSTANCE_UUID,
-            instance_name='instance-00000001', image_id=image_id,
-            disk_path=DISK, disk_dev=base.DISK_DEV,
-            work_dir=os.path.join(self.snapshots_dir, image_id),
-            xml=self.saved_xml, persistent=True, phase='copying')
-        values.update(fields)
-        record = journal.begin(**values)
+        fields.setdefault('xml', self.saved_xml)
+        fields.setdefault('disk_path', DISK)
+        record = base.begin_journal_record(self.snapshots_dir, image_id,
+                                           **fields)
         record.release()
         return record.path
 
