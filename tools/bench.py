@@ -470,7 +470,7 @@ def plot(cases, path):
     except ImportError:
         print('matplotlib is not installed (bench-requirements.txt): no plot')
         return
-    fig, (times, writes) = pyplot.subplots(2, 1, figsize=(10, 8))
+    fig, (times, writes) = pyplot.subplots(2, 1, figsize=(11, 11))
     plot_times(times, cases)
     plot_writes(writes, cases)
     fig.tight_layout()
@@ -485,14 +485,14 @@ def plot_times(ax, cases):
         floor = case['results']['glance-only']['wall']
         for name, r in case['results'].items():
             if name != 'glance-only':
-                labels.append('%gG %s\n%s' % (case['size_gib'],
-                                              case['kind'], name))
+                labels.append('%gG %s %s' % (case['size_gib'],
+                                             case['kind'], name))
                 ratios.append(r['wall'] / floor)
     ax.bar(range(len(labels)), ratios, color='tab:blue')
     ax.axhline(1.0, color='tab:red', label='Glance alone (the floor)')
     ax.axhline(1.05, color='tab:red', linestyle=':', label='target 1.05')
     ax.set_xticks(range(len(labels)))
-    ax.set_xticklabels(labels, fontsize=7)
+    ax.set_xticklabels(labels, fontsize=7, rotation=90)
     ax.set_ylabel('snapshot time ÷ Glance alone')
     ax.legend(fontsize=8)
 
@@ -502,7 +502,7 @@ def plot_writes(ax, cases):
     labels, ratios = [], []
     for case in cases:
         for w in case['writes']:
-            labels.append('%gG %s\n%s' % (
+            labels.append('%gG %s %s' % (
                 case['size_gib'], w['driver'],
                 '%d MiB/s' % w['bandwidth'] if w['bandwidth'] else
                 'no limit'))
@@ -510,7 +510,7 @@ def plot_writes(ax, cases):
     ax.bar(range(len(labels)), ratios, color='tab:green')
     ax.axhline(0.70, color='tab:red', linestyle=':', label='target 0.70')
     ax.set_xticks(range(len(labels)))
-    ax.set_xticklabels(labels, fontsize=7)
+    ax.set_xticklabels(labels, fontsize=7, rotation=90)
     ax.set_ylim(0, max(ratios + [1.0]) * 1.1)
     ax.set_ylabel('guest writes: during ÷ idle')
     ax.legend(fontsize=8)
@@ -550,6 +550,9 @@ def parse_args():
                         'snapshot_compression (nova in-tree: zlib) and '
                         '[snapdriver] compression_type (ours)')
     parser.add_argument('--out', default='bench-results')
+    parser.add_argument('--replot', metavar='BENCH_JSON',
+                        help='only rewrite bench.md and bench.png in --out '
+                        'from the figures of an earlier run')
     args = parser.parse_args()
     args.sizes = [float(s) for s in args.sizes.split(',') if s]
     args.data = [k for k in args.data.split(',') if k]
@@ -600,6 +603,12 @@ class Bench(object):
 def main():
     args = parse_args()
     os.makedirs(args.out, exist_ok=True)
+    if args.replot:
+        with open(args.replot) as f:
+            earlier = json.load(f)
+        args.__dict__.update(earlier['args'], out=args.out)
+        report(earlier['cases'], args)
+        return
     args.workdir = tempfile.mkdtemp(prefix='snapdriver-bench-')
     libvirtd.ensure_running()
     glance = test_glance.GlanceServer(os.path.join(args.workdir, 'glance'))
