@@ -316,20 +316,10 @@ def stop_rabbitmq():
 # Configuration files.
 
 def authtoken(user):
-    return """\
-[keystone_authtoken]
-www_authenticate_uri = {keystone}/v3
-auth_url = {keystone}/v3
-auth_type = password
-user_domain_name = Default
-project_domain_name = Default
-project_name = service
-username = {user}
-password = {password}
-region_name = {region}
-service_token_roles_required = true
-""".format(keystone=url('keystone'), user=user, password=SERVICE_PASSWORD,
-           region=REGION)
+    """[keystone_authtoken] of a service: its own user, plus token checks."""
+    return (service_auth('keystone_authtoken', user) +
+            'www_authenticate_uri = %s/v3\n'
+            'service_token_roles_required = true\n' % url('keystone'))
 
 
 def service_auth(section, user='nova'):
@@ -685,7 +675,7 @@ def build_guest_images():
     os.unlink(raw)
 
 
-def openstack(*args, parse=True):
+def openstack(*args, parse=True, timeout=CALL_TIMEOUT):
     """Run the openstack CLI as the cloud's admin; JSON out if parse."""
     cmd = [os.path.join(BIN, 'openstack')] + list(args)
     if parse:
@@ -695,12 +685,13 @@ def openstack(*args, parse=True):
     try:
         res = subprocess.run(cmd, stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True, env=env,
-                             timeout=CALL_TIMEOUT)
+                             timeout=timeout)
     except subprocess.TimeoutExpired:
         raise MinicloudError('timed out after %ss: %s'
-                             % (CALL_TIMEOUT, ' '.join(cmd)))
+                             % (timeout, ' '.join(cmd)))
     if res.returncode:
-        raise MinicloudError('%s\n%s' % (' '.join(cmd), res.stderr[-3000:]))
+        raise MinicloudError('exit %d: %s\n%s' % (
+            res.returncode, ' '.join(cmd), res.stderr[-3000:]))
     return json.loads(res.stdout) if parse else res.stdout
 
 

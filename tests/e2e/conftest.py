@@ -13,45 +13,40 @@ left on the compute host.  They run in the minicloud's venv:
 A cloud that is not up fails the run; nothing here skips.
 """
 
-import json
+import contextlib
 import os
 import re
-import subprocess
 import sys
 import time
 
+import libvirt
 import pytest
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))))
-STATE = os.path.abspath(os.environ.get(
-    'MINICLOUD_DIR', '/var/tmp/nova-snapdriver-minicloud'))
-OPENSTACK = os.path.join(sys.prefix, 'bin', 'openstack')
-CALL_TIMEOUT = 120   # one CLI call
+# The cloud's own script: its state directory, CLI wrapper and services.
+sys.path.insert(0, os.path.join(REPO, 'tools'))
+import minicloud  # noqa: E402
+
+STATE = minicloud.STATE
+CLIError = minicloud.MinicloudError
+openstack = minicloud.openstack
+CALL_TIMEOUT = minicloud.CALL_TIMEOUT   # one CLI call
 WAIT_TIMEOUT = 300   # a CLI call with --wait, or a status to be reached
 MARKERS_IMAGE = 'minicloud-markers'
 FLAVOR = 'mc.tiny'
 
 
-class CLIError(Exception):
-    pass
+def domain_info(name):
+    """(persistent, state, block job on vda) of a libvirt domain.
 
-
-def openstack(*args, parse=True, timeout=CALL_TIMEOUT):
-    """Run the openstack CLI as the cloud's admin; parsed JSON if parse."""
-    cmd = [OPENSTACK] + list(args) + (['-f', 'json'] if parse else [])
-    env = dict(os.environ, OS_CLIENT_CONFIG_FILE=os.path.join(
-        STATE, 'clouds.yaml'), OS_CLOUD='minicloud')
-    try:
-        res = subprocess.run(cmd, stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True, env=env,
-                             timeout=timeout)
-    except subprocess.TimeoutExpired:
-        raise CLIError('timed out after %ss: %s' % (timeout, ' '.join(cmd)))
-    if res.returncode:
-        raise CLIError('exit %d: %s\n%s' % (res.returncode, ' '.join(cmd),
-                                            res.stderr[-3000:]))
-    return json.loads(res.stdout) if parse else res.stdout
+    A domain that is not running has no block job to ask about: {}.
+    """
+    conn = libvirt.open('qemu:///system')
+    with contextlib.closing(conn):
+        dom = conn.lookupByName(name)
+        job = dom.blockJobInfo('vda', 0) if dom.isActive() else {}
+        return bool(dom.isPersistent()), dom.state()[0], job
 
 
 _sdk = []
@@ -104,13 +99,11 @@ def wait_for_status(server_id, status):
 @pytest.fixture(scope='session', autouse=True)
 def cloud():
     """The minicloud must be up: a cloud that is down fails, never skips."""
-    res = subprocess.run(
-        [sys.executable, os.path.join(REPO, 'tools', 'minicloud.py'),
-         'status'], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        text=True, timeout=CALL_TIMEOUT)
-    if res.returncode:
-        pytest.fail('the minicloud is not up (run "tools/minicloud up"):\n'
-                    + res.stdout, pytrace=False)
+    down = set(minicloud.SERVICES) - set(minicloud.running())
+    if down:
+        pytest.fail('the minicloud is not up (run "tools/minicloud up"); '
+                    'not running: %s' % ', '.join(sorted(down)),
+                    pytrace=False)
 
 
 class Cloud(object):

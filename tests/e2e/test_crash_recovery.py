@@ -17,23 +17,20 @@ import glob
 import json
 import os
 import signal
-import sys
 
 import libvirt
 import pytest
 
 from tests.e2e.conftest import CLIError
 from tests.e2e.conftest import console_marks
+from tests.e2e.conftest import domain_info
+from tests.e2e.conftest import minicloud
 from tests.e2e.conftest import openstack
-from tests.e2e.conftest import REPO
 from tests.e2e.conftest import sdk
 from tests.e2e.conftest import STATE
 from tests.e2e.conftest import wait_for
 from tests.e2e.conftest import wait_for_status
 from tests.testbed import guest as test_guest
-
-sys.path.insert(0, os.path.join(REPO, 'tools'))
-import minicloud  # noqa: E402
 
 JOURNAL = os.path.join(STATE, 'nova', 'snapdriver-journal')
 SNAPSHOTS = os.path.join(STATE, 'nova', 'instances', 'snapshots')
@@ -48,16 +45,6 @@ def journal_records():
         except (OSError, ValueError):  # being replaced right now
             pass
     return records
-
-
-def domain(name):
-    conn = libvirt.open('qemu:///system')
-    try:
-        dom = conn.lookupByName(name)
-        return (bool(dom.isPersistent()), dom.state()[0],
-                dom.blockJobInfo('vda', 0))
-    finally:
-        conn.close()
 
 
 def kill_compute():
@@ -111,18 +98,18 @@ def test_nova_compute_killed_mid_snapshot_is_repaired_when_it_restarts(
     resources.images.append(image['id'])
     wait_for('the copy to run with the domain transient',
              lambda: (any(r['phase'] == 'copying' for r in journal_records())
-                      and not domain(name)[0]),
+                      and not domain_info(name)[0]),
              timeout=120, interval=0.05)
     kill_compute()
 
     # What nova's in-tree driver would leave for good: a transient domain.
-    persistent, state, _job = domain(name)
+    persistent, state, _job = domain_info(name)
     assert (persistent, state) == (False, libvirt.VIR_DOMAIN_RUNNING)
     assert journal_records(), 'the journal lost the snapshot'
 
     start_compute()
 
-    persistent, state, job = domain(name)
+    persistent, state, job = domain_info(name)
     assert (persistent, state, job) == (True, libvirt.VIR_DOMAIN_RUNNING, {})
     assert journal_records() == []
     assert os.listdir(SNAPSHOTS) == []

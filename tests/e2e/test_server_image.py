@@ -8,7 +8,6 @@ with K between the counts the console showed before and after the
 snapshot; of a stopped or paused server it must equal the disk.
 """
 
-import contextlib
 import os
 import subprocess
 import tempfile
@@ -16,6 +15,7 @@ import tempfile
 import libvirt
 
 from tests.e2e.conftest import console_marks
+from tests.e2e.conftest import domain_info
 from tests.e2e.conftest import MARKERS_IMAGE
 from tests.e2e.conftest import openstack
 from tests.e2e.conftest import STATE
@@ -44,14 +44,6 @@ def raw_bytes(image_path, fmt, size):
                         '-O', 'raw', out], check=True, timeout=120)
         with open(out, 'rb') as f:
             return f.read()
-
-
-def domain_state(server):
-    """(persistent, state) of the server's libvirt domain."""
-    conn = libvirt.open('qemu:///system')
-    with contextlib.closing(conn):
-        dom = conn.lookupByName(server['OS-EXT-SRV-ATTR:instance_name'])
-        return bool(dom.isPersistent()), dom.state()[0]
 
 
 def assert_snapshot_image(image, server):
@@ -95,7 +87,8 @@ def test_live_snapshot_of_a_writing_server(resources, tmp_path):
     assert_snapshot_image(image, server)
     shown = wait_for_status(server['id'], 'ACTIVE')
     assert shown['OS-EXT-STS:task_state'] is None
-    assert domain_state(shown) == (True, libvirt.VIR_DOMAIN_RUNNING)
+    assert domain_info(shown['OS-EXT-SRV-ATTR:instance_name'])[:2] == (
+        True, libvirt.VIR_DOMAIN_RUNNING)
     assert_host_clean()
 
     path = download(image['id'], str(tmp_path))
@@ -126,21 +119,35 @@ def test_live_snapshot_of_a_writing_server(resources, tmp_path):
         BASE_DISK, 'qcow2', head)
 
 
+def snapshot_at_rest(resources, server, status, domain_state, tmp_path):
+    """Snapshot a server that cannot write; return the image's markers.
+
+    The server must stay in its status with its domain persistent, and
+    the image must equal its disk.
+    """
+    image = resources.snapshot(server['id'], server['name'] + '-snap')
+
+    assert_snapshot_image(image, server)
+    shown = wait_for_status(server['id'], status)
+    persistent, state, _job = domain_info(
+        shown['OS-EXT-SRV-ATTR:instance_name'])
+    assert (persistent, state) == (True, domain_state)
+    assert_host_clean()
+    path = download(image['id'], str(tmp_path))
+    assert_image_equals_disk(path, server)
+    return test_guest.check_consistent(
+        test_guest.read_markers(path, 'qcow2'))
+
+
 def test_snapshot_of_a_stopped_server(resources, tmp_path):
     server = resources.boot('e2e-stopped', min_marks=20)
     openstack('server', 'stop', server['id'], parse=False)
     wait_for_status(server['id'], 'SHUTOFF')
 
-    image = resources.snapshot(server['id'], 'e2e-stopped-snap')
+    count = snapshot_at_rest(resources, server, 'SHUTOFF',
+                             libvirt.VIR_DOMAIN_SHUTOFF, tmp_path)
 
-    assert_snapshot_image(image, server)
-    shown = wait_for_status(server['id'], 'SHUTOFF')
-    assert domain_state(shown) == (True, libvirt.VIR_DOMAIN_SHUTOFF)
-    assert_host_clean()
-    path = download(image['id'], str(tmp_path))
-    assert_image_equals_disk(path, server)
-    assert test_guest.check_consistent(
-        test_guest.read_markers(path, 'qcow2')) >= 20
+    assert count >= 20
 
 
 def test_snapshot_of_a_paused_server(resources, tmp_path):
@@ -149,16 +156,9 @@ def test_snapshot_of_a_paused_server(resources, tmp_path):
     wait_for_status(server['id'], 'PAUSED')
     paused_at, _log = console_marks(server['id'])
 
-    image = resources.snapshot(server['id'], 'e2e-paused-snap')
+    count = snapshot_at_rest(resources, server, 'PAUSED',
+                             libvirt.VIR_DOMAIN_PAUSED, tmp_path)
 
-    assert_snapshot_image(image, server)
-    shown = wait_for_status(server['id'], 'PAUSED')
-    assert domain_state(shown) == (True, libvirt.VIR_DOMAIN_PAUSED)
-    assert_host_clean()
-    path = download(image['id'], str(tmp_path))
-    assert_image_equals_disk(path, server)
-    count = test_guest.check_consistent(
-        test_guest.read_markers(path, 'qcow2'))
     # The console may lag one marker behind the disk, never lead it.
     assert paused_at <= count <= paused_at + 1, (paused_at, count)
     # Unpaused, it goes on writing.
