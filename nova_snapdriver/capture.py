@@ -22,6 +22,12 @@ holes closed:
 * ``backup`` (``_live_backup``): ``virDomainBackupBegin`` in push mode, a
   full backup of the disk, point in time at its start, written by QEMU
   straight into the image (or a flat qcow2 to be compressed), no undefine.
+  The target is created by us, as the nova-compute user, and handed to
+  libvirt with ``REUSE_EXTERNAL``: a target libvirt creates itself is
+  root's, mode 0600, and nova could not read it.
+
+Every file QEMU wrote is checked before it is read (``chain.captured``):
+QEMU had it open read-write, so its header is not trusted.
 
 The cold path reads nothing but the disk: the domain is shut off.
 """
@@ -35,6 +41,7 @@ from oslo_config import cfg
 from oslo_log import log as logging
 
 from nova_snapdriver import blockjob
+from nova_snapdriver import chain
 from nova_snapdriver import exception
 from nova_snapdriver import qemu_img
 
@@ -53,11 +60,16 @@ def _wait_options():
 
 def create_overlay(plan):
     """The empty qcow2 the live copy is written into."""
-    if plan.backing_file:
-        qemu_img.create_overlay(plan.overlay_path, plan.backing_file,
-                                plan.backing_format, plan.virtual_size)
+    if plan.chain.backing:
+        qemu_img.create_overlay(plan.overlay_path, plan.chain.backing,
+                                plan.virtual_size)
     else:
-        qemu_img.create(plan.overlay_path, plan.virtual_size)
+        qemu_img.create(plan.overlay_path, 'qcow2', plan.virtual_size)
+
+
+def create_backup_target(plan):
+    """The empty, unbacked file QEMU writes the backup into."""
+    qemu_img.create(plan.backup_path, plan.backup_format, plan.virtual_size)
 
 
 def start_copy(guest, plan):
@@ -98,8 +110,9 @@ def start_blockcopy(guest, plan):
 def backup_xml(guest, plan):
     """Push-mode backup XML: the root disk into ``plan.backup_path``.
 
-    Every other disk of the domain is listed with backup='no'.  libvirt
-    creates the target itself, flat, in ``plan.backup_format``.
+    Every other disk of the domain is listed with backup='no'.  The target
+    exists already (``create_backup_target``), flat, in
+    ``plan.backup_format``.
     """
     root = ElementTree.Element('domainbackup', mode='push')
     disks = ElementTree.SubElement(root, 'disks')
@@ -117,7 +130,9 @@ def backup_xml(guest, plan):
 
 
 def start_backup(guest, plan):
-    guest._domain.backupBegin(backup_xml(guest, plan), None, 0)
+    guest._domain.backupBegin(
+        backup_xml(guest, plan), None,
+        libvirt.VIR_DOMAIN_BACKUP_BEGIN_REUSE_EXTERNAL)
 
 
 def redefine(driver, xml, instance, xml_path):
@@ -161,7 +176,7 @@ def live(driver, context, instance, guest, plan, xml, step):
 
     ``xml`` is the domain's saved definition (``saved_xml``); ``step(name)``
     is called after each change to the domain, for the journal.  Returns
-    the path of the captured file and its format.
+    the captured file's checked chain (a ``chain.Node``).
     """
     method = plan.capture_method
     if method == 'backup':
@@ -208,7 +223,7 @@ def _live_mirror(driver, context, instance, guest, plan, xml, step,
         error = _restore(driver, context, instance, guest, plan, xml, state)
         if done and error is not None:
             raise error
-    return plan.overlay_path, 'qcow2'
+    return chain.captured(plan.overlay_path, 'qcow2', plan.chain.backing)
 
 
 def _live_backup(driver, context, instance, guest, plan, step):
@@ -220,6 +235,7 @@ def _live_backup(driver, context, instance, guest, plan, step):
     and one still running when we leave is aborted.
     """
     os.chmod(plan.work_dir, 0o701)  # QEMU (not root) must reach the target
+    create_backup_target(plan)
     domain = guest._domain
     running = False
     quiesced = False
@@ -246,7 +262,7 @@ def _live_backup(driver, context, instance, guest, plan, step):
             except Exception:
                 LOG.exception('Aborting the backup of %(disk)s failed',
                               {'disk': plan.disk_dev}, instance=instance)
-    return plan.backup_path, plan.backup_format
+    return chain.captured(plan.backup_path, plan.backup_format)
 
 
 def _restore(driver, context, instance, guest, plan, xml, state):
@@ -298,4 +314,4 @@ def _thaw(driver, context, instance):
 
 def cold(plan):
     """A shut-off domain's disk is read as it is: nothing to capture."""
-    return plan.disk_path, plan.disk_format
+    return plan.chain

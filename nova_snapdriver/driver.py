@@ -132,13 +132,13 @@ class SnapLibvirtDriver(libvirt_driver.LibvirtDriver):
             os.makedirs(plan.work_dir, mode=0o700, exist_ok=True)
             with clock.phase('capture'):
                 if plan.live:
-                    captured, fmt = capture.live(self, context, instance,
-                                                 guest, plan, xml, step)
+                    captured = capture.live(self, context, instance, guest,
+                                            plan, xml, step)
                 else:
-                    captured, fmt = capture.cold(plan)
+                    captured = capture.cold(plan)
             step('extracting')
             with clock.phase('extract'):
-                if captured == plan.image_path:
+                if captured.path == plan.image_path:
                     # A backup written as the final image: single copy.
                     size = os.path.getsize(plan.image_path)
                     LOG.info('The backup is the %(fmt)s image (%(size)s): '
@@ -147,11 +147,10 @@ class SnapLibvirtDriver(libvirt_driver.LibvirtDriver):
                               'size': progress.human_size(size)},
                              instance=instance)
                 else:
-                    size = extract.extract(plan, captured, fmt, instance)
-                if captured != plan.disk_path and \
-                        captured != plan.image_path:
+                    size = extract.extract(plan, captured, instance)
+                if captured.path not in (plan.disk_path, plan.image_path):
                     # Not needed any more: free its space before the upload.
-                    os.unlink(captured)
+                    os.unlink(captured.path)
             update_task_state(task_state=task_states.IMAGE_UPLOADING,
                               expected_state=task_states.IMAGE_PENDING_UPLOAD)
             step('uploading', size=size)

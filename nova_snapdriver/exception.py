@@ -69,3 +69,13 @@ class UploadVerificationFailed(SnapshotError):
                 "%(stored)s, but the bytes sent had %(sent)s. The upload "
                 "was damaged on the way; the image will be deleted. Check "
                 "the Glance store and the network, then retry.")
+
+
+class UnsafeDiskChain(SnapshotError):
+    msg_fmt = _("Refusing to read %(path)s for the snapshot: %(reason)s. "
+                "The driver reads only the chain nova builds for an "
+                "instance (its disk, and a backing file in nova's image "
+                "cache), so nothing was read and the instance was not "
+                "touched. Inspect the file as the nova user ('qemu-img "
+                "info -U %(path)s'): a qcow2 header rewritten behind "
+                "nova's back can mean a compromised guest.")

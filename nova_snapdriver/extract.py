@@ -1,7 +1,8 @@
 """Phase 3, extract: write the captured disk as a flat image.
 
-``qemu-img convert`` follows the captured file's backing chain, so the
-image holds the whole disk with no backing file, in the output format.
+``qemu-img convert`` reads the captured file's whole chain, named node by
+node (``chain.Node``), so the image holds the whole disk with no backing
+file, in the output format.
 """
 
 import os
@@ -17,10 +18,13 @@ CONF = cfg.CONF
 LOG = logging.getLogger(__name__)
 
 
-def extract(plan, captured, captured_format, instance):
-    """Convert ``captured`` into ``plan.image_path``; return its size."""
+def extract(plan, captured, instance):
+    """Convert the chain ``captured`` into ``plan.image_path``.
+
+    Returns the image's size.
+    """
     with compute_utils.disk_ops_semaphore:
-        qemu_img.convert(captured, captured_format, plan.image_path,
+        qemu_img.convert(captured, plan.image_path,
                          plan.image_format, compress=plan.compress,
                          coroutines=CONF.snapdriver.convert_coroutines,
                          compression_type=plan.compression_type)

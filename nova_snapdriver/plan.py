@@ -19,6 +19,7 @@ from nova.virt.libvirt import utils as libvirt_utils
 from oslo_config import cfg
 from oslo_log import log as logging
 
+from nova_snapdriver import chain as disk_chain
 from nova_snapdriver import exception
 from nova_snapdriver import progress
 from nova_snapdriver import qemu_img
@@ -56,8 +57,8 @@ class SnapshotPlan(object):
     disk_dev: str
     disk_path: str
     disk_format: str
-    backing_file: str | None
-    backing_format: str | None
+    # The disk's checked chain (chain.Node): what qemu-img reads.
+    chain: disk_chain.Node
     virtual_size: int
     image_format: str
     compress: bool
@@ -69,6 +70,14 @@ class SnapshotPlan(object):
     # capture_method); the cold path captures nothing.
     capture_method: str = 'rebase'
     compression_type: str = 'zlib'
+
+    @property
+    def backing_file(self):
+        return self.chain.backing.path if self.chain.backing else None
+
+    @property
+    def backing_format(self):
+        return self.chain.backing.format if self.chain.backing else None
 
     @property
     def overlay_path(self):
@@ -138,8 +147,8 @@ def quiesce_wanted(driver, instance, image_meta):
     return True, required
 
 
-def space_needed(live, disk_path, disk_format, disk_info, image_format,
-                 method='rebase', compress=False):
+def space_needed(live, node, disk_info, image_format, method='rebase',
+                 compress=False):
     """Bytes the snapshot stages in the snapshots directory at its peak.
 
     The image itself, as ``qemu-img measure`` counts it, plus for a live
@@ -148,10 +157,10 @@ def space_needed(live, disk_path, disk_format, disk_info, image_format,
     A backup is a full, flat qcow2: the image itself when uncompressed,
     else a second full copy beside the compressed image.
     """
-    needed = qemu_img.measure(disk_path, disk_format, image_format)
+    needed = qemu_img.measure(node, image_format)
     if live and method == 'backup':
         if compress:
-            needed += qemu_img.measure(disk_path, disk_format, 'qcow2')
+            needed += qemu_img.measure(node, 'qcow2')
     elif live:
         needed += int(disk_info.get('actual-size', 0))
     return needed
@@ -220,9 +229,9 @@ def build(driver, context, instance, image_id, guest):
     state = guest.get_power_state(driver._host)
     live = state in LIVE_STATES
     image_format = output_format(disk_format)
-    disk_info = qemu_img.info(disk_path, disk_format)
-    backing_file = disk_info.get('full-backing-filename') or \
-        disk_info.get('backing-filename')
+    # Checked before any qemu-img reads it: raises UnsafeDiskChain.
+    node = disk_chain.disk_chain(disk_path, disk_format)
+    disk_info = qemu_img.info(node)
     quiesce, require_quiesce = (
         quiesce_wanted(driver, instance, instance.image_meta)
         if live else (False, False))
@@ -233,8 +242,8 @@ def build(driver, context, instance, image_id, guest):
 
     snapshots_dir = CONF.libvirt.snapshots_directory
     os.makedirs(snapshots_dir, exist_ok=True)
-    needed = space_needed(live, disk_path, disk_format, disk_info,
-                          image_format, method, compress)
+    needed = space_needed(live, node, disk_info, image_format, method,
+                          compress)
     free = check_space(snapshots_dir, needed)
 
     plan = SnapshotPlan(
@@ -245,9 +254,7 @@ def build(driver, context, instance, image_id, guest):
         disk_dev=disk_dev,
         disk_path=disk_path,
         disk_format=disk_format,
-        backing_file=backing_file,
-        backing_format=(disk_info.get('backing-filename-format')
-                        if backing_file else None),
+        chain=node,
         virtual_size=int(disk_info['virtual-size']),
         image_format=image_format,
         compress=compress,
@@ -266,7 +273,9 @@ def build(driver, context, instance, image_id, guest):
               'single': ', single copy' if plan.single_copy else '',
               'fmt': disk_format,
               'vsize': progress.human_size(plan.virtual_size),
-              'backing': backing_file or 'nothing', 'ofmt': image_format,
+              'backing': ('%s %s' % (plan.backing_format, plan.backing_file)
+                          if plan.backing_file else 'nothing'),
+              'ofmt': image_format,
               'needed': progress.human_size(needed), 'dir': snapshots_dir,
               'free': progress.human_size(free)}, instance=instance)
     return plan

@@ -1,21 +1,27 @@
 """Thin wrappers over the qemu-img commands a snapshot runs.
 
-Each command exists twice: a ``*_cmd()`` function that builds the argument
-list, and a function that runs it privileged through rootwrap.  The builders
-are what ``etc/nova/rootwrap.d/snapdriver.filters`` is tested against, so the
-filters allow exactly the command lines this module runs, nothing more.
+Every command runs as the nova-compute user, never as root, as nova's
+in-tree snapshot runs them: the files a snapshot reads are readable by
+nova, and the files it writes live in a directory nova owns (also on an
+NFS ``instances_path`` whose root is squashed).  So this driver needs no
+rootwrap filters and no privsep at all.
 
-Formats are always given (``-f``): qemu-img never probes a guest-controlled
-image.  Read-only inspection of a disk in use takes ``-U`` (force share).
+Each command exists twice: a ``*_cmd()`` function that builds the argument
+list, and a function that runs it.  Commands that read an image take a
+``chain.Node`` and name the whole chain as a ``json:`` filename
+(``chain.py``): no header field can make qemu-img open another file.
+``info`` and ``measure`` run under nova's resource limits for qemu-img
+(``nova.privsep.qemu.QEMU_IMG_LIMITS``, what nova's own
+``qemu-img info`` runs under).  Read-only inspection of a disk
+in use takes ``-U`` (force share).
 """
 
 import time
 
+from nova.privsep import qemu as nova_qemu
 from oslo_concurrency import processutils
 from oslo_log import log as logging
 from oslo_serialization import jsonutils
-
-from nova import utils as nova_utils
 
 from nova_snapdriver import exception
 
@@ -24,44 +30,43 @@ LOG = logging.getLogger(__name__)
 QEMU_IMG = 'qemu-img'
 
 
-def create_overlay_cmd(path, backing_file, backing_format, size):
-    return [QEMU_IMG, 'create', '-f', 'qcow2', '-F', backing_format,
-            '-b', backing_file, path, str(size)]
+def create_overlay_cmd(path, backing, size):
+    # -u: the backing file is named, not opened.
+    return [QEMU_IMG, 'create', '-f', 'qcow2', '-F', backing.format,
+            '-b', backing.path, '-u', path, str(size)]
 
 
-def create_cmd(path, size):
-    return [QEMU_IMG, 'create', '-f', 'qcow2', path, str(size)]
+def create_cmd(path, fmt, size):
+    return [QEMU_IMG, 'create', '-f', fmt, path, str(size)]
 
 
-def info_cmd(path, fmt):
-    return [QEMU_IMG, 'info', '-U', '-f', fmt, '--output=json', path]
+def info_cmd(node):
+    return [QEMU_IMG, 'info', '-U', '--output=json', node.top().filename()]
 
 
-def measure_cmd(path, fmt, out_format):
-    return [QEMU_IMG, 'measure', '-U', '-f', fmt, '-O', out_format,
-            '--output=json', path]
+def measure_cmd(node, out_format):
+    return [QEMU_IMG, 'measure', '-U', '-O', out_format, '--output=json',
+            node.filename()]
 
 
-def convert_cmd(src, src_format, dst, dst_format, compress=False,
-                coroutines=16, compression_type='zlib'):
-    cmd = [QEMU_IMG, 'convert', '-f', src_format, '-O', dst_format]
+def convert_cmd(node, dst, dst_format, compress=False, coroutines=16,
+                compression_type='zlib'):
+    cmd = [QEMU_IMG, 'convert', '-O', dst_format]
     if compress:
         cmd.append('-c')
-        # zlib is qcow2's default: only zstd needs saying (and is the only
-        # -o the rootwrap filters allow).
+        # zlib is qcow2's default: only zstd needs saying.
         if compression_type == 'zstd':
             cmd += ['-o', 'compression_type=zstd']
-    cmd += ['-W', '-m', str(coroutines), src, dst]
+    cmd += ['-W', '-m', str(coroutines), node.filename(), dst]
     return cmd
 
 
-def _execute(cmd):
-    """Run one qemu-img command as root through nova's rootwrap."""
+def _execute(cmd, limits=None):
+    """Run one qemu-img command as this process's user."""
     start = time.monotonic()
     try:
         out, _err = processutils.execute(
-            *cmd, run_as_root=True,
-            root_helper=nova_utils.get_root_helper(),
+            *cmd, prlimit=limits,
             env_variables={'LC_ALL': 'C', 'LANG': 'C'})
     except processutils.ProcessExecutionError as e:
         raise exception.QemuImgFailed(
@@ -75,33 +80,38 @@ def _execute(cmd):
     return out
 
 
-def create_overlay(path, backing_file, backing_format, size):
-    """Create an empty qcow2 of ``size`` bytes backed by ``backing_file``."""
-    _execute(create_overlay_cmd(path, backing_file, backing_format, size))
+def create_overlay(path, backing, size):
+    """Create an empty qcow2 of ``size`` bytes backed by ``backing``."""
+    _execute(create_overlay_cmd(path, backing, size))
 
 
-def create(path, size):
-    """Create an empty, unbacked qcow2 of ``size`` bytes."""
-    _execute(create_cmd(path, size))
+def create(path, fmt, size):
+    """Create an empty, unbacked image of ``size`` bytes."""
+    _execute(create_cmd(path, fmt, size))
 
 
-def info(path, fmt):
-    """Return ``qemu-img info`` as a dict; safe on a disk in use."""
-    return jsonutils.loads(_execute(info_cmd(path, fmt)))
+def info(node):
+    """Return ``qemu-img info`` of the chain's top as a dict.
+
+    Its sizes are the top image's own; nothing below it is opened.
+    """
+    return jsonutils.loads(_execute(info_cmd(node),
+                                    nova_qemu.QEMU_IMG_LIMITS))
 
 
-def measure(path, fmt, out_format):
-    """Bytes needed to write the whole chain of ``path`` as ``out_format``.
+def measure(node, out_format):
+    """Bytes needed to write the whole chain as ``out_format``.
 
     Returns the ``required`` figure of ``qemu-img measure``.
     """
-    out = jsonutils.loads(_execute(measure_cmd(path, fmt, out_format)))
+    out = jsonutils.loads(_execute(measure_cmd(node, out_format),
+                                   nova_qemu.QEMU_IMG_LIMITS))
     return int(out['required'])
 
 
-def convert(src, src_format, dst, dst_format, compress=False, coroutines=16,
+def convert(node, dst, dst_format, compress=False, coroutines=16,
             compression_type='zlib'):
-    """Write the whole chain of ``src`` into a flat ``dst``."""
-    _execute(convert_cmd(src, src_format, dst, dst_format,
-                         compress=compress, coroutines=coroutines,
+    """Write the whole chain of ``node`` into a flat ``dst``."""
+    _execute(convert_cmd(node, dst, dst_format, compress=compress,
+                         coroutines=coroutines,
                          compression_type=compression_type))

@@ -7,16 +7,21 @@
 ``status`` lists the snapshots in flight (or left by a dead process) with
 their phase and progress.  ``recover`` repairs what interrupted snapshots
 left behind, exactly as nova-compute does when it starts.  ``check`` tells
-whether this host can run the driver: versions, features, qemu-img, the
-rootwrap filters, free space and the journal's permissions.  Exit status:
+whether this host can run the driver, as the user it runs as (run it as
+nova-compute's user): versions, features, the image cache and snapshots
+directories, a snapshot's qemu-img command lines run for real on a scratch
+chain, that no root command is needed (and no stale rootwrap filters of an
+earlier release are installed), free space and the journal's
+permissions.  Exit status:
 0 when all is well, 1 when something needs the operator.
 """
 
 import argparse
 import json
 import os
-import subprocess
+import pwd
 import sys
+import tempfile
 import time
 import warnings
 
@@ -30,6 +35,7 @@ from nova.image import glance as nova_glance  # noqa: E402
 from nova import objects  # noqa: E402
 from oslo_config import cfg  # noqa: E402
 
+from nova_snapdriver import chain  # noqa: E402
 from nova_snapdriver import conf  # noqa: F401,E402  (registers options)
 from nova_snapdriver import journal  # noqa: E402
 from nova_snapdriver import progress  # noqa: E402
@@ -160,62 +166,97 @@ def _check_features(conn):
     return results
 
 
-def _check_qemu_img():
+def _scratch_chain(directory):
+    """A tiny base and disk laid out as nova lays them out, in ``directory``.
+
+    The base is a raw file, the disk a qcow2 over it: the chain a live
+    snapshot reads, named as a snapshot names it.
+    """
+    base = chain.Node(os.path.join(directory, 'base'), 'raw')
+    with open(base.path, 'wb') as f:
+        f.truncate(1024 * 1024)
+    disk = os.path.join(directory, 'disk')
+    qemu_img.create_overlay(disk, base, 1024 * 1024)
+    return chain.Node(disk, 'qcow2', base)
+
+
+def _user():
     try:
-        out = subprocess.run(['qemu-img', 'measure', '--size', '1M', '-O',
-                              'qcow2', '--output=json'], check=True,
-                             capture_output=True, text=True).stdout
-        json.loads(out)
-    except (OSError, subprocess.CalledProcessError, ValueError) as e:
-        return _check('qemu-img measure', False, str(e))
-    return _check('qemu-img measure', True, 'qemu-img measure works')
+        return pwd.getpwuid(os.geteuid()).pw_name
+    except KeyError:
+        return 'uid %d' % os.geteuid()
 
 
-def _sample_commands():
-    inst = os.path.join(CONF.instances_path,
-                        '00000000-0000-4000-8000-000000000000')
-    work = os.path.join(CONF.libvirt.snapshots_directory,
-                        '00000000-0000-4000-8000-000000000001')
-    disk = os.path.join(inst, 'disk')
-    base = os.path.join(CONF.instances_path, '_base', 'a' * 40)
-    overlay = os.path.join(work, 'overlay.qcow2')
-    image = os.path.join(work, 'image')
-    return {
-        'create': qemu_img.create_overlay_cmd(overlay, base, 'raw', 1024),
-        'info': qemu_img.info_cmd(disk, 'qcow2'),
-        'measure': qemu_img.measure_cmd(disk, 'qcow2', 'qcow2'),
-        'convert': qemu_img.convert_cmd(overlay, 'qcow2', image, 'qcow2'),
-    }
+def _check_qemu_img():
+    """Run the qemu-img command lines of a snapshot, as this user.
+
+    In a scratch directory inside the snapshots directory: create an
+    overlay, info and measure under nova's limits, convert a json: chain.
+    That is what a snapshot needs of qemu-img, of prlimit and of this
+    user's rights in the snapshots directory.
+    """
+    where = CONF.libvirt.snapshots_directory
+    name = 'qemu-img as %s' % _user()
+    try:
+        os.makedirs(where, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix='.check-', dir=where) as tmp:
+            node = _scratch_chain(tmp)
+            qemu_img.info(node)
+            qemu_img.measure(node, 'qcow2')
+            overlay = os.path.join(tmp, 'overlay.qcow2')
+            qemu_img.create_overlay(overlay, node.backing, 1024 * 1024)
+            qemu_img.convert(chain.captured(overlay, 'qcow2', node.backing),
+                             os.path.join(tmp, 'image'), 'qcow2')
+    except Exception as e:
+        return _check(name, False, "a snapshot's qemu-img commands failed "
+                      'in %s: %s' % (where, e))
+    return _check(name, True, 'create, info, measure and convert of a '
+                  'json: chain work in %s' % where)
 
 
-def _check_rootwrap():
-    if CONF.workarounds.disable_rootwrap:
-        return _check('rootwrap filters', True,
-                      '[workarounds] disable_rootwrap is set: sudo is used')
+def _check_paths():
+    """The directories a snapshot reads and writes, for this user."""
+    results = []
+    for what, path, mode in (
+            ('image cache', chain.image_cache_dir(), os.R_OK | os.X_OK),
+            ('snapshots directory', CONF.libvirt.snapshots_directory,
+             os.R_OK | os.W_OK | os.X_OK)):
+        need = 'writable' if mode & os.W_OK else 'readable'
+        if not os.path.exists(path):
+            results.append(_check(what, False, '%s: missing (nova creates '
+                                  'it when needed)' % path, warn=True))
+            continue
+        ok = os.path.isdir(path) and os.access(path, mode)
+        results.append(_check(what, ok, '%s: %s%s by %s' % (
+            path, '' if ok else 'NOT ', need, _user())))
+    return results
+
+
+def _stale_filters():
+    """Installed rootwrap filters of an earlier nova-snapdriver, if any."""
     try:
         from oslo_rootwrap import wrapper
         parser = wrapper.configparser.RawConfigParser()
         parser.read(CONF.rootwrap_config)
-        config = wrapper.RootwrapConfig(parser)
-        filters = wrapper.load_filters(config.filters_path)
-    except Exception as e:
-        return _check('rootwrap filters', False, 'cannot load %s: %s'
-                      % (CONF.rootwrap_config, e))
-    refused = []
-    for name, cmd in _sample_commands().items():
-        try:
-            wrapper.match_filter(filters, cmd, exec_dirs=config.exec_dirs)
-        except Exception:
-            refused.append(name)
-    if refused:
-        return _check('rootwrap filters', False,
-                      'qemu-img %s refused for paths under %s: install '
-                      'etc/nova/rootwrap.d/snapdriver.filters into one of '
-                      '%s and match its path prefix to instances_path'
-                      % (', '.join(refused), CONF.instances_path,
-                         ', '.join(config.filters_path)))
-    return _check('rootwrap filters', True,
-                  'qemu-img create, info, measure and convert allowed')
+        dirs = wrapper.RootwrapConfig(parser).filters_path
+    except Exception:
+        dirs = [os.path.join(os.path.dirname(CONF.rootwrap_config),
+                             'rootwrap.d')]
+    return [os.path.join(d, 'snapdriver.filters') for d in dirs
+            if os.path.exists(os.path.join(d, 'snapdriver.filters'))]
+
+
+def _check_rootwrap():
+    stale = _stale_filters()
+    if stale:
+        return _check('no root commands', False,
+                      'remove %s: nova-snapdriver runs no command as root '
+                      'any more, and these filters let the nova user run '
+                      'root qemu-img command lines whose reads a disk '
+                      'header can steer' % ', '.join(stale))
+    return _check('no root commands', True,
+                  'nova-snapdriver needs no rootwrap filters and no '
+                  'privsep; none of an earlier release is installed')
 
 
 def _check_space():
@@ -246,8 +287,9 @@ def _check_state_dir():
 
 
 def check(conn):
-    return (_check_features(conn) + [_check_qemu_img(), _check_rootwrap(),
-                                     _check_space(), _check_state_dir()])
+    return (_check_features(conn) + _check_paths() +
+            [_check_qemu_img(), _check_rootwrap(), _check_space(),
+             _check_state_dir()])
 
 
 def _print_check(results):
