@@ -23,7 +23,10 @@
 #   unstack            stop_nova_snapdriver: nothing to stop
 #   clean              cleanup_nova_snapdriver
 #
-# See devstack/README.md.  tests/devstack runs these phases in a fake
+# nova-compute runs as $STACK_USER, and the driver runs no root command: no
+# rootwrap filters are installed (a stale snapdriver.filters from an earlier
+# version is removed), and the directories nova-compute writes for the
+# driver are $STACK_USER's.  See devstack/README.md.  tests/devstack runs these phases in a fake
 # devstack host.
 
 # Save trace setting
@@ -39,7 +42,6 @@ set +o xtrace
 DEST=${DEST:-/opt/stack}
 NOVA_CONF_DIR=${NOVA_CONF_DIR:-/etc/nova}
 NOVA_CONF=${NOVA_CONF:-$NOVA_CONF_DIR/nova.conf}
-NOVA_INSTANCES_PATH=${NOVA_INSTANCES_PATH:-${DATA_DIR:-$DEST/data}/nova/instances}
 TEMPEST_DIR=${TEMPEST_DIR:-$DEST/tempest}
 TEMPEST_CONFIG=${TEMPEST_CONFIG:-$TEMPEST_DIR/etc/tempest.conf}
 
@@ -49,12 +51,17 @@ NOVA_SNAPDRIVER_DIR=${NOVA_SNAPDRIVER_DIR:-$(cd "$(dirname "${BASH_SOURCE[0]}")/
 # nova.virt.<compute_driver>, hence the re-export module nova/virt/snapdriver.
 SNAPDRIVER_COMPUTE_DRIVER=snapdriver.SnapLibvirtDriver
 
+# Where nova-snapdriver-manage is linked to (devstack/settings; empty: no
+# link).
+SNAPDRIVER_BIN_LINK_DIR=${SNAPDRIVER_BIN_LINK_DIR-/usr/local/bin}
+
 # The first line of every file this plugin writes outside its own tree;
 # clean removes a file only if it starts with it.
 _SNAPDRIVER_MARKER="# Installed by the nova-snapdriver devstack plugin (devstack/plugin.sh); clean.sh removes it."
 
-# The instances path the filters file in the repository is written for.
-_SNAPDRIVER_FILTERS_PREFIX=/var/lib/nova/instances
+# The user devstack runs stack.sh and the services as, nova-compute
+# included (stackrc sets it).
+STACK_USER=${STACK_USER:-$(id -un)}
 
 
 # Helpers
@@ -100,50 +107,164 @@ function _snapdriver_sudo_unless_writable {
     fi
 }
 
-# _snapdriver_regex <path> - <path> as a regular expression that matches
-# exactly it (rootwrap's RegExpFilter arguments are Python regexes)
-function _snapdriver_regex {
-    printf '%s' "$1" | sed -e 's/[][\\.^$*+?(){}|]/\\&/g'
-}
-
-# _snapdriver_rewrite_filters <file> <instances path> - print <file> with
-# nova's default instances path in its filter lines replaced by <instances
-# path> (comment lines are kept as they are)
-function _snapdriver_rewrite_filters {
-    OLD_PREFIX="$_SNAPDRIVER_FILTERS_PREFIX/" \
-    NEW_PREFIX="$(_snapdriver_regex "$2")/" \
-    awk '
-        # literal (not regex) replacement of every <old> in <s>
-        function replace(s, old, new,    out, i) {
-            out = ""
-            while ((i = index(s, old)) > 0) {
-                out = out substr(s, 1, i - 1) new
-                s = substr(s, i + length(old))
-            }
-            return out s
-        }
-        /^[ \t]*#/ { print; next }
-        { print replace($0, ENVIRON["OLD_PREFIX"], ENVIRON["NEW_PREFIX"]) }
-        ' "$1"
-}
-
-# _snapdriver_filters_dir - the directory nova-rootwrap reads filters from
-function _snapdriver_filters_dir {
-    local dir=${SNAPDRIVER_ROOTWRAP_FILTERS_DIR:-}
-    local rootwrap_conf=$NOVA_CONF_DIR/rootwrap.conf
-    if [[ -z $dir && -r $rootwrap_conf ]]; then
-        dir=$(iniget "$rootwrap_conf" DEFAULT filters_path)
-        dir=${dir%%,*}
+# _snapdriver_filters_dirs - every directory that may hold a
+# snapdriver.filters an earlier version of this plugin installed: each
+# filters_path entry of $NOVA_CONF_DIR/rootwrap.conf (the directories
+# nova-rootwrap reads, where such a file is a liability),
+# $NOVA_CONF_DIR/rootwrap.d, and SNAPDRIVER_ROOTWRAP_FILTERS_DIR if
+# local.conf still sets it (it said where those versions put the file)
+function _snapdriver_filters_dirs {
+    local rootwrap_conf=$NOVA_CONF_DIR/rootwrap.conf dirs="" dir
+    if [[ -r $rootwrap_conf ]]; then
+        dirs=$(iniget "$rootwrap_conf" DEFAULT filters_path)
     fi
-    echo "${dir:-$NOVA_CONF_DIR/rootwrap.d}"
+    dirs=$dirs,$NOVA_CONF_DIR/rootwrap.d,${SNAPDRIVER_ROOTWRAP_FILTERS_DIR:-}
+    local IFS=,
+    for dir in $dirs; do
+        dir=$(echo "$dir" | sed -e 's/^[[:space:]]*//; s/[[:space:]]*$//; s:/*$::')
+        if [[ -n $dir ]]; then
+            echo "$dir"
+        fi
+    done | sort -u
 }
 
+# _snapdriver_remove_stale_filters - remove the snapdriver.filters that
+# earlier versions of this plugin installed into nova's rootwrap filters
+#
+# The driver runs no command as root: every qemu-img runs as the user
+# nova-compute runs as.  Those filters let that user run "qemu-img convert"
+# as root through nova-rootwrap, and qemu-img follows the backing file or
+# data-file that a disk's qcow2 header names, so whoever can write that
+# header (a guest that escaped into its QEMU process) could have it read any
+# host file into an image.  A snapdriver.filters this plugin did not write
+# is left in place, with a warning.
+function _snapdriver_remove_stale_filters {
+    local dir file
+    for dir in $(_snapdriver_filters_dirs); do
+        file=$dir/snapdriver.filters
+        if _snapdriver_is_ours "$file"; then
+            sudo rm -f "$file"
+            echo "nova-snapdriver: removed $file, which an earlier version of this plugin installed: the driver runs no root command and needs no rootwrap filters, and these let nova-rootwrap run qemu-img as root on disks whose header can name any host file"
+        elif [[ -e $file || -L $file ]]; then
+            warn $LINENO "nova-snapdriver: $file was not installed by this plugin and is left in place; the driver needs no rootwrap filters, and this file may let nova-rootwrap run qemu-img as root on disks whose header can name any host file: remove it with 'sudo rm $file'"
+        fi
+    done
+}
+
+# _snapdriver_nova_dirs <nova.conf> - the [libvirt] snapshots_directory and
+# [snapdriver] journal_path that nova-compute resolves from <nova.conf>,
+# one a line (oslo.config expands $instances_path and $state_path)
+function _snapdriver_nova_dirs {
+    "$(_snapdriver_nova_python)" - "$1" <<'PYTHON'
+import sys
+
+from oslo_config import cfg
+
+import nova.conf  # noqa: F401  registers [libvirt]
+from nova_snapdriver import conf  # noqa: F401  registers [snapdriver]
+
+CONF = cfg.CONF
+CONF(['--config-file', sys.argv[1]], project='nova', default_config_files=[])
+print(CONF.libvirt.snapshots_directory)
+print(CONF.snapdriver.journal_path)
+PYTHON
+}
+
+# _snapdriver_nova_dir <dir> <mode> <option> - make <dir> a directory that
+# nova-compute (run by $STACK_USER, as this plugin is) can write
+#
+# A missing <dir> is created by $STACK_USER itself where it can write the
+# parent, else by "sudo install -d -o $STACK_USER"; never root-owned.  An
+# existing <dir> must already be writable by $STACK_USER (and, with mode
+# 0700, owned by it: the journal holds 0600 records only its owner reads);
+# the plugin does not chown what it did not create, it stops and says
+# what to do.
+function _snapdriver_nova_dir {
+    local dir=$1 mode=$2 option=$3 parent
+    if [[ $dir != /* ]]; then
+        die $LINENO "nova-snapdriver: $option must be an absolute path: '$dir'"
+    fi
+    if [[ ! -e $dir ]]; then
+        parent=$(dirname "$dir")
+        while [[ ! -e $parent ]]; do
+            parent=$(dirname "$parent")
+        done
+        if [[ $(id -un) == "$STACK_USER" && -d $parent && -w $parent && -x $parent ]]; then
+            install -d -m "$mode" "$dir"
+        else
+            sudo install -d -o "$STACK_USER" -g "$(id -g "$STACK_USER")" -m "$mode" "$dir"
+        fi
+        echo "nova-snapdriver: created $option $dir for nova-compute ($STACK_USER, mode $mode)"
+        return 0
+    fi
+    local owner
+    owner=$(stat -c %U "$dir")
+    if [[ ! -d $dir || ! -w $dir || ! -x $dir ]] || \
+            [[ $mode == 0700 && $owner != "$STACK_USER" ]]; then
+        die $LINENO "nova-snapdriver: nova-compute runs as $STACK_USER and needs $option $dir to be a directory it owns and can write (it is $(stat -c '%F owned by %U:%G, mode %a' "$dir")); fix it with 'sudo chown $STACK_USER $dir' or set $option elsewhere"
+    fi
+}
+
+# _snapdriver_nova_dirs_ready - the directories nova-compute writes for the
+# driver, as nova.conf names them, exist and are $STACK_USER's
+#
+# nova-compute would create them itself, as $STACK_USER, where it can;
+# making them now catches a directory it could not write before n-cpu
+# starts, and means a later root command (e.g. "sudo
+# nova-snapdriver-manage") cannot be the one that creates them root-owned.
+function _snapdriver_nova_dirs_ready {
+    local dirs
+    dirs=$(_snapdriver_nova_dirs "$NOVA_CONF") || \
+        die $LINENO "nova-snapdriver: could not read [libvirt] snapshots_directory and [snapdriver] journal_path from $NOVA_CONF"
+    _snapdriver_nova_dir "$(sed -n 1p <<< "$dirs")" 0755 "[libvirt] snapshots_directory"
+    _snapdriver_nova_dir "$(sed -n 2p <<< "$dirs")" 0700 "[snapdriver] journal_path"
+}
+
+# _snapdriver_scripts_dir - where pip puts the console scripts of nova's
+# python (the venv's bin, or /usr/local/bin for the system python)
+function _snapdriver_scripts_dir {
+    "$(_snapdriver_nova_python)" -c 'import sysconfig; print(sysconfig.get_path("scripts"))'
+}
+
+# _snapdriver_manage_link - the link this plugin makes to
+# nova-snapdriver-manage, or nothing if it makes none
+function _snapdriver_manage_link {
+    local scripts
+    scripts=$(_snapdriver_scripts_dir) || return 0
+    if [[ -n $SNAPDRIVER_BIN_LINK_DIR && ${SNAPDRIVER_BIN_LINK_DIR%/} != "$scripts" ]]; then
+        echo "${SNAPDRIVER_BIN_LINK_DIR%/}/nova-snapdriver-manage"
+    fi
+}
+
+# _snapdriver_link_manage - put nova-snapdriver-manage on the stack user's
+# PATH, as stack.sh links nova-manage from the global venv into
+# /usr/local/bin
+function _snapdriver_link_manage {
+    local scripts link
+    scripts=$(_snapdriver_scripts_dir)
+    if [[ ! -x $scripts/nova-snapdriver-manage ]]; then
+        die $LINENO "nova-snapdriver: pip installed no $scripts/nova-snapdriver-manage"
+    fi
+    link=$(_snapdriver_manage_link)
+    if [[ -z $link ]]; then
+        return 0
+    fi
+    if [[ -e $link && ! -L $link ]]; then
+        echo "nova-snapdriver: $link exists and is not a link; left alone"
+        return 0
+    fi
+    local sudo
+    sudo=$(_snapdriver_sudo_unless_writable "$(dirname "$link")")
+    $sudo ln -sfn "$scripts/nova-snapdriver-manage" "$link"
+    echo "nova-snapdriver: linked $link to $scripts/nova-snapdriver-manage"
+}
 
 # Entry points
 # ------------
 
 # install_nova_snapdriver - install the package into nova's Python
-# environment and make nova.virt.snapdriver importable there
+# environment, make nova.virt.snapdriver importable there, and put
+# nova-snapdriver-manage on the PATH
 function install_nova_snapdriver {
     if [[ ${VIRT_DRIVER:-libvirt} != libvirt ]]; then
         die $LINENO "nova-snapdriver extends nova's libvirt driver: it needs VIRT_DRIVER=libvirt, not '$VIRT_DRIVER'"
@@ -167,6 +288,10 @@ function install_nova_snapdriver {
     python=$(_snapdriver_nova_python)
     "$python" -c "from nova.virt.snapdriver import SnapLibvirtDriver" || \
         die $LINENO "nova-snapdriver: $python cannot import nova.virt.snapdriver.SnapLibvirtDriver"
+    "$python" -c "import nova_snapdriver.cmd.manage" || \
+        die $LINENO "nova-snapdriver: $python cannot import nova_snapdriver.cmd.manage (nova-snapdriver-manage)"
+
+    _snapdriver_link_manage
 }
 
 # _snapdriver_place_reexport - put nova/virt/snapdriver/__init__.py where
@@ -207,8 +332,9 @@ function _snapdriver_place_reexport {
     echo "nova-snapdriver: placed the nova.virt.snapdriver re-export at $target"
 }
 
-# configure_nova_snapdriver - set the compute driver and its options, and
-# install the rootwrap filters
+# configure_nova_snapdriver - set the compute driver and its options, remove
+# the rootwrap filters earlier versions installed, and make the directories
+# nova-compute writes for the driver
 #
 # Options go to $NOVA_CONF, not $NOVA_CPU_CONF: devstack creates
 # nova-cpu.conf later, when it starts n-cpu, as a copy of nova.conf (then
@@ -226,42 +352,8 @@ function configure_nova_snapdriver {
         fi
     done
 
-    _snapdriver_install_filters
-}
-
-# _snapdriver_install_filters - install etc/nova/rootwrap.d/snapdriver.filters
-# for this host's instances path
-#
-# The file allows paths under nova's default instances path,
-# /var/lib/nova/instances, and the default [libvirt] snapshots_directory
-# under it; devstack's is $NOVA_INSTANCES_PATH (/opt/stack/data/nova/
-# instances), and snapshots stay in its snapshots/ directory.  devstack's
-# configure_nova empties the rootwrap.d directory and fills it with nova's
-# filters before the install phase, so this file survives.
-function _snapdriver_install_filters {
-    local src=$NOVA_SNAPDRIVER_DIR/etc/nova/rootwrap.d/snapdriver.filters
-    local instances=${NOVA_INSTANCES_PATH%/}
-    if [[ $instances != /* || $instances == *,* ]]; then
-        die $LINENO "nova-snapdriver: NOVA_INSTANCES_PATH must be an absolute path without a comma (rootwrap's field separator): '$instances'"
-    fi
-
-    local dir tmp
-    dir=$(_snapdriver_filters_dir)
-    tmp=$(mktemp)
-    {
-        echo "$_SNAPDRIVER_MARKER"
-        echo "# Copied from $src"
-        echo "# with $_SNAPDRIVER_FILTERS_PREFIX/ replaced by $instances/ in the filters."
-        echo "#"
-        _snapdriver_rewrite_filters "$src" "$instances"
-    } > "$tmp"
-
-    if [[ ! -d $dir ]]; then
-        sudo install -d -o root -g root -m 0755 "$dir"
-    fi
-    sudo install -o root -g root -m 0644 "$tmp" "$dir/snapdriver.filters"
-    rm -f "$tmp"
-    echo "nova-snapdriver: installed $dir/snapdriver.filters for $instances"
+    _snapdriver_remove_stale_filters
+    _snapdriver_nova_dirs_ready
 }
 
 # configure_tempest_for_nova_snapdriver - enable our tempest plugin's tests
@@ -290,8 +382,10 @@ function stop_nova_snapdriver {
     :
 }
 
-# cleanup_nova_snapdriver - remove the re-export and the filters file this
-# plugin installed (files it did not write are left alone)
+# cleanup_nova_snapdriver - remove the re-export and the link to
+# nova-snapdriver-manage this plugin made, and any snapdriver.filters an
+# earlier version installed (files it did not write are left alone); the
+# journal and snapshots directories stay, like nova's state
 function cleanup_nova_snapdriver {
     local python virt_dir sudo
     python=$(_snapdriver_nova_python)
@@ -302,14 +396,18 @@ function cleanup_nova_snapdriver {
         echo "nova-snapdriver: removed $virt_dir/snapdriver"
     fi
 
-    local filters
-    filters=$(_snapdriver_filters_dir)/snapdriver.filters
-    if _snapdriver_is_ours "$filters"; then
-        sudo rm -f "$filters"
-        echo "nova-snapdriver: removed $filters"
+    local link scripts
+    link=$(_snapdriver_manage_link 2> /dev/null)
+    scripts=$(_snapdriver_scripts_dir 2> /dev/null) || true
+    if [[ -n $link && -L $link && \
+            $(readlink "$link") == "$scripts/nova-snapdriver-manage" ]]; then
+        sudo=$(_snapdriver_sudo_unless_writable "$(dirname "$link")")
+        $sudo rm -f "$link"
+        echo "nova-snapdriver: removed $link"
     fi
-}
 
+    _snapdriver_remove_stale_filters
+}
 
 # Dispatch
 # --------
@@ -339,7 +437,7 @@ if is_service_enabled snapdriver; then
     fi
 
     if [[ "${1:-}" == "clean" ]]; then
-        echo_summary "Removing nova-snapdriver's re-export and rootwrap filters"
+        echo_summary "Removing nova-snapdriver's re-export and command link"
         cleanup_nova_snapdriver
     fi
 fi

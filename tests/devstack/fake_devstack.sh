@@ -22,7 +22,8 @@
 #   pip_install, setup_develop   RECORD the pip command line devstack would
 #                run (in $FAKE_DEVSTACK_LOG) instead of running it: the test
 #                makes the package importable itself
-#   sudo         runs the command as the current user (the tests run as root)
+#   sudo         runs the command as root, recorded in $FAKE_DEVSTACK_LOG
+#                (see the function for how, without sudo installed)
 #
 # and the one step of devstack between post-config and extra that matters
 # to the plugin: starting n-cpu creates $NOVA_CPU_CONF as a copy of
@@ -30,7 +31,8 @@
 #
 # Everything comes from the environment: PLUGIN_DIR (the repository, where
 # devstack clones it: $DEST/nova-snapdriver), DEST, DATA_DIR,
-# ENABLED_SERVICES, NOVA_CONF_DIR, NOVA_CONF, NOVA_CPU_CONF,
+# STACK_USER (default: the user running this), ENABLED_SERVICES,
+# NOVA_CONF_DIR, NOVA_CONF, NOVA_CPU_CONF,
 # NOVA_INSTANCES_PATH, TEMPEST_DIR, TEMPEST_CONFIG, PYTHON, GLOBAL_VENV,
 # DEVSTACK_VENV, REQUIREMENTS_DIR, VIRT_DRIVER, FAKE_DEVSTACK_LOG, and
 # FAKE_DEVSTACK_LOCALRC: a file sourced first, like local.conf's localrc
@@ -40,6 +42,13 @@ set -o errexit
 
 if [[ ! ${1:-} =~ ^(stack|unstack|clean)$ ]]; then
     echo "usage: $0 stack|unstack|clean (see the header for the environment)" >&2
+    exit 2
+fi
+
+# stack.sh refuses to run as root; so does this, or the test would not see
+# what a root-owned file the plugin leaves does to nova-compute.
+if [[ $(id -u) == 0 ]]; then
+    echo "$0: run this as the (non-root) stack user, as stack.sh is" >&2
     exit 2
 fi
 
@@ -53,6 +62,7 @@ if [[ $(cd "$NOVA_CONF_DIR" && pwd -P) == /etc/nova ]]; then
     exit 2
 fi
 
+STACK_USER=${STACK_USER:-$(id -un)}
 DEST=${DEST:-/opt/stack}
 DATA_DIR=${DATA_DIR:-$DEST/data}
 VIRT_DRIVER=${VIRT_DRIVER:-libvirt}
@@ -113,8 +123,22 @@ function trueorfalse {
     esac
 }
 
+# sudo <command> - <command> as root, recorded.  stack.sh runs as the
+# non-root $STACK_USER, who may sudo anything (devstack's
+# /etc/sudoers.d/50_stack_sh); so does this script when the test runs it
+# as a throwaway user with the ambient capabilities CAP_SETUID and
+# CAP_SETGID and nothing else: that user's own commands keep its uid and
+# its file permissions, and setpriv turns only <command> into root (uid 0
+# gets all capabilities at exec).  Like sudo's env_reset, <command> gets a
+# fresh environment.  Run as root, <command> just runs.
 function sudo {
-    "$@"
+    echo "sudo: $*" >> "$FAKE_DEVSTACK_LOG"
+    if [[ $(id -u) == 0 ]]; then
+        "$@"
+    else
+        setpriv --reuid=0 --regid=0 --init-groups -- \
+            env -i PATH="$PATH" HOME=/root LANG=C "$@"
+    fi
 }
 
 
