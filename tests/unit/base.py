@@ -12,6 +12,7 @@ for real.
 import hashlib
 import logging
 import os
+import subprocess
 from unittest import mock
 from xml.etree import ElementTree
 
@@ -42,6 +43,35 @@ INSTANCE_UUID = '6f1b1a3c-2b5e-4c8e-9a0d-3e2f1c4b5a69'
 IMAGE_ID = 'c0ffee00-1234-4abc-8def-0123456789ab'
 DISK_DEV = 'vda'
 DISK_SIZE = 10 * 1024 ** 3
+MiB = 1024 * 1024
+BASE_NAME = '0123abcd'
+
+
+def make_image(path, fmt='qcow2', size=MiB, backing=None, backing_fmt=None,
+               options=None, args=()):
+    """A real image, made by the real qemu-img.
+
+    Not through ``processutils`` (tests mock it): the file is what nova or
+    QEMU would have left, for ``chain`` to read.  ``backing`` is named,
+    not opened (``-u``).
+    """
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    cmd = ['qemu-img', 'create', '-q', '-f', fmt] + list(args)
+    if backing is not None:
+        cmd += ['-b', backing, '-F', backing_fmt, '-u']
+    if options:
+        cmd += ['-o', options]
+    subprocess.run(cmd + [path, str(size)], check=True, capture_output=True)
+    return path
+
+
+def make_raw(path, data=b'', size=MiB):
+    """A raw file of ``size`` bytes beginning with ``data``."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, 'wb') as f:
+        f.write(data)
+        f.truncate(size)
+    return path
 
 
 def begin_journal_record(snapshots_dir, image_id=IMAGE_ID, **fields):
@@ -193,7 +223,8 @@ class FakeQemuImg(object):
     """``processutils.execute`` as far as the qemu-img commands go.
 
     ``info`` and ``measure`` answer from ``disk_info`` and ``required``;
-    ``create`` makes an empty file, ``convert`` writes ``image_data`` to its
+    ``create`` runs the real ``qemu-img create`` (the driver reads the
+    header of what it made), ``convert`` writes ``image_data`` to its
     destination.  ``fail`` maps a sub-command to the exception it raises.
     """
 
@@ -219,7 +250,7 @@ class FakeQemuImg(object):
             return jsonutils.dumps({'required': self.required,
                                     'fully-allocated': DISK_SIZE}), ''
         if sub == 'create':
-            open(cmd[-2], 'wb').close()
+            subprocess.run(cmd, check=True, capture_output=True)
         elif sub == 'convert':
             with open(cmd[-1], 'wb') as f:
                 f.write(self.image_data)
@@ -274,6 +305,31 @@ class TestCase(oslotest_base.BaseTestCase):
 
     def flags(self, group=None, **kw):
         self.conf.config(group=group, **kw)
+
+    def make_disk(self, fmt='qcow2', backing_fmt='raw'):
+        """nova's layout in tmp: a base in the image cache, a disk over it.
+
+        ``[DEFAULT] instances_path`` is set to tmp/instances; the base is
+        raw (``backing_fmt``) in ``_base``, the instance's disk a qcow2
+        backed by it (``backing_fmt`` None: unbacked), or a raw file
+        (``fmt`` 'raw').  Returns (disk, base).
+        """
+        self.instances_path = os.path.join(self.tmp, 'instances')
+        self.flags(instances_path=self.instances_path)
+        base = os.path.join(self.instances_path, '_base', BASE_NAME)
+        if backing_fmt == 'qcow2':
+            make_image(base)
+        else:
+            make_raw(base, b'the base image')
+        disk = os.path.join(self.instances_path, INSTANCE_UUID, 'disk')
+        if fmt == 'raw':
+            make_raw(disk, b'a raw disk')
+        elif backing_fmt is None:
+            make_image(disk, size=DISK_SIZE)
+        else:
+            make_image(disk, size=DISK_SIZE, backing=base,
+                       backing_fmt=backing_fmt)
+        return disk, base
 
     def make_instance(self, **image_props):
         """An Instance whose image_meta carries ``image_props``."""

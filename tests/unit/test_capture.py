@@ -18,12 +18,14 @@ from nova import exception as nova_exception
 
 from nova_snapdriver import blockjob
 from nova_snapdriver import capture
+from nova_snapdriver import chain
 from nova_snapdriver import exception
 from nova_snapdriver import plan as snapshot_plan
 from tests.unit import base
 
 DISK = '/var/lib/nova/instances/%s/disk' % base.INSTANCE_UUID
 BACKING = '/var/lib/nova/instances/_base/0123abcd'
+CHAIN = chain.Node(DISK, 'qcow2', chain.Node(BACKING, 'raw'))
 
 UNDEFINE_FLAGS = (libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE |
                   libvirt.VIR_DOMAIN_UNDEFINE_KEEP_TPM |
@@ -70,8 +72,8 @@ class LiveCaptureTestCase(base.TestCase):
         fields = dict(
             image_id=base.IMAGE_ID, image_name='snap', live=True,
             power_state=1, disk_dev=base.DISK_DEV, disk_path=DISK,
-            disk_format='qcow2', backing_file=BACKING, backing_format='raw',
-            virtual_size=base.DISK_SIZE, image_format='qcow2',
+            disk_format='qcow2', chain=CHAIN, virtual_size=base.DISK_SIZE,
+            image_format='qcow2',
             compress=False, quiesce=False, require_quiesce=False,
             work_dir=self.work_dir, space_needed=1)
         fields.update(kw)
@@ -82,6 +84,11 @@ class LiveCaptureTestCase(base.TestCase):
                             self.guest, self._plan(**plan_fields),
                             self.saved_xml, self.step)
 
+    @property
+    def captured(self):
+        """What a live capture returns: the overlay over the disk's base."""
+        return chain.Node(self.overlay, 'qcow2', CHAIN.backing)
+
     def _boundary_calls(self):
         """What was asked of qemu-img and libvirt, reads left out."""
         return [c for c in self.calls.mock_calls
@@ -91,9 +98,8 @@ class LiveCaptureTestCase(base.TestCase):
         calls = {
             'overlay': mock.call.execute(
                 'qemu-img', 'create', '-f', 'qcow2', '-F', 'raw', '-b',
-                BACKING, self.overlay, str(base.DISK_SIZE),
-                run_as_root=True, root_helper=mock.ANY,
-                env_variables={'LC_ALL': 'C', 'LANG': 'C'}),
+                BACKING, '-u', self.overlay, str(base.DISK_SIZE),
+                prlimit=None, env_variables={'LC_ALL': 'C', 'LANG': 'C'}),
             'step:overlay': mock.call.step('overlay'),
             'undefine': mock.call.domain.undefineFlags(UNDEFINE_FLAGS),
             'copy': mock.call.domain.blockRebase(
@@ -120,7 +126,7 @@ class LiveCaptureTestCase(base.TestCase):
     def test_success_runs_the_classic_sequence_and_redefines(self):
         result = self._live()
 
-        self.assertEqual((self.overlay, 'qcow2'), result)
+        self.assertEqual(self.captured, result)
         self._assert_steps('overlay', 'step:overlay', 'undefine',
                            'step:undefined', 'copy', 'step:copying',
                            'abort', 'redefine')
@@ -142,11 +148,36 @@ class LiveCaptureTestCase(base.TestCase):
             poll_interval=0.25, log_interval=3)
 
     def test_disk_without_backing_file_gets_an_unbacked_overlay(self):
-        self._live(backing_file=None, backing_format=None)
+        unbacked = chain.Node(DISK, 'qcow2')
+
+        self.assertEqual(chain.Node(self.overlay, 'qcow2'),
+                         self._live(chain=unbacked))
 
         self.assertEqual(
             ['qemu-img', 'create', '-f', 'qcow2', self.overlay,
              str(base.DISK_SIZE)], self.qemu_img.commands[0])
+
+    def test_overlay_rewritten_during_the_copy_is_refused_after_restore(self):
+        # QEMU held the overlay read-write: a guest that escaped into it
+        # points the overlay's header at a host file before the abort.
+        abort = self.domain.mock.blockJobAbort.side_effect
+
+        def rewrite_then_abort(disk, flags=0):
+            os.unlink(self.overlay)
+            base.make_image(self.overlay, backing='/etc/shadow',
+                            backing_fmt='raw')
+            return abort(disk, flags)
+        self.domain.mock.blockJobAbort.side_effect = rewrite_then_abort
+
+        exc = self.assertRaises(exception.UnsafeDiskChain, self._live)
+
+        self.assertIn("its header names the backing file '/etc/shadow', "
+                      "not '%s'" % BACKING, str(exc))
+        # The domain was put back before the overlay was looked at, and
+        # nothing read it.
+        self._assert_steps('overlay', 'step:overlay', 'undefine',
+                           'step:undefined', 'copy', 'step:copying',
+                           'abort', 'redefine')
 
     def test_quiesced_success_freezes_only_around_the_abort(self):
         self._live(quiesce=True)
@@ -159,7 +190,7 @@ class LiveCaptureTestCase(base.TestCase):
     def test_transient_domain_is_neither_undefined_nor_redefined(self):
         self.domain.persistent = False
 
-        self.assertEqual((self.overlay, 'qcow2'), self._live())
+        self.assertEqual(self.captured, self._live())
 
         self._assert_steps('overlay', 'step:overlay', 'copy',
                            'step:copying', 'abort')
@@ -168,7 +199,7 @@ class LiveCaptureTestCase(base.TestCase):
         self._fail('fsFreeze', base.libvirt_error(
             libvirt.VIR_ERR_AGENT_UNRESPONSIVE))
 
-        self.assertEqual((self.overlay, 'qcow2'), self._live(quiesce=True))
+        self.assertEqual(self.captured, self._live(quiesce=True))
 
         self._assert_steps('overlay', 'step:overlay', 'undefine',
                            'step:undefined', 'copy', 'step:copying',
@@ -179,7 +210,7 @@ class LiveCaptureTestCase(base.TestCase):
         self._fail('fsThaw', base.libvirt_error(
             libvirt.VIR_ERR_AGENT_UNRESPONSIVE))
 
-        self.assertEqual((self.overlay, 'qcow2'), self._live(quiesce=True))
+        self.assertEqual(self.captured, self._live(quiesce=True))
 
         self._assert_steps('overlay', 'step:overlay', 'undefine',
                            'step:undefined', 'copy', 'step:copying',
@@ -406,7 +437,7 @@ class LiveCaptureTestCase(base.TestCase):
     def test_redefine_failing_twice_then_succeeding_is_a_success(self):
         self._fail_redefine(2)
 
-        self.assertEqual((self.overlay, 'qcow2'), self._live())
+        self.assertEqual(self.captured, self._live())
 
         self._assert_steps('overlay', 'step:overlay', 'undefine',
                            'step:undefined', 'copy', 'step:copying',
@@ -457,10 +488,101 @@ class LiveCaptureTestCase(base.TestCase):
 
 class ColdCaptureTestCase(base.TestCase):
 
-    def test_cold_capture_is_the_disk_itself(self):
-        plan = mock.Mock(disk_path=mock.sentinel.disk_path,
-                         disk_format=mock.sentinel.disk_format)
+    def test_cold_capture_is_the_disk_s_checked_chain(self):
+        plan = mock.Mock(chain=CHAIN)
 
+        self.assertIs(CHAIN, capture.cold(plan))
+
+
+class BackupCaptureTestCase(base.TestCase):
+    """capture_method backup: a target nova made, reused by libvirt."""
+
+    def setUp(self):
+        super(BackupCaptureTestCase, self).setUp()
+        self.work_dir = os.path.join(self.snapshots_dir, base.IMAGE_ID)
+        os.makedirs(self.work_dir)
+        self.domain = base.FakeDomain(base.file_disk_xml(DISK))
+        self.domain.mock.jobStats.side_effect = self._job_stats
+        self.guest = self.make_guest(self.domain)
+        self.qemu_img, self.execute = self.patch_execute()
+        self.calls = mock.Mock()
+        self.calls.attach_mock(self.domain.mock, 'domain')
+        self.calls.attach_mock(self.execute, 'execute')
+
+    @staticmethod
+    def _job_stats(flags=0):
+        if flags & libvirt.VIR_DOMAIN_JOB_STATS_COMPLETED:
+            return {'type': libvirt.VIR_DOMAIN_JOB_COMPLETED,
+                    'operation': libvirt.VIR_DOMAIN_JOB_OPERATION_BACKUP}
+        return {'type': libvirt.VIR_DOMAIN_JOB_NONE}
+
+    def _live(self, **kw):
+        fields = dict(
+            image_id=base.IMAGE_ID, image_name='snap', live=True,
+            power_state=1, disk_dev=base.DISK_DEV, disk_path=DISK,
+            disk_format='qcow2', chain=CHAIN, virtual_size=base.DISK_SIZE,
+            image_format='qcow2', compress=False, quiesce=False,
+            require_quiesce=False, work_dir=self.work_dir, space_needed=1,
+            capture_method='backup')
+        fields.update(kw)
+        self.plan = snapshot_plan.SnapshotPlan(**fields)
+        return capture.live(self.make_driver(), self.context,
+                            self.make_instance(), self.guest, self.plan,
+                            None, mock.Mock())
+
+    def _changes(self):
+        return [c for c in self.calls.mock_calls
+                if c[0].split('.')[-1] in ('execute', 'backupBegin')]
+
+    def _test_target(self, target, fmt, **plan_fields):
+        result = self._live(**plan_fields)
+
+        self.assertEqual(chain.Node(target, fmt), result)
+        # Created unbacked as this user first, then reused by libvirt.
+        create, begin = self._changes()
         self.assertEqual(
-            (mock.sentinel.disk_path, mock.sentinel.disk_format),
-            capture.cold(plan))
+            mock.call.execute('qemu-img', 'create', '-f', fmt, target,
+                              str(base.DISK_SIZE), prlimit=None,
+                              env_variables={'LC_ALL': 'C', 'LANG': 'C'}),
+            create)
+        xml, checkpoint, flags = begin.args
+        self.assertEqual(
+            "<domainbackup mode=\"push\"><disks><disk name=\"vda\" "
+            "backup=\"yes\" type=\"file\"><target file=\"%s\" />"
+            "<driver type=\"%s\" /></disk></disks></domainbackup>"
+            % (target, fmt), xml)
+        self.assertIsNone(checkpoint)
+        self.assertEqual(libvirt.VIR_DOMAIN_BACKUP_BEGIN_REUSE_EXTERNAL,
+                         flags)
+        self.assertEqual(0o701, stat.S_IMODE(os.stat(self.work_dir).st_mode))
+
+    def test_uncompressed_backup_is_the_image_itself(self):
+        self._test_target(os.path.join(self.work_dir, 'image'), 'qcow2')
+
+    def test_raw_output_backs_up_into_a_raw_image(self):
+        self._test_target(os.path.join(self.work_dir, 'image'), 'raw',
+                          image_format='raw')
+
+    def test_compressed_output_backs_up_into_a_flat_qcow2(self):
+        self._test_target(os.path.join(self.work_dir, 'backup.qcow2'),
+                          'qcow2', compress=True)
+
+    def test_target_failing_to_be_created_never_begins_a_backup(self):
+        self.qemu_img.fail['create'] = processutils.ProcessExecutionError(
+            exit_code=1, stderr='Permission denied')
+
+        self.assertRaises(exception.QemuImgFailed, self._live)
+
+        self.domain.mock.backupBegin.assert_not_called()
+
+    def test_backup_whose_header_names_a_backing_file_is_refused(self):
+        def begin(xml, checkpoint, flags):
+            target = os.path.join(self.work_dir, 'image')
+            os.unlink(target)
+            base.make_image(target, backing='/etc/shadow', backing_fmt='raw')
+        self.domain.mock.backupBegin.side_effect = begin
+
+        exc = self.assertRaises(exception.UnsafeDiskChain, self._live)
+
+        self.assertIn("its header names the backing file '/etc/shadow', not "
+                      "None", str(exc))

@@ -9,6 +9,7 @@ from unittest import mock
 import libvirt
 
 from nova_snapdriver import blockjob
+from nova_snapdriver import chain
 from nova_snapdriver import exception
 from nova_snapdriver import plan as snapshot_plan
 from nova_snapdriver import qemu_img
@@ -175,15 +176,18 @@ class CaptureMethodTestCase(base.TestCase):
 
 class ZstdConvertTestCase(base.TestCase):
 
+    SRC = chain.Node('/a', 'qcow2')
+
     def test_zstd_adds_only_the_compression_type_option(self):
         self.assertEqual(
-            ['qemu-img', 'convert', '-f', 'qcow2', '-O', 'qcow2', '-c',
-             '-o', 'compression_type=zstd', '-W', '-m', '16', 'a', 'b'],
-            qemu_img.convert_cmd('a', 'qcow2', 'b', 'qcow2', compress=True,
+            ['qemu-img', 'convert', '-O', 'qcow2', '-c', '-o',
+             'compression_type=zstd', '-W', '-m', '16',
+             self.SRC.filename(), 'b'],
+            qemu_img.convert_cmd(self.SRC, 'b', 'qcow2', compress=True,
                                  compression_type='zstd'))
 
     def test_zstd_without_compression_changes_nothing(self):
         self.assertEqual(
-            qemu_img.convert_cmd('a', 'qcow2', 'b', 'qcow2'),
-            qemu_img.convert_cmd('a', 'qcow2', 'b', 'qcow2',
+            qemu_img.convert_cmd(self.SRC, 'b', 'qcow2'),
+            qemu_img.convert_cmd(self.SRC, 'b', 'qcow2',
                                  compression_type='zstd'))

@@ -20,6 +20,7 @@ from nova.compute import task_states
 from nova import exception as nova_exception
 from nova.virt.libvirt import driver as libvirt_driver
 
+from nova_snapdriver import chain
 from nova_snapdriver import conf
 from nova_snapdriver import driver
 from nova_snapdriver import exception
@@ -31,7 +32,6 @@ DISK = '/var/lib/nova/instances/%s/disk' % base.INSTANCE_UUID
 GENERATOR_CONF = os.path.join(
     os.path.dirname(os.path.dirname(os.path.dirname(__file__))),
     'etc', 'nova', 'nova-snapdriver-config-generator.conf')
-BACKING = '/var/lib/nova/instances/_base/0123abcd'
 IMAGE_DATA = b'the flat snapshot image'
 
 # Domain calls that change it; a cold snapshot makes none of them.
@@ -87,7 +87,13 @@ class SnapshotTestCase(base.TestCase):
         self.image_path = os.path.join(self.work_dir, 'image')
         self.xml_path = os.path.join(self.snapshots_dir,
                                      base.INSTANCE_UUID + '.xml')
-        self.domain = base.FakeDomain(base.file_disk_xml(DISK))
+        # A real disk over a real base in a tmp instances_path.
+        self.disk, self.base = self.make_disk()
+        self.chain = chain.Node(self.disk, 'qcow2',
+                                chain.Node(self.base, 'raw'))
+        self.overlay_chain = chain.Node(self.overlay, 'qcow2',
+                                        self.chain.backing)
+        self.domain = base.FakeDomain(base.file_disk_xml(self.disk))
         self.saved_xml = self.domain.xml(
             libvirt.VIR_DOMAIN_XML_INACTIVE | libvirt.VIR_DOMAIN_XML_SECURE)
         self.driver = self.make_driver()
@@ -101,8 +107,7 @@ class SnapshotTestCase(base.TestCase):
                                         base.IMAGE_ID + '.json')
         self.qemu_img, self.execute = self.patch_execute(base.FakeQemuImg(
             disk_info={'virtual-size': base.DISK_SIZE, 'actual-size': 4096,
-                       'format': 'qcow2', 'full-backing-filename': BACKING,
-                       'backing-filename-format': 'raw'},
+                       'format': 'qcow2'},
             required=8192, image_data=IMAGE_DATA))
         self.useFixture(fixtures.MockPatch(
             'nova_snapdriver.capture.time.sleep'))
@@ -166,13 +171,14 @@ class SnapshotTestCase(base.TestCase):
         self.driver._host.write_instance_config.assert_called_once_with(
             self.saved_xml)
         self.assertEqual(
-            [['qemu-img', 'info', '-U', '-f', 'qcow2', '--output=json', DISK],
-             ['qemu-img', 'measure', '-U', '-f', 'qcow2', '-O', 'qcow2',
-              '--output=json', DISK],
+            [['qemu-img', 'info', '-U', '--output=json',
+              self.chain.top().filename()],
+             ['qemu-img', 'measure', '-U', '-O', 'qcow2', '--output=json',
+              self.chain.filename()],
              ['qemu-img', 'create', '-f', 'qcow2', '-F', 'raw', '-b',
-              BACKING, self.overlay, str(base.DISK_SIZE)],
-             ['qemu-img', 'convert', '-f', 'qcow2', '-O', 'qcow2', '-W',
-              '-m', '16', self.overlay, self.image_path]],
+              self.base, '-u', self.overlay, str(base.DISK_SIZE)],
+             ['qemu-img', 'convert', '-O', 'qcow2', '-W', '-m', '16',
+              self.overlay_chain.filename(), self.image_path]],
             self.qemu_img.commands)
         # The overlay is gone before the upload starts.
         self.assertEqual([(IMAGE_DATA, ['image'])], self.uploaded)
@@ -203,8 +209,11 @@ class SnapshotTestCase(base.TestCase):
             ['info', 'measure', 'convert'],
             [cmd[1] for cmd in self.qemu_img.commands])
         self.assertEqual(
-            ['qemu-img', 'convert', '-f', 'qcow2', '-O', 'qcow2', '-W', '-m',
-             '16', DISK, self.image_path], self.qemu_img.commands[-1])
+            ['qemu-img', 'convert', '-O', 'qcow2', '-W', '-m', '16',
+             self.chain.filename(), self.image_path],
+            self.qemu_img.commands[-1])
+        # The disk itself is left where it is.
+        self.assertTrue(os.path.exists(self.disk))
         self.assertEqual([(IMAGE_DATA, ['image'])], self.uploaded)
         self._assert_task_states()
         self._assert_cleaned_up()
@@ -216,8 +225,8 @@ class SnapshotTestCase(base.TestCase):
         self._snapshot()
 
         self.assertEqual(
-            ['qemu-img', 'convert', '-f', 'qcow2', '-O', 'qcow2', '-c', '-W',
-             '-m', '3', self.overlay, self.image_path],
+            ['qemu-img', 'convert', '-O', 'qcow2', '-c', '-W', '-m', '3',
+             self.overlay_chain.filename(), self.image_path],
             self.qemu_img.commands[-1])
         self.assertIn('Extracted a qcow2 image of 23 B (compressed, zlib)',
                       self.logs.output)
@@ -227,7 +236,8 @@ class SnapshotTestCase(base.TestCase):
 
         self._snapshot()
 
-        self.assertEqual(['-O', 'raw'], self.qemu_img.commands[-1][4:6])
+        self.assertEqual(['convert', '-O', 'raw'],
+                         self.qemu_img.commands[-1][1:4])
         metadata = self.driver._image_api.update.call_args.args[2]
         self.assertEqual('raw', metadata['disk_format'])
 
@@ -289,6 +299,39 @@ class SnapshotTestCase(base.TestCase):
         self.assertFalse(os.path.exists(self.work_dir))
         # Nothing began: nothing journaled.
         self.assertFalse(os.path.exists(self.journal_dir))
+
+    def test_disk_whose_header_names_a_host_file_is_never_read(self):
+        secret = base.make_raw(os.path.join(self.tmp, 'secret'), b'secret')
+        os.unlink(self.disk)
+        base.make_image(self.disk, backing=secret, backing_fmt='raw')
+
+        exc = self.assertRaises(exception.UnsafeDiskChain, self._snapshot)
+
+        self.assertIn("its backing file %s is not a file in nova's image "
+                      'cache' % secret, str(exc))
+        self.assertEqual([], self.qemu_img.commands)
+        self.update_task_state.assert_not_called()
+        self.assertEqual([], self._domain_changes())
+        self.assertFalse(os.path.exists(self.work_dir))
+        self.driver._image_api.update.assert_not_called()
+
+    def test_backup_reaches_glance_as_the_image_without_a_convert(self):
+        self.flags(capture_method='backup', group='snapdriver')
+        self.domain.mock.jobStats.side_effect = lambda flags=0: (
+            {'type': libvirt.VIR_DOMAIN_JOB_COMPLETED,
+             'operation': libvirt.VIR_DOMAIN_JOB_OPERATION_BACKUP}
+            if flags else {'type': libvirt.VIR_DOMAIN_JOB_NONE})
+
+        self._snapshot()
+
+        self.assertEqual(['info', 'measure', 'create'],
+                         [cmd[1] for cmd in self.qemu_img.commands])
+        # What was uploaded is the (empty, here) qcow2 nova created and
+        # QEMU filled.
+        (data, files), = self.uploaded
+        self.assertEqual(b'QFI\xfb', data[:4])
+        self.assertEqual(['image'], files)
+        self._assert_cleaned_up()
 
     # --- failures while it runs -----------------------------------------
 
@@ -422,7 +465,8 @@ class SnapshotTestCase(base.TestCase):
         self.assertEqual(
             {'version': 1, 'instance_uuid': base.INSTANCE_UUID,
              'instance_name': self.instance.name, 'image_id': base.IMAGE_ID,
-             'disk_path': DISK, 'disk_dev': 'vda', 'work_dir': self.work_dir,
+             'disk_path': self.disk, 'disk_dev': 'vda',
+             'work_dir': self.work_dir,
              'xml': self.saved_xml, 'persistent': True, 'phase': 'planned',
              'capture_method': 'rebase', 'pid': os.getpid()},
             {k: v for k, v in record.items()

@@ -1,20 +1,20 @@
 """nova-snapdriver-manage: arguments, the three commands, exit statuses.
 
 Boundaries only: nova's config parsing (``nova.config.parse_args``),
-``libvirt.open`` (a FakeConnection), Glance (an autospec'd image API) and
-the ``qemu-img`` process.  The journal, recovery and oslo.rootwrap (with
-the repository's own filters file) run for real on tmp files.
+``libvirt.open`` (a FakeConnection) and Glance (an autospec'd image API).
+The journal, recovery, oslo.rootwrap's config parsing and the check's
+qemu-img command lines (the real qemu-img, as this user) run for real on
+tmp files.
 """
 
 import io
 import json
 import os
-import pathlib
-import subprocess
 from unittest import mock
 
 import fixtures
 import libvirt
+from oslo_concurrency import processutils
 
 from nova import exception as nova_exception
 from nova.image import glance
@@ -23,8 +23,6 @@ from nova_snapdriver.cmd import manage
 from nova_snapdriver import journal
 from tests.unit import base
 
-ROOTWRAP_D = str(pathlib.Path(__file__).resolve().parents[2] /
-                 'etc' / 'nova' / 'rootwrap.d')
 INSTANCES = '/var/lib/nova/instances'
 DISK = '%s/%s/disk' % (INSTANCES, base.INSTANCE_UUID)
 OTHER_IMAGE = 'decade00-1234-4abc-8def-0123456789ab'
@@ -354,83 +352,210 @@ class ManageTestCase(base.TestCase):
 
     # --- check --------------------------------------------------------------
 
-    def _rootwrap(self, instances_path=INSTANCES, snapshots=None,
-                  exec_dirs=None):
-        """A rootwrap.conf using this repository's filters."""
-        if exec_dirs is None:
-            bin_dir = os.path.join(self.tmp, 'bin')
-            os.makedirs(bin_dir, exist_ok=True)
-            exe = os.path.join(bin_dir, 'qemu-img')
-            with open(exe, 'w') as f:
-                f.write('#!/bin/sh\nexit 1\n')
-            os.chmod(exe, 0o700)
-            exec_dirs = bin_dir
-        conf = os.path.join(self.tmp, 'rootwrap.conf')
+    def _rootwrap_conf(self, *filters_dirs):
+        """A rootwrap.conf in tmp listing ``filters_dirs``."""
+        conf = os.path.join(self.tmp, 'etc', 'rootwrap.conf')
+        os.makedirs(os.path.dirname(conf), exist_ok=True)
         with open(conf, 'w') as f:
-            f.write('[DEFAULT]\nfilters_path=%s\nexec_dirs=%s\n'
-                    % (ROOTWRAP_D, exec_dirs))
-        self.flags(rootwrap_config=conf, instances_path=instances_path)
-        self.flags(snapshots_directory=snapshots or os.path.join(
-            instances_path, 'snapshots'), group='libvirt')
+            f.write('[DEFAULT]\nfilters_path=%s\nexec_dirs=/usr/bin\n'
+                    % ','.join(filters_dirs))
+        self.flags(rootwrap_config=conf)
+        return conf
 
-    def test_rootwrap_filters_allow_the_commands_under_nova_defaults(self):
-        self._rootwrap()
+    def _filters(self, directory):
+        """An earlier release's snapdriver.filters, left installed."""
+        os.makedirs(directory, exist_ok=True)
+        path = os.path.join(directory, 'snapdriver.filters')
+        with open(path, 'w') as f:
+            f.write('[Filters]\nqemu-img: CommandFilter, qemu-img, root\n')
+        return path
+
+    def test_no_filters_installed_is_ok(self):
+        compute_d = os.path.join(self.tmp, 'rootwrap.d')
+        os.makedirs(compute_d)
+        with open(os.path.join(compute_d, 'compute.filters'), 'w') as f:
+            f.write('[Filters]\n')
+        self._rootwrap_conf(compute_d)
 
         self.assertEqual(
-            {'check': 'rootwrap filters', 'result': 'OK',
-             'detail': 'qemu-img create, info, measure and convert allowed'},
+            {'check': 'no root commands', 'result': 'OK',
+             'detail': 'nova-snapdriver needs no rootwrap filters and no '
+                       'privsep; none of an earlier release is installed'},
             manage._check_rootwrap())
 
-    def test_rootwrap_filters_refuse_another_instances_path(self):
-        self._rootwrap(instances_path='/srv/nova/instances')
-
-        self.assertEqual(
-            {'check': 'rootwrap filters', 'result': 'FAIL',
-             'detail': 'qemu-img create, info, measure, convert refused for '
-                       'paths under /srv/nova/instances: install '
-                       'etc/nova/rootwrap.d/snapdriver.filters into one of '
-                       '%s and match its path prefix to instances_path'
-                       % ROOTWRAP_D},
-            manage._check_rootwrap())
-
-    def test_rootwrap_filters_refuse_a_snapshots_directory_elsewhere(self):
-        self._rootwrap(snapshots='/srv/snapshots')
+    def test_stale_filters_fail_naming_the_file_to_remove(self):
+        other = os.path.join(self.tmp, 'usr-share-rootwrap')
+        stale = self._filters(os.path.join(self.tmp, 'rootwrap.d'))
+        self._rootwrap_conf(other, os.path.dirname(stale))
 
         result = manage._check_rootwrap()
+
+        self.assertEqual(('no root commands', 'FAIL'),
+                         (result['check'], result['result']))
+        self.assertTrue(result['detail'].startswith(
+            'remove %s: nova-snapdriver runs no command as root any more'
+            % stale), result['detail'])
+
+    def test_stale_filters_in_every_filters_dir_are_all_named(self):
+        first = self._filters(os.path.join(self.tmp, 'a'))
+        second = self._filters(os.path.join(self.tmp, 'b'))
+        self._rootwrap_conf(os.path.dirname(first), os.path.dirname(second))
+
+        result = manage._check_rootwrap()
+
+        self.assertIn('remove %s, %s:' % (first, second), result['detail'])
+
+    def test_unreadable_rootwrap_conf_looks_beside_it(self):
+        # No rootwrap.conf (nova runs none any more): its usual rootwrap.d
+        # is still looked at.
+        stale = self._filters(os.path.join(self.tmp, 'etc', 'rootwrap.d'))
+        self.flags(rootwrap_config=os.path.join(self.tmp, 'etc',
+                                                'rootwrap.conf'))
+
+        result = manage._check_rootwrap()
+
+        self.assertEqual('FAIL', result['result'])
+        self.assertIn('remove %s:' % stale, result['detail'])
+
+    def test_unreadable_rootwrap_conf_and_nothing_beside_it_is_ok(self):
+        self.flags(rootwrap_config=os.path.join(self.tmp, 'none', 'r.conf'))
+
+        self.assertEqual('OK', manage._check_rootwrap()['result'])
+
+    # --- paths and qemu-img -----------------------------------------------
+
+    def _instances(self):
+        instances = os.path.join(self.tmp, 'instances')
+        self.flags(instances_path=instances)
+        return instances
+
+    def test_paths_present_and_usable_are_ok(self):
+        cache = os.path.join(self._instances(), '_base')
+        os.makedirs(cache)
+        os.makedirs(self.snapshots_dir)
+
+        self.assertEqual(
+            [{'check': 'image cache', 'result': 'OK',
+              'detail': '%s: readable by %s' % (cache, manage._user())},
+             {'check': 'snapshots directory', 'result': 'OK',
+              'detail': '%s: writable by %s' % (self.snapshots_dir,
+                                                manage._user())}],
+            manage._check_paths())
+
+    def test_paths_missing_are_warnings(self):
+        cache = os.path.join(self._instances(), 'cache')
+        self.flags(subdirectory_name='cache', group='image_cache')
+
+        self.assertEqual(
+            [('image cache', 'WARN', '%s: missing (nova creates it when '
+              'needed)' % cache),
+             ('snapshots directory', 'WARN', '%s: missing (nova creates it '
+              'when needed)' % self.snapshots_dir)],
+            [(r['check'], r['result'], r['detail'])
+             for r in manage._check_paths()])
+
+    def test_path_that_is_no_directory_fails(self):
+        self._instances()
+        os.makedirs(os.path.join(self.tmp, 'instances', '_base'))
+        with open(self.snapshots_dir, 'w') as f:
+            f.write('a file where a directory should be')
+
+        cache, snapshots = manage._check_paths()
+
+        self.assertEqual('OK', cache['result'])
+        self.assertEqual(
+            ('FAIL', '%s: NOT writable by %s' % (self.snapshots_dir,
+                                                 manage._user())),
+            (snapshots['result'], snapshots['detail']))
+
+    def test_path_without_the_rights_fails(self):
+        cache = os.path.join(self._instances(), '_base')
+        os.makedirs(cache)
+        os.makedirs(self.snapshots_dir)
+        # As a user without the rights (root has them all).
+        self.useFixture(fixtures.MockPatchObject(
+            manage.os, 'access', autospec=True,
+            side_effect=lambda path, mode: path == cache))
+
+        cache_result, snapshots = manage._check_paths()
+
+        self.assertEqual('OK', cache_result['result'])
+        self.assertEqual('FAIL', snapshots['result'])
+        self.assertIn('NOT writable', snapshots['detail'])
+
+    def test_qemu_img_commands_of_a_snapshot_run_for_real(self):
+        result = manage._check_qemu_img()
+
+        self.assertEqual(
+            {'check': 'qemu-img as %s' % manage._user(), 'result': 'OK',
+             'detail': 'create, info, measure and convert of a json: chain '
+                       'work in %s' % self.snapshots_dir}, result)
+        # Made where snapshots are made, and left nothing behind.
+        self.assertEqual([], os.listdir(self.snapshots_dir))
+
+    def test_qemu_img_check_runs_the_snapshot_s_command_lines(self):
+        execute = mock.Mock(wraps=manage.qemu_img.processutils.execute)
+        self.useFixture(fixtures.MockPatchObject(
+            manage.qemu_img.processutils, 'execute', execute))
+
+        self.assertEqual('OK', manage._check_qemu_img()['result'])
+
+        commands = [(c.args[1], c.args[-1] if c.args[1] == 'info' else None,
+                     c.kwargs['prlimit']) for c in execute.call_args_list]
+        limits = manage.qemu_img.nova_qemu.QEMU_IMG_LIMITS
+        self.assertEqual(['create', 'info', 'measure', 'create', 'convert'],
+                         [c[0] for c in commands])
+        self.assertEqual([None, limits, limits, None, None],
+                         [c[2] for c in commands])
+        self.assertTrue(commands[1][1].startswith('json:'))
+        for call in execute.call_args_list:
+            self.assertNotIn('run_as_root', call.kwargs)
+
+    def test_qemu_img_missing_fails(self):
+        # processutils runs qemu-img with only LC_ALL and LANG in its
+        # environment, so PATH is the default one: a missing binary is
+        # what the process boundary says.
+        self.useFixture(fixtures.MockPatchObject(
+            manage.qemu_img.processutils, 'execute', autospec=True,
+            side_effect=FileNotFoundError(2, 'No such file or directory',
+                                          'qemu-img')))
+
+        result = manage._check_qemu_img()
 
         self.assertEqual('FAIL', result['result'])
         self.assertTrue(result['detail'].startswith(
-            'qemu-img create, convert refused'), result['detail'])
+            "a snapshot's qemu-img commands failed in %s: 'qemu-img create"
+            % self.snapshots_dir), result['detail'])
+        self.assertIn('No such file or directory', result['detail'])
+        self.assertEqual([], os.listdir(self.snapshots_dir))
 
-    def test_rootwrap_without_a_qemu_img_to_run_refuses_everything(self):
-        empty = os.path.join(self.tmp, 'empty')
-        os.mkdir(empty)
-        self._rootwrap(exec_dirs=empty)
+    def test_qemu_img_in_a_snapshots_directory_it_cannot_use_fails(self):
+        with open(self.snapshots_dir, 'w') as f:
+            f.write('not a directory')
 
-        result = manage._check_rootwrap()
+        result = manage._check_qemu_img()
 
         self.assertEqual('FAIL', result['result'])
-        self.assertIn('create, info, measure, convert refused',
+        self.assertIn("a snapshot's qemu-img commands failed in %s"
+                      % self.snapshots_dir, result['detail'])
+
+    def test_qemu_img_failing_names_its_error(self):
+        real = manage.qemu_img.processutils.execute
+
+        def execute(*cmd, **kwargs):
+            if cmd[1] == 'convert':
+                raise processutils.ProcessExecutionError(
+                    exit_code=1, stderr='Could not open overlay')
+            return real(*cmd, **kwargs)
+        self.useFixture(fixtures.MockPatchObject(
+            manage.qemu_img.processutils, 'execute', execute))
+
+        result = manage._check_qemu_img()
+
+        self.assertEqual('FAIL', result['result'])
+        self.assertIn('failed with exit code 1: Could not open overlay',
                       result['detail'])
-
-    def test_rootwrap_config_that_cannot_be_loaded_fails(self):
-        missing = os.path.join(self.tmp, 'no-rootwrap.conf')
-        self.flags(rootwrap_config=missing)
-
-        result = manage._check_rootwrap()
-
-        self.assertEqual('FAIL', result['result'])
-        self.assertTrue(result['detail'].startswith(
-            'cannot load %s: ' % missing), result['detail'])
-
-    def test_rootwrap_disabled_is_ok(self):
-        self.flags(disable_rootwrap=True, group='workarounds')
-        self.flags(rootwrap_config=os.path.join(self.tmp, 'none'))
-
-        self.assertEqual(
-            {'check': 'rootwrap filters', 'result': 'OK',
-             'detail': '[workarounds] disable_rootwrap is set: sudo is used'},
-            manage._check_rootwrap())
+        self.assertEqual([], os.listdir(self.snapshots_dir))
 
     def test_state_dir_that_does_not_exist_yet_is_ok(self):
         self.assertEqual(
@@ -468,36 +593,6 @@ class ManageTestCase(base.TestCase):
         self.assertEqual('FAIL', result['result'])
         self.assertIn('owner uid %d (want 0700, uid %d)' % (uid, uid + 1),
                       result['detail'])
-
-    def _run_qemu_img(self, **kw):
-        return self.useFixture(fixtures.MockPatchObject(
-            manage.subprocess, 'run', autospec=True, **kw)).mock
-
-    def test_qemu_img_measure_working_is_ok(self):
-        run = self._run_qemu_img(return_value=subprocess.CompletedProcess(
-            [], 0, stdout='{"required": 1114112, "fully-allocated": 1}'))
-
-        self.assertEqual('OK', manage._check_qemu_img()['result'])
-        run.assert_called_once_with(
-            ['qemu-img', 'measure', '--size', '1M', '-O', 'qcow2',
-             '--output=json'], check=True, capture_output=True, text=True)
-
-    def test_qemu_img_broken_missing_or_garbled_fails(self):
-        run = self._run_qemu_img()
-        garbled = subprocess.CompletedProcess([], 0, stdout='nope')
-        for effect, detail in (
-                (subprocess.CalledProcessError(1, ['qemu-img']),
-                 'returned non-zero exit status 1'),
-                (FileNotFoundError(2, 'No such file', 'qemu-img'),
-                 'No such file'),
-                (lambda *a, **k: garbled, 'Expecting value')):
-            run.reset_mock()
-            run.side_effect = effect
-            result = manage._check_qemu_img()
-            self.assertEqual('FAIL', result['result'], detail)
-            self.assertIn(detail, result['detail'])
-            run.assert_called_once_with(mock.ANY, check=True,
-                                        capture_output=True, text=True)
 
     def test_space_is_ok_above_the_reserve_and_a_warning_below(self):
         os.makedirs(self.snapshots_dir)
@@ -550,58 +645,50 @@ class ManageTestCase(base.TestCase):
         self.assertEqual('FAIL', versions['result'])
 
     def _good_host(self):
-        self._rootwrap()
-        self._run_qemu_img(return_value=subprocess.CompletedProcess(
-            [], 0, stdout='{"required": 1}'))
+        """Every path in tmp, qemu-img for real, no stale filters."""
+        os.makedirs(os.path.join(self._instances(), '_base'))
+        os.makedirs(self.snapshots_dir)
+        self._rootwrap_conf(os.path.join(self.tmp, 'rootwrap.d'))
         self.flags(reserved_space_mb=0, group='snapdriver')
-        # [libvirt] snapshots_directory is nova's default, not in tmp:
-        # ask the tmp filesystem for its space instead.
-        tmp_statvfs = os.statvfs(self.tmp)
-        self.statvfs = self.useFixture(fixtures.MockPatchObject(
-            manage.os, 'statvfs', return_value=tmp_statvfs)).mock
 
     def test_check_of_a_good_host_succeeds(self):
         self._good_host()
 
         code, out = self._main('check')
 
-        self.assertEqual(0, code)
+        self.assertEqual(0, code, out)
         lines = out.splitlines()
         self.assertEqual(
             ['OK   versions', 'OK   blockRebase copy',
              'OK   blockCopy transient job', 'OK   backup API',
-             'OK   qemu-img measure', 'OK   rootwrap filters',
+             'OK   image cache', 'OK   snapshots directory',
+             'OK   qemu-img as %s' % manage._user(), 'OK   no root commands',
              'OK   snapshots directory', 'OK   journal directory'],
             [line.split(':')[0] for line in lines])
-        self.assertEqual('OK   rootwrap filters: qemu-img create, info, '
-                         'measure and convert allowed', lines[5])
-        self.statvfs.assert_called_once_with(INSTANCES + '/snapshots')
 
     def test_check_with_only_warnings_succeeds(self):
         self._good_host()
         self.conn.mock.getDomainCapabilities.return_value = '<caps/>'
-        self.flags(reserved_space_mb=2 ** 40, group='snapdriver')
+        os.rmdir(os.path.join(self.tmp, 'instances', '_base'))
 
         code, results = self._main_json('check')
 
         self.assertEqual(0, code)
         self.assertEqual(
-            {'backup API': 'WARN', 'snapshots directory': 'WARN'},
-            {r['check']: r['result'] for r in results
-             if r['result'] != 'OK'})
+            [('backup API', 'WARN'), ('image cache', 'WARN')],
+            [(r['check'], r['result']) for r in results
+             if r['result'] != 'OK'])
 
     def test_check_with_a_failure_fails_and_names_it(self):
         self._good_host()
-        self._rootwrap(instances_path='/srv/nova/instances')
+        stale = self._filters(os.path.join(self.tmp, 'rootwrap.d'))
         os.mkdir(self.journal_dir, 0o755)
         os.chmod(self.journal_dir, 0o755)
 
         code, out = self._main('check')
 
         self.assertEqual(1, code)
-        self.assertIn('FAIL rootwrap filters: qemu-img create, info, '
-                      'measure, convert refused for paths under '
-                      '/srv/nova/instances', out)
+        self.assertIn('FAIL no root commands: remove %s:' % stale, out)
         self.assertIn('FAIL journal directory: %s: mode 755'
                       % self.journal_dir, out)
 
@@ -611,10 +698,10 @@ class ManageTestCase(base.TestCase):
         code, results = self._main_json('check')
 
         self.assertEqual(0, code)
-        self.assertEqual(8, len(results))
+        self.assertEqual(10, len(results))
         for r in results:
             self.assertEqual({'check', 'result', 'detail'}, set(r))
-        self.assertEqual(['OK'] * 8, [r['result'] for r in results])
+        self.assertEqual(['OK'] * 10, [r['result'] for r in results])
 
 
 class VersionTestCase(base.TestCase):

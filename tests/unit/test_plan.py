@@ -10,11 +10,14 @@ from nova import exception as nova_exception
 from nova.virt.libvirt import config as vconfig
 from nova.virt.libvirt import guest as libvirt_guest
 
+from nova_snapdriver import chain
 from nova_snapdriver import exception
 from nova_snapdriver import plan as snapshot_plan
 from tests.unit import base
 
 DISK = '/var/lib/nova/instances/%s/disk' % base.INSTANCE_UUID
+NODE = chain.Node(DISK, 'qcow2',
+                  chain.Node('/var/lib/nova/instances/_base/base', 'raw'))
 MiB = 1024 * 1024
 
 
@@ -167,17 +170,25 @@ class SpaceTestCase(base.TestCase):
         self.statvfs = self.useFixture(fixtures.MockPatchObject(
             snapshot_plan.os, 'statvfs', autospec=True)).mock
 
-    def _space_needed(self, live, disk_info):
+    def _space_needed(self, live, disk_info, method='rebase',
+                      compress=False):
         self.qemu_img.required = 1000
-        return snapshot_plan.space_needed(live, DISK, 'qcow2', disk_info,
-                                          'raw')
+        return snapshot_plan.space_needed(live, NODE, disk_info, 'raw',
+                                          method, compress)
 
     def test_cold_needs_what_qemu_img_measure_requires(self):
         self.assertEqual(1000, self._space_needed(False,
                                                   {'actual-size': 500}))
         self.assertEqual(
-            ['qemu-img', 'measure', '-U', '-f', 'qcow2', '-O', 'raw',
-             '--output=json', DISK], self.qemu_img.commands[0])
+            [['qemu-img', 'measure', '-U', '-O', 'raw', '--output=json',
+              NODE.filename()]], self.qemu_img.commands)
+
+    def test_compressed_backup_measures_the_whole_chain_twice(self):
+        self.assertEqual(2000, self._space_needed(
+            True, {'actual-size': 500}, method='backup', compress=True))
+        self.assertEqual(
+            ['qemu-img', 'measure', '-U', '-O', 'qcow2', '--output=json',
+             NODE.filename()], self.qemu_img.commands[1])
 
     def test_live_adds_the_allocated_size_of_the_disk_for_the_overlay(self):
         self.assertEqual(1500, self._space_needed(True, {'actual-size': 500}))
@@ -242,16 +253,19 @@ class BuildTestCase(base.TestCase):
         self.flags(reserved_space_mb=0, group='snapdriver')
         self.qemu_img, self.execute = self.patch_execute()
         self.qemu_img.required = 3 * MiB
+        # What the header says is never what the plan reads.
         self.qemu_img.disk_info = {
             'virtual-size': base.DISK_SIZE, 'actual-size': 2 * MiB,
-            'format': 'qcow2', 'backing-filename': 'base',
-            'full-backing-filename': '/var/lib/nova/instances/_base/base',
-            'backing-filename-format': 'raw'}
+            'format': 'qcow2', 'backing-filename': 'elsewhere',
+            'full-backing-filename': '/elsewhere',
+            'backing-filename-format': 'qcow2'}
+        self.disk, self.base = self.make_disk()
         self.driver = self.make_driver()
         self.driver._image_api.get.return_value = {'name': 'my snap'}
 
     def _build(self, state=libvirt.VIR_DOMAIN_RUNNING, **image_props):
-        self.domain = base.FakeDomain(base.file_disk_xml(DISK), state=state)
+        self.domain = base.FakeDomain(base.file_disk_xml(self.disk),
+                                      state=state)
         self.instance = self.make_instance(**image_props)
         return snapshot_plan.build(self.driver, self.context, self.instance,
                                    base.IMAGE_ID,
@@ -264,10 +278,11 @@ class BuildTestCase(base.TestCase):
 
         self.assertEqual(snapshot_plan.SnapshotPlan(
             image_id=base.IMAGE_ID, image_name='my snap', live=True,
-            power_state=1, disk_dev='vda', disk_path=DISK,
+            power_state=1, disk_dev='vda', disk_path=self.disk,
             disk_format='qcow2',
-            backing_file='/var/lib/nova/instances/_base/base',
-            backing_format='raw', virtual_size=base.DISK_SIZE,
+            chain=chain.Node(self.disk, 'qcow2',
+                             chain.Node(self.base, 'raw')),
+            virtual_size=base.DISK_SIZE,
             image_format='qcow2', compress=True, quiesce=True,
             require_quiesce=False,
             work_dir=os.path.join(self.snapshots_dir, base.IMAGE_ID),
@@ -280,6 +295,14 @@ class BuildTestCase(base.TestCase):
                          plan.overlay_path)
         self.assertEqual(os.path.join(plan.work_dir, 'image'),
                          plan.image_path)
+        self.assertEqual((self.base, 'raw'),
+                         (plan.backing_file, plan.backing_format))
+        # qemu-img read the checked chain, named in full.
+        self.assertEqual(
+            [['qemu-img', 'info', '-U', '--output=json',
+              plan.chain.top().filename()],
+             ['qemu-img', 'measure', '-U', '-O', 'qcow2', '--output=json',
+              plan.chain.filename()]], self.qemu_img.commands)
 
     def test_every_domain_not_shut_down_is_live_like_nova(self):
         # nova's in-tree snapshot() is live unless the power state is
@@ -312,13 +335,69 @@ class BuildTestCase(base.TestCase):
         self.assertEqual(3 * MiB, plan.space_needed)
 
     def test_unbacked_disk_has_no_backing_format(self):
-        self.qemu_img.disk_info = {'virtual-size': 1, 'format': 'qcow2',
-                                   'backing-filename-format': 'raw'}
+        self.disk, _base = self.make_disk(backing_fmt=None)
 
         plan = self._build()
 
         self.assertEqual((None, None), (plan.backing_file,
                                         plan.backing_format))
+        self.assertEqual(chain.Node(self.disk, 'qcow2'), plan.chain)
+
+    def test_raw_disk_is_planned_as_raw(self):
+        self.disk, _base = self.make_disk(fmt='raw')
+        self.domain = base.FakeDomain(base.file_disk_xml(self.disk, 'raw'))
+
+        plan = snapshot_plan.build(self.driver, self.context,
+                                   self.make_instance(), base.IMAGE_ID,
+                                   self.make_guest(self.domain))
+
+        self.assertEqual(chain.Node(self.disk, 'raw'), plan.chain)
+        self.assertEqual('raw', plan.image_format)
+
+    def test_header_without_backing_format_takes_it_from_the_base(self):
+        # Disks nova made before it passed backing_fmt.
+        os.unlink(self.disk)
+        base.make_image(self.disk, backing=self.base, backing_fmt='raw',
+                        options='compat=0.10')
+        with open(self.disk, 'r+b') as f:
+            f.seek(72)  # the first extension, the backing format, ends it
+            f.write(b'\0\0\0\0')
+
+        plan = self._build()
+
+        self.assertEqual((self.base, 'raw'),
+                         (plan.backing_file, plan.backing_format))
+        self.assertIn('backed by raw %s' % self.base, self.logs.output)
+
+    def test_planted_header_is_never_followed(self):
+        # A guest that escaped into QEMU rewrote its disk's header to name
+        # a file of the host.
+        secret = base.make_raw(os.path.join(self.tmp, 'etc', 'shadow'),
+                               b'root:$6$')
+        os.unlink(self.disk)
+        base.make_image(self.disk, backing=secret, backing_fmt='raw')
+
+        exc = self.assertRaises(exception.UnsafeDiskChain, self._build)
+
+        self.assertIn('Refusing to read %s for the snapshot: its backing '
+                      "file %s is not a file in nova's image cache"
+                      % (self.disk, secret), str(exc))
+        # No qemu-img ran at all, nothing was staged, the domain was only
+        # read.
+        self.execute.assert_not_called()
+        self.assertFalse(os.path.exists(self.snapshots_dir))
+        self.assertEqual({'XMLDesc', 'info', 'ID'},
+                         {c[0] for c in self.domain.mock.method_calls})
+
+    def test_planted_data_file_is_never_followed(self):
+        os.unlink(self.disk)
+        base.make_image(self.disk, options='data_file=%s' % os.path.join(
+            self.tmp, 'data'))
+
+        exc = self.assertRaises(exception.UnsafeDiskChain, self._build)
+
+        self.assertIn('its header names an external data file', str(exc))
+        self.execute.assert_not_called()
 
     def test_raw_output_is_never_compressed(self):
         self.flags(snapshot_compression=True, snapshot_image_format='raw',
