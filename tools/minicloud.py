@@ -25,6 +25,16 @@ process group so that ``down`` can stop it with everything it spawned:
     nova-compute (compute_driver =
     snapdriver.SnapLibvirtDriver, TCG)
 
+nova-compute runs as the system user ``nova``, as on a distro's or
+devstack's compute host: it reaches libvirtd through the ``libvirt`` group's
+socket and root only through ``sudo nova-rootwrap /etc/nova/rootwrap.conf``
+(privsep's helper included).  ``tools/minicloud`` prepares the host for that
+with tools/setup-compute-host.  Its configuration is
+/etc/nova/minicloud-compute.conf (root:nova 0640; rootwrap's privsep filters
+accept only a config file under /etc), its state_path ``nova/`` and its
+lock_path are nova's; everything else stays root's.  ``down`` removes that
+file too.
+
 ``up`` ends with flavors and the tiny guest's images in Glance: a Debian
 cloud kernel (aki), a busybox initramfs (ari) and a small qcow2 disk
 booted through them.  Two disk images differ only by their kernel command
@@ -41,6 +51,7 @@ import contextlib
 import fcntl
 import json
 import os
+import pwd
 import re
 import shutil
 import signal
@@ -91,6 +102,20 @@ CALL_TIMEOUT = 120      # any one command or HTTP call
 START_TIMEOUT = 120     # a service answering after its start
 STOP_TIMEOUT = 10       # SIGTERM to SIGKILL
 HOST_MAP_TIMEOUT = 120  # nova-compute registering with placement/cell
+
+# nova-compute as a compute host runs it (see tools/setup-compute-host).
+COMPUTE_USER = 'nova'
+COMPUTE_CONF = '/etc/nova/minicloud-compute.conf'
+ROOTWRAP = 'sudo nova-rootwrap /etc/nova/rootwrap.conf'
+# privsep contexts nova-compute may start here, each through rootwrap's
+# privsep-helper filter (nova's compute.filters), which appends the
+# context's own --privsep_context and --privsep_sock_path.  vif_plug_* are
+# never used: the servers have no NIC (and compute.filters has no filter
+# for them).
+PRIVSEP_SECTIONS = ('nova_sys_admin', 'privsep_osbrick')
+# A clean environment: no PATH entry or TMPDIR of root's (privsep's socket
+# must be under /tmp for rootwrap's filter).
+COMPUTE_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'
 
 
 class MinicloudError(Exception):
@@ -145,13 +170,13 @@ def run(cmd, name, env=None, timeout=CALL_TIMEOUT, input=None):
                                 log_tail(name)))
 
 
-def start(name, cmd, env=None):
+def start(name, cmd, env=None, cwd=STATE):
     """Start a long-running service in its own session (process group)."""
     out = open(path('log', name + '.log'), 'a')
     with out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, env=env,
-                                start_new_session=True, cwd=STATE)
+                                start_new_session=True, cwd=cwd)
     with open(path('run', name + '.pid'), 'w') as f:
         f.write('%d\n' % proc.pid)
     return proc
@@ -428,13 +453,30 @@ firewall_driver = noop
 """)
 
     copy_from_venv('nova/api-paste.ini', 'etc/nova')
+    write('etc/nova/nova.conf', nova_conf(rabbit, path('lock', 'nova')))
+    # nova-compute's own: its lock_path is nova's, and privsep starts its
+    # helper through rootwrap, whose filter wants a config file under /etc.
     privsep = ''.join(
-        '[%s]\nhelper_command = %s/privsep-helper --config-file %s\n'
-        % (section, BIN, path('etc/nova/nova.conf'))
-        for section in ('nova_sys_admin', 'privsep_osbrick',
-                        'vif_plug_ovs_privileged',
-                        'vif_plug_linux_bridge_privileged'))
-    write('etc/nova/nova.conf', """\
+        '[%s]\nhelper_command = %s privsep-helper --config-file %s\n'
+        % (section, ROOTWRAP, COMPUTE_CONF) for section in PRIVSEP_SECTIONS)
+    install_compute_conf(COMPUTE_CONF, nova_conf(
+        rabbit, path('lock', 'nova-compute')) + privsep)
+
+    # For the CLI, the e2e tests and tempest's configuration.
+    with open(path('clouds.yaml'), 'w') as f:
+        json.dump({'clouds': {'minicloud': {
+            'auth': {'auth_url': url('keystone', '/v3'),
+                     'username': 'admin', 'password': ADMIN_PASSWORD,
+                     'project_name': 'admin',
+                     'user_domain_name': 'Default',
+                     'project_domain_name': 'Default'},
+            'region_name': REGION,
+            'identity_api_version': 3,
+            'api_timeout': CALL_TIMEOUT}}}, f, indent=2)
+
+
+def nova_conf(rabbit, lock_path):
+    return """\
 [DEFAULT]
 host = {host}
 my_ip = {ip}
@@ -468,29 +510,50 @@ enabled = false
 [spice]
 enabled = false
 [oslo_concurrency]
-lock_path = {state}/lock/nova
+lock_path = {lock_path}
 [oslo_messaging_rabbit]
 heartbeat_timeout_threshold = 0
 {authtoken}{placement}{neutron}{service_user}send_service_user_token = true
-{privsep}""".format(host=COMPUTE_HOST, ip=HOST, state=STATE, rabbit=rabbit,
-                    api_db=db_url('nova_api'), db=db_url('nova'),
-                    authtoken=authtoken('nova'),
-                    placement=service_auth('placement', 'placement'),
-                    neutron=service_auth('neutron'),
-                    service_user=service_auth('service_user'),
-                    privsep=privsep))
+""".format(host=COMPUTE_HOST, ip=HOST, state=STATE, rabbit=rabbit,
+           lock_path=lock_path, api_db=db_url('nova_api'), db=db_url('nova'),
+           authtoken=authtoken('nova'),
+           placement=service_auth('placement', 'placement'),
+           neutron=service_auth('neutron'),
+           service_user=service_auth('service_user'))
 
-    # For the CLI, the e2e tests and tempest's configuration.
-    with open(path('clouds.yaml'), 'w') as f:
-        json.dump({'clouds': {'minicloud': {
-            'auth': {'auth_url': url('keystone', '/v3'),
-                     'username': 'admin', 'password': ADMIN_PASSWORD,
-                     'project_name': 'admin',
-                     'user_domain_name': 'Default',
-                     'project_domain_name': 'Default'},
-            'region_name': REGION,
-            'identity_api_version': 3,
-            'api_timeout': CALL_TIMEOUT}}}, f, indent=2)
+
+def compute_ids():
+    """(uid, gid) of the user nova-compute runs as."""
+    try:
+        user = pwd.getpwnam(COMPUTE_USER)
+    except KeyError:
+        raise MinicloudError('no user %r: run tools/setup-compute-host '
+                             '(tools/minicloud up does)' % COMPUTE_USER)
+    return user.pw_uid, user.pw_gid
+
+
+def install_compute_conf(dest, text):
+    """Write a config file nova-compute reads: root:nova, mode 0640.
+
+    As distros install /etc/nova/nova.conf (it holds passwords).
+    """
+    os.makedirs(os.path.dirname(dest), exist_ok=True)
+    tmp = dest + '.new'
+    with open(tmp, 'w') as f:
+        f.write(text)
+    os.chown(tmp, 0, compute_ids()[1])
+    os.chmod(tmp, 0o640)
+    os.rename(tmp, dest)
+
+
+def give_to_compute(*dirs):
+    """Make the directories nova-compute writes to its own."""
+    uid, gid = compute_ids()
+    for top in dirs:
+        for root, subdirs, files in os.walk(top):
+            for name in [root] + [os.path.join(root, n)
+                                  for n in subdirs + files]:
+                os.chown(name, uid, gid)
 
 
 def service_env(service):
@@ -605,20 +668,37 @@ def start_nova_services():
     conf = ['--config-file', path('etc/nova/nova.conf')]
     for name in ('nova-conductor', 'nova-scheduler'):
         start(name, [os.path.join(BIN, name)] + conf)
+    # Again, just before: a domain made since the first look would stop
+    # nova-compute's first start.
+    no_foreign_domains()
     start_compute()
     start_wsgi('nova-api', 'nova')
 
 
 def start_compute(*extra_config_files):
-    """Start nova-compute; later config files override nova.conf.
+    """Start nova-compute as the user nova; later config files override.
 
-    The e2e tests restart it with a bandwidth limit for a crash test.
+    The e2e tests restart it with a bandwidth limit for a crash test.  Each
+    extra file is copied where nova can read it (root:nova 0640).
     """
-    cmd = [os.path.join(BIN, 'nova-compute'),
-           '--config-file', path('etc/nova/nova.conf')]
-    for extra in extra_config_files:
-        cmd += ['--config-file', extra]
-    start('nova-compute', cmd)
+    cmd = [os.path.join(BIN, 'nova-compute'), '--config-file', COMPUTE_CONF]
+    os.makedirs(path('etc', 'nova-compute'), exist_ok=True)
+    for i, extra in enumerate(extra_config_files):
+        copy = path('etc', 'nova-compute', '%d-%s' % (
+            i, os.path.basename(extra)))
+        with open(extra) as f:
+            install_compute_conf(copy, f.read())
+        cmd += ['--config-file', copy]
+    uid, gid = compute_ids()
+    home = pwd.getpwuid(uid).pw_dir
+    env = {'PATH': COMPUTE_PATH,
+           'HOME': home if os.path.isdir(home) else path('nova'),
+           'USER': COMPUTE_USER, 'LOGNAME': COMPUTE_USER, 'LANG': 'C.UTF-8'}
+    # setpriv execs nova-compute itself (no process in between), with
+    # nova's uid, gid and groups (libvirt among them) and no capability.
+    start('nova-compute', ['setpriv', '--reuid=%d' % uid, '--regid=%d' % gid,
+                           '--init-groups', '--inh-caps=-all', '--'] + cmd,
+          env=env, cwd=path('nova'))
 
 
 def map_compute_host():
@@ -750,10 +830,13 @@ def cmd_up(args):
         t0 = time.monotonic()
         shutil.rmtree(STATE, ignore_errors=True)
         for sub in ('etc/keystone', 'etc/glance', 'etc/placement',
-                    'etc/neutron', 'etc/nova', 'log', 'run', 'mysql',
-                    'rabbitmq', 'nova/instances', 'neutron', 'glance',
-                    'images', 'lock'):
+                    'etc/neutron', 'etc/nova', 'etc/nova-compute', 'log',
+                    'run', 'mysql', 'rabbitmq', 'nova/instances', 'neutron',
+                    'glance', 'images', 'lock/nova', 'lock/nova-compute'):
             os.makedirs(path(sub))
+        # nova-compute (the user nova) needs to get to its own directories.
+        os.chmod(STATE, 0o755)
+        give_to_compute(path('nova'), path('lock', 'nova-compute'))
         try:
             _up(t0)
         except BaseException:
@@ -771,22 +854,7 @@ def _up(t0):
     log('libvirtd up (%s, QEMU %s)', info.libvirt_version, info.qemu_version)
     if remove_domains():
         log('removed domains left by an earlier minicloud')
-    # On a shared development machine other tests may be running guests;
-    # MINICLOUD_WAIT_FOREIGN=<seconds> waits for a moment without any.
-    deadline = time.monotonic() + int(os.environ.get(
-        'MINICLOUD_WAIT_FOREIGN', '0'))
-    foreign = [name for name, _xml in domains()]
-    while foreign and time.monotonic() < deadline:
-        time.sleep(0.5)
-        foreign = [name for name, _xml in domains()]
-    if foreign:
-        # nova-compute would refuse to start: "My hypervisor has existing
-        # instances, but I appear to be a new service in this database".
-        raise MinicloudError(
-            'libvirtd already has domains that are not this cloud\'s: %s. '
-            'A new nova-compute refuses to start beside them; remove them '
-            '(virsh destroy/undefine) or wait for whatever made them to end'
-            % ', '.join(sorted(foreign)))
+    no_foreign_domains()
     configure()
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
         guest = pool.submit(build_guest_images)
@@ -818,22 +886,57 @@ def _up(t0):
     log('up in %.0f s; %s', time.monotonic() - t0, env_hint())
 
 
+def no_foreign_domains():
+    """Fail if libvirtd has domains (none of ours is left by now).
+
+    nova-compute would refuse to start: "My hypervisor has existing
+    instances, but I appear to be a new service in this database".  On a
+    shared development machine other tests may be running guests;
+    MINICLOUD_WAIT_FOREIGN=<seconds> waits for a moment without any.
+    """
+    deadline = time.monotonic() + int(os.environ.get(
+        'MINICLOUD_WAIT_FOREIGN', '0'))
+    foreign = [name for name, _xml in domains()]
+    while foreign and time.monotonic() < deadline:
+        time.sleep(0.5)
+        foreign = [name for name, _xml in domains()]
+    if foreign:
+        raise MinicloudError(
+            'libvirtd already has domains that are not this cloud\'s: %s. '
+            'A new nova-compute refuses to start beside them; remove them '
+            '(virsh destroy/undefine) or wait for whatever made them to end'
+            % ', '.join(sorted(foreign)))
+
+
 def env_hint():
     return ('export OS_CLIENT_CONFIG_FILE=%s OS_CLOUD=minicloud'
             % path('clouds.yaml'))
 
 
+def _libvirt():
+    """The libvirt module, its errors raised but not printed on stderr."""
+    import libvirt
+    libvirt.registerErrorHandler(lambda _ctx, _err: None, None)
+    return libvirt
+
+
 def domains():
     """(name, XML) of every domain libvirtd knows."""
-    import libvirt
+    libvirt = _libvirt()
     conn = libvirt.open(libvirtd.URI)
+    found = []
     with contextlib.closing(conn):
-        return [(dom.name(), dom.XMLDesc(0)) for dom in conn.listAllDomains()]
+        for dom in conn.listAllDomains():
+            # One may go away between the listing and the look (libvirtd
+            # is shared with other tests).
+            with contextlib.suppress(libvirt.libvirtError):
+                found.append((dom.name(), dom.XMLDesc(0)))
+    return found
 
 
 def remove_domains():
     """Destroy and undefine the domains whose disks live under STATE."""
-    import libvirt
+    libvirt = _libvirt()
     try:
         conn = libvirt.open(libvirtd.URI)
     except libvirt.libvirtError:
@@ -842,7 +945,10 @@ def remove_domains():
     instances = path('nova', 'instances') + os.sep
     with contextlib.closing(conn):
         for dom in conn.listAllDomains():
-            if instances not in dom.XMLDesc(0):
+            try:
+                if instances not in dom.XMLDesc(0):
+                    continue
+            except libvirt.libvirtError:  # gone meanwhile
                 continue
             with contextlib.suppress(libvirt.libvirtError):
                 if dom.isActive():
@@ -867,6 +973,8 @@ def _down():
     removed = remove_domains()
     if removed:
         log('removed %d domain(s) of the minicloud', removed)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(COMPUTE_CONF)
     for pid, cmdline in stray_processes():
         # Something that left its service's process group (a daemonised
         # helper): nothing of the cloud may outlive "down".
@@ -897,7 +1005,8 @@ def stray_processes():
     Returns (pid, command line) pairs; this process and its parents are
     left out.
     """
-    marks = (STATE + os.sep, os.path.join(VENV, 'bin') + os.sep)
+    marks = (STATE + os.sep, os.path.join(VENV, 'bin') + os.sep,
+             COMPUTE_CONF)
     mine = _ancestors()
     found = []
     for entry in os.listdir('/proc'):
@@ -919,6 +1028,8 @@ def leftovers():
     out = ['service %s (pid %d)' % (s, pid_of(s)) for s in running()]
     out += ['process %d: %s' % (pid, cmd[:150])
             for pid, cmd in stray_processes()]
+    if os.path.exists(COMPUTE_CONF):
+        out.append('file %s' % COMPUTE_CONF)
     with contextlib.suppress(Exception):
         out += ['domain %s' % name for name, xml in domains()
                 if path('nova', 'instances') + os.sep in xml]
@@ -1100,9 +1211,12 @@ def main(argv=None):
     tempest.set_defaults(func=cmd_tempest)
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
-        print('minicloud: must run as root (libvirtd, QEMU as root, '
-              'privsep without sudo)', file=sys.stderr)
+        print('minicloud: must run as root (it starts libvirtd, the '
+              'services, and nova-compute as the user nova)',
+              file=sys.stderr)
         return 2
+    # Whatever the caller's umask: nova must read what it is given.
+    os.umask(0o022)
     try:
         return args.func(args) or 0
     except MinicloudError as e:

@@ -7,8 +7,11 @@ image's status, properties and bytes, the libvirt domain, and the files
 left on the compute host.  They run in the minicloud's venv:
 
     tools/minicloud up
-    .venv-minicloud/bin/python -m pytest tests/e2e
+    /var/tmp/nova-snapdriver-minicloud-venv/bin/python -m pytest tests/e2e
     tools/minicloud down
+
+(tools/minicloud-checks does all three.)  The tests run as root; the
+cloud's nova-compute runs as the user nova.
 
 A cloud that is not up fails the run; nothing here skips.
 """
