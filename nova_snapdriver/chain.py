@@ -11,8 +11,9 @@ Python, and accepts exactly the chain nova builds:
 * a raw disk (no header at all), or
 * a qcow2 disk with no external data file, not encrypted, and either no
   backing file or one plain path to a regular file directly inside nova's
-  image cache (``$instances_path/<[image_cache] subdirectory_name>``), no
-  symlink, no ``:`` (no protocol or ``json:`` name);
+  image cache (``$instances_path/<[image_cache] subdirectory_name>``),
+  resolved (no ``..`` or symlink leads out of it), no ``:`` (no protocol
+  or ``json:`` name);
 * that backing file raw, or qcow2 with no backing file and no data file of
   its own.
 
@@ -171,9 +172,12 @@ def _backing_node(disk_path, header):
     if ':' in name:
         raise _unsafe(disk_path, 'its backing file %r is a protocol or '
                       'json: name, not a file nova made' % name)
-    path = os.path.normpath(os.path.join(os.path.dirname(disk_path), name))
+    # Both sides resolved: an instances_path reached through a symlink is
+    # the operator's choice; a symlink or ".." that leads out of the cache
+    # is not.
+    path = os.path.realpath(os.path.join(os.path.dirname(disk_path), name))
     cache = os.path.realpath(image_cache_dir())
-    if os.path.dirname(path) != cache or os.path.realpath(path) != path:
+    if os.path.dirname(path) != cache:
         raise _unsafe(disk_path, 'its backing file %s is not a file in '
                       "nova's image cache %s" % (name, cache))
     if not os.path.isfile(path):
@@ -221,9 +225,3 @@ def captured(path, fmt, backing=None):
         raise _unsafe(path, 'its header names the backing file %r, not %r '
                       'it was created with' % (header.backing_file, expected))
     return Node(path, 'qcow2', backing)
-
-
-def flat_image(path, fmt):
-    """Check the image to upload stands alone (qcow2: nothing named)."""
-    if fmt == 'qcow2':
-        _flat_qcow2(path, read_header(path), 'the image')

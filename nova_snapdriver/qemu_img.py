@@ -16,6 +16,7 @@ list, and a function that runs it.  Commands that read an image take a
 in use takes ``-U`` (force share).
 """
 
+import os
 import time
 
 from nova.privsep import qemu as nova_qemu
@@ -67,7 +68,9 @@ def _execute(cmd, limits=None):
     try:
         out, _err = processutils.execute(
             *cmd, prlimit=limits,
-            env_variables={'LC_ALL': 'C', 'LANG': 'C'})
+            # The whole environment of the command: keep PATH.
+            env_variables={'LC_ALL': 'C', 'LANG': 'C',
+                           'PATH': os.environ.get('PATH', os.defpath)})
     except processutils.ProcessExecutionError as e:
         raise exception.QemuImgFailed(
             command=' '.join(cmd), exit_code=e.exit_code,

@@ -218,8 +218,9 @@ def _check_paths():
     """The directories a snapshot reads and writes, for this user."""
     results = []
     for what, path, mode in (
-            ('image cache', chain.image_cache_dir(), os.R_OK | os.X_OK),
-            ('snapshots directory', CONF.libvirt.snapshots_directory,
+            ('image cache access', chain.image_cache_dir(),
+             os.R_OK | os.X_OK),
+            ('snapshots directory access', CONF.libvirt.snapshots_directory,
              os.R_OK | os.W_OK | os.X_OK)):
         need = 'writable' if mode & os.W_OK else 'readable'
         if not os.path.exists(path):

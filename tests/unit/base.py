@@ -45,6 +45,9 @@ DISK_DEV = 'vda'
 DISK_SIZE = 10 * 1024 ** 3
 MiB = 1024 * 1024
 BASE_NAME = '0123abcd'
+# The whole environment qemu-img runs with (qemu_img._execute).
+QEMU_IMG_ENV = {'LC_ALL': 'C', 'LANG': 'C',
+                'PATH': os.environ.get('PATH', os.defpath)}
 
 
 def make_image(path, fmt='qcow2', size=MiB, backing=None, backing_fmt=None,

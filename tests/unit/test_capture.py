@@ -99,7 +99,7 @@ class LiveCaptureTestCase(base.TestCase):
             'overlay': mock.call.execute(
                 'qemu-img', 'create', '-f', 'qcow2', '-F', 'raw', '-b',
                 BACKING, '-u', self.overlay, str(base.DISK_SIZE),
-                prlimit=None, env_variables={'LC_ALL': 'C', 'LANG': 'C'}),
+                prlimit=None, env_variables=base.QEMU_IMG_ENV),
             'step:overlay': mock.call.step('overlay'),
             'undefine': mock.call.domain.undefineFlags(UNDEFINE_FLAGS),
             'copy': mock.call.domain.blockRebase(
@@ -543,7 +543,7 @@ class BackupCaptureTestCase(base.TestCase):
         self.assertEqual(
             mock.call.execute('qemu-img', 'create', '-f', fmt, target,
                               str(base.DISK_SIZE), prlimit=None,
-                              env_variables={'LC_ALL': 'C', 'LANG': 'C'}),
+                              env_variables=base.QEMU_IMG_ENV),
             create)
         xml, checkpoint, flags = begin.args
         self.assertEqual(

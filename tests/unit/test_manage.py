@@ -435,9 +435,9 @@ class ManageTestCase(base.TestCase):
         os.makedirs(self.snapshots_dir)
 
         self.assertEqual(
-            [{'check': 'image cache', 'result': 'OK',
+            [{'check': 'image cache access', 'result': 'OK',
               'detail': '%s: readable by %s' % (cache, manage._user())},
-             {'check': 'snapshots directory', 'result': 'OK',
+             {'check': 'snapshots directory access', 'result': 'OK',
               'detail': '%s: writable by %s' % (self.snapshots_dir,
                                                 manage._user())}],
             manage._check_paths())
@@ -447,10 +447,11 @@ class ManageTestCase(base.TestCase):
         self.flags(subdirectory_name='cache', group='image_cache')
 
         self.assertEqual(
-            [('image cache', 'WARN', '%s: missing (nova creates it when '
-              'needed)' % cache),
-             ('snapshots directory', 'WARN', '%s: missing (nova creates it '
-              'when needed)' % self.snapshots_dir)],
+            [('image cache access', 'WARN',
+              '%s: missing (nova creates it when needed)' % cache),
+             ('snapshots directory access', 'WARN',
+              '%s: missing (nova creates it when needed)'
+              % self.snapshots_dir)],
             [(r['check'], r['result'], r['detail'])
              for r in manage._check_paths()])
 
@@ -661,7 +662,8 @@ class ManageTestCase(base.TestCase):
         self.assertEqual(
             ['OK   versions', 'OK   blockRebase copy',
              'OK   blockCopy transient job', 'OK   backup API',
-             'OK   image cache', 'OK   snapshots directory',
+             'OK   image cache access',
+             'OK   snapshots directory access',
              'OK   qemu-img as %s' % manage._user(), 'OK   no root commands',
              'OK   snapshots directory', 'OK   journal directory'],
             [line.split(':')[0] for line in lines])
@@ -675,7 +677,7 @@ class ManageTestCase(base.TestCase):
 
         self.assertEqual(0, code)
         self.assertEqual(
-            [('backup API', 'WARN'), ('image cache', 'WARN')],
+            [('backup API', 'WARN'), ('image cache access', 'WARN')],
             [(r['check'], r['result']) for r in results
              if r['result'] != 'OK'])
 

@@ -98,7 +98,7 @@ class ExecuteTestCase(base.TestCase):
     def _assert_ran(self, cmd, limits=None):
         # As this process's user: no run_as_root, no root_helper.
         self.execute.assert_called_once_with(
-            *cmd, prlimit=limits, env_variables={'LC_ALL': 'C', 'LANG': 'C'})
+            *cmd, prlimit=limits, env_variables=base.QEMU_IMG_ENV)
 
     def test_create_runs_unlimited_as_this_user_in_the_c_locale(self):
         qemu_img.create('/o', 'qcow2', 5)
