@@ -23,6 +23,7 @@ from nova.image import glance as nova_glance  # noqa: E402
 
 from nova_snapdriver import progress  # noqa: E402
 
+from tests.testbed import compute_host as test_compute_host  # noqa: E402
 from tests.testbed import glance as test_glance  # noqa: E402
 from tests.testbed import guest as test_guest  # noqa: E402
 from tests.testbed import instance as test_instance  # noqa: E402
@@ -54,7 +55,18 @@ def workdir():
 
 
 @pytest.fixture(scope='session')
-def libvirt_conn():
+def compute_host_ready():
+    """This machine set up as a non-root compute host; the nova venv.
+
+    Before libvirtd is first used: the set-up may change libvirtd's socket
+    permissions, and restarting libvirtd would cut this session's
+    connection.
+    """
+    return test_compute_host.prepare()
+
+
+@pytest.fixture(scope='session')
+def libvirt_conn(compute_host_ready):
     libvirtd.ensure_running()
     conn = libvirt.open(libvirtd.URI)
     yield conn

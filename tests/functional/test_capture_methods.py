@@ -11,7 +11,6 @@ block_job_timeout, fails the snapshot and leaves the instance as it was.
 
 import json
 import os
-import subprocess
 
 import libvirt
 import libvirt_qemu
@@ -36,13 +35,6 @@ def recorded(monkeypatch):
         return begin(**fields)
     monkeypatch.setattr(journal, 'begin', spy)
     return records
-
-
-def reference_copy(inst, workdir):
-    path = os.path.join(workdir, inst.uuid + '.ref')
-    subprocess.run(['qemu-img', 'convert', '-U', '-f', 'qcow2', '-O',
-                    'qcow2', inst.disk_path, path], check=True)
-    return path
 
 
 def assert_instance_as_before(inst, snapshots_dir, reference=None):
@@ -135,7 +127,7 @@ def test_copy_cancelled_from_outside_fails_and_changes_nothing(
         snapshots_dir, workdir):
     conf('snapdriver', capture_method='copy', block_job_bandwidth=1)
     inst = make_instance()
-    reference = reference_copy(inst, workdir)
+    reference = checks.reference_copy(inst, workdir)
     outsider = libvirt.open(libvirtd.URI)
     aborted = []
 
@@ -211,7 +203,7 @@ def test_backup_aborted_from_outside_fails_and_changes_nothing(
     conf('snapdriver', capture_method='backup')
     # A larger disk, so the backup is still running when it is aborted.
     inst = make_instance(disk_mib=2048)
-    reference = reference_copy(inst, workdir)
+    reference = checks.reference_copy(inst, workdir)
     aborted = once_backup_begun(inst, listener, outsider, abort_job)
     image = make_image(inst)
 
@@ -235,7 +227,7 @@ def test_backup_timeout_aborts_the_backup_and_names_the_option(
     """
     conf('snapdriver', capture_method='backup', block_job_timeout=1)
     inst = make_instance(disk_mib=2048)
-    reference = reference_copy(inst, workdir)
+    reference = checks.reference_copy(inst, workdir)
     throttled = once_backup_begun(inst, listener, outsider,
                                   throttle_block_jobs)
     image = make_image(inst)

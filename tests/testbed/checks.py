@@ -15,6 +15,14 @@ def download(glance_client, image_id, path):
     return path
 
 
+def reference_copy(inst, workdir):
+    """A flat copy of the instance's disk as it is now, in ``workdir``."""
+    path = os.path.join(workdir, inst.uuid + '.ref')
+    subprocess.run(['qemu-img', 'convert', '-U', '-f', 'qcow2', '-O',
+                    'qcow2', inst.disk_path, path], check=True)
+    return path
+
+
 def image_info(path, fmt=None):
     args = ['qemu-img', 'info', '-U', '--output=json']
     if fmt:

@@ -24,6 +24,9 @@ from tests.testbed import guest as test_guest
 from tests.testbed import nova_env
 
 MiB = 1024 * 1024
+# qcow2 header extension types: the backing file's format, and one unknown.
+BACKING_FORMAT_EXT = bytes.fromhex('e2792aca')
+UNKNOWN_EXT = bytes.fromhex('5eed0001')
 # Patterns (offset MiB, length MiB, byte): all below guest.MARKER_BASE.
 BASE_DATA = ((0, 8, 0xa1), (20, 4, 0xa2))
 DISK_DATA = ((4, 8, 0xb1), (28, 2, 0xb2))
@@ -41,6 +44,23 @@ def write_patterns(path, fmt, patterns):
                          for off, size, byte in patterns])
 
 
+def drop_backing_format(path):
+    """Make ``path`` a disk of an older nova: no backing format named.
+
+    nova passed ``backing_fmt`` only from Rocky on; before, a qcow2 disk's
+    header named its base but not the base's format.  Today's qemu-img
+    refuses to create such a header, so the backing format extension is
+    turned into one of a type nobody knows, which QEMU ignores by the
+    qcow2 specification.
+    """
+    with open(path, 'r+b') as f:
+        header = f.read(65536)
+        found = header.find(BACKING_FORMAT_EXT)
+        assert found > 0, 'no backing format extension in %s' % path
+        f.seek(found)
+        f.write(UNKNOWN_EXT)
+
+
 class NovaInstance(object):
     """One test instance: files, domain and the nova object that names it.
 
@@ -51,7 +71,9 @@ class NovaInstance(object):
     _next_id = 1
 
     def __init__(self, conn, boot_files, base_format='raw', disk_mib=64,
-                 mode='idle', marks=100000, image_meta=None):
+                 mode='idle', marks=100000, image_meta=None,
+                 instances_path=None, cache_name='_base', owner=None,
+                 backing_format_in_header=True):
         self.conn = conn
         self.kernel, self.initrd = boot_files
         self.base_format = base_format
@@ -62,9 +84,13 @@ class NovaInstance(object):
         self.uuid = uuidutils.generate_uuid()
         self.id = NovaInstance._next_id
         NovaInstance._next_id += 1
-        instances = nova_env.CONF.instances_path
+        # Another compute host's layout (tests/testbed/compute_host.py):
+        # its instances_path, image cache name and the files' owner.
+        instances = instances_path or nova_env.CONF.instances_path
+        self.owner = owner
+        self.backing_format_in_header = backing_format_in_header
         self.base_path = os.path.join(
-            instances, '_base',
+            instances, cache_name,
             hashlib.sha1(self.uuid.encode()).hexdigest())
         self.dir = os.path.join(instances, self.uuid)
         self.disk_path = os.path.join(self.dir, 'disk')
@@ -84,6 +110,12 @@ class NovaInstance(object):
                         '-F', self.base_format, '-b', self.base_path,
                         self.disk_path], check=True, capture_output=True)
         write_patterns(self.disk_path, 'qcow2', DISK_DATA)
+        if not self.backing_format_in_header:
+            drop_backing_format(self.disk_path)
+        if self.owner:
+            # nova-compute creates these as its own user.
+            for path in (self.base_path, self.dir, self.disk_path):
+                os.chown(path, *self.owner)
 
     # -- domain --------------------------------------------------------
     @property

@@ -1,0 +1,55 @@
+"""One snapshot as nova-compute takes it, run as the user ``nova``.
+
+    python -m tests.testbed.compute_child DRIVER INSTANCE_JSON IMAGE_ID CONF...
+
+Run by ``tests/testbed/compute_host.py`` through ``runuser -u nova``, with
+the compute venv's python.  It parses the CONF files as nova-compute does,
+loads DRIVER by name (``snapdriver.SnapLibvirtDriver`` or nova's own
+``libvirt.LibvirtDriver``), starts it with ``init_host`` and snapshots the
+instance.  Its last line is ``RESULT {"ok": ..., "error": ..., "uid": ...}``
+(JSON); the log goes to stderr, merged by the caller.
+"""
+
+import json
+import os
+import sys
+import traceback
+
+from tests.testbed import nova_env  # noqa: I100  (imports nova.tests first)
+
+from nova import config as nova_config  # noqa: E402
+from nova import objects  # noqa: E402
+from tests.testbed import instance as test_instance  # noqa: E402
+
+
+def main(driver_name, instance_json, image_id, *conf_paths):
+    args = ['nova-compute']
+    for path in conf_paths:
+        args += ['--config-file', path]
+    nova_config.parse_args(args, configure_db=False, init_rpc=False)
+    objects.register_all()
+    import nova_snapdriver.conf  # noqa: F401  registers [snapdriver]
+    result = {'uid': os.geteuid(), 'ok': False, 'error': None}
+    try:
+        driver = nova_env.load_driver(driver_name)
+        inst = test_instance.InstanceRef(**json.loads(instance_json))
+        obj = test_instance.make_instance_object(inst)
+        driver.snapshot(nova_env.admin_context(), obj, image_id,
+                        lambda **kw: None)
+        result['ok'] = True
+    except Exception as e:
+        traceback.print_exc()
+        result['error'] = '%s: %s' % (type(e).__name__, e)
+    finally:
+        try:
+            nova_env.shutdown()
+        except Exception:
+            traceback.print_exc()
+    print('RESULT ' + json.dumps(result), flush=True)
+    sys.stderr.flush()
+    # nova's and libvirt's threads must not keep the process alive.
+    os._exit(0)
+
+
+if __name__ == '__main__':
+    main(*sys.argv[1:])
