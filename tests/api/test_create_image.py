@@ -18,10 +18,11 @@ replaced, at our own module boundary and nowhere else:
 
 * ``nova_snapdriver.qemu_img``: fakelibvirt's domains have no disk files,
   so there is nothing for qemu-img to read.  ``FakeQemuImg`` answers
-  ``info`` and ``measure`` with fixed sizes and writes small real files for
-  ``create``, ``create_overlay`` and ``convert``; the converted "image"
-  names the file it was converted from, so a test can tell a live capture
-  (the overlay) from a cold one (the disk itself).
+  ``info`` and ``measure`` with fixed sizes and writes a small file for
+  ``convert``; the converted "image" names the file it was converted
+  from, so a test can tell a live capture (the overlay) from a cold one
+  (the disk itself).  ``create`` and ``create_overlay`` are the real ones:
+  the driver checks the header of the overlay before reading it.
 * ``nova_snapdriver.blockjob.wait_for_mirror``: fakelibvirt's
   ``blockJobInfo()`` always returns ``{}`` (no job), which our driver
   rightly takes for a failed copy.  The fake returns as if the mirror were
@@ -58,9 +59,11 @@ from nova.tests.functional.api import client as api_client
 from nova.tests.functional.libvirt import base
 from oslo_utils.fixture import uuidsentinel as uuids
 
+from nova_snapdriver import chain
 from nova_snapdriver import driver as snap_driver
 from nova_snapdriver import exception as snap_exception
 from nova_snapdriver import plan as snap_plan
+from nova_snapdriver import qemu_img
 
 GiB = 1024 ** 3
 MiB = 1024 ** 2
@@ -104,29 +107,27 @@ class FakeQemuImg(fixtures.Fixture):
         self.convert_error = None
 
     def _setUp(self):
-        for name in ('create_overlay', 'create', 'info', 'measure',
-                     'convert'):
+        for name in ('info', 'measure', 'convert'):
             self.useFixture(fixtures.MonkeyPatch(
                 'nova_snapdriver.qemu_img.%s' % name, getattr(self, name)))
 
-    def create_overlay(self, path, backing_file, backing_format, size):
-        self._write(path, b'qcow2 overlay on %s' % backing_file.encode())
+    def create(self, path, fmt='qcow2', size=0):
+        """A real, empty, unbacked image (for nova's in-tree driver)."""
+        qemu_img.create(path, fmt, size or MiB)
 
-    def create(self, path, size):
-        self._write(path, b'qcow2 overlay')
-
-    def info(self, path, fmt):
+    def info(self, node):
         # fakelibvirt's disks are raw files of their own, with no backing
         # file (LibvirtImageBackendFixture writes driver type 'raw').
-        return {'filename': path, 'format': fmt,
+        return {'filename': node.path, 'format': node.format,
                 'virtual-size': self.VIRTUAL_SIZE,
                 'actual-size': self.ACTUAL_SIZE}
 
-    def measure(self, path, fmt, out_format):
+    def measure(self, node, out_format):
         return self.measured
 
-    def convert(self, src, src_format, dst, dst_format, compress=False,
+    def convert(self, node, dst, dst_format, compress=False,
                 coroutines=16, compression_type='zlib'):
+        src, src_format = node.path, node.format
         if self.hold:
             self.converting.set()
             if not self.release.wait(60):
@@ -574,11 +575,11 @@ class InTreeParityTest(CreateImageTestBase):
             utils + 'get_disk_backing_file', return_value=None))
         self.useFixture(fixtures.MockPatch(
             utils + 'create_image',
-            side_effect=lambda path, *a, **k: fake.create(path, 0)))
+            side_effect=lambda path, *a, **k: fake.create(path)))
         self.useFixture(fixtures.MockPatch(
             utils + 'extract_snapshot',
             side_effect=lambda src, sfmt, dst, dfmt: fake.convert(
-                src, sfmt, dst, dfmt)))
+                chain.Node(src, sfmt), dst, dfmt)))
         self.useFixture(fixtures.MockPatch('nova.privsep.path.chown'))
         self.flags(compute_driver=IN_TREE)
         self.start_compute('compute2')
