@@ -9,6 +9,7 @@ import subprocess
 
 from tests.e2e.conftest import CALL_TIMEOUT
 from tests.e2e.conftest import minicloud
+from tests.e2e.conftest import openstack
 from tests.e2e.conftest import REPO
 
 ROOTWRAP = ['sudo', 'nova-rootwrap', '/etc/nova/rootwrap.conf']
@@ -80,7 +81,22 @@ def started_through_rootwrap(proc, top):
     return False
 
 
-def test_nova_compute_runs_as_nova_and_reaches_root_only_through_rootwrap():
+def privsep_helpers():
+    """The command lines of the privsep helpers nova-compute started."""
+    with open(os.path.join(minicloud.STATE, 'log', 'nova-compute.log'),
+              errors='replace') as f:
+        log = f.read()
+    assert 'FailedToDropPrivileges' not in log
+    return re.findall(r'Running privsep helper: \[([^]]*)\]', log)
+
+
+def test_nova_compute_runs_as_nova_and_reaches_root_only_through_rootwrap(
+        resources):
+    if not privsep_helpers():
+        # Run on its own right after "up": make nova-compute use privsep
+        # (the console log of a file console is read through it).
+        server = resources.boot('e2e-privsep', image='minicloud-idle')
+        openstack('console', 'log', 'show', server['id'], parse=False)
     compute = minicloud.pid_of('nova-compute')
     nova = pwd.getpwnam(minicloud.COMPUTE_USER)
 
@@ -105,14 +121,10 @@ def test_nova_compute_runs_as_nova_and_reaches_root_only_through_rootwrap():
         assert member.cmdline[2:4] == ['--config-file',
                                        minicloud.COMPUTE_CONF], member
     # Every privsep helper nova-compute started went through rootwrap.
-    with open(os.path.join(minicloud.STATE, 'log', 'nova-compute.log'),
-              errors='replace') as f:
-        log = f.read()
-    helpers = re.findall(r'Running privsep helper: \[([^]]*)\]', log)
+    helpers = privsep_helpers()
     assert helpers, 'nova-compute never started privsep'
     for helper in helpers:
         assert helper.startswith(
             "'sudo', 'nova-rootwrap', '/etc/nova/rootwrap.conf', "
             "'privsep-helper', '--config-file', '%s', '--privsep_context'"
             % minicloud.COMPUTE_CONF), helper
-    assert 'FailedToDropPrivileges' not in log
