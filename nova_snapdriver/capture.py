@@ -37,6 +37,7 @@ import time
 from xml.etree import ElementTree
 
 import libvirt
+from nova import exception as nova_exception
 from oslo_config import cfg
 from oslo_log import log as logging
 
@@ -49,6 +50,41 @@ CONF = cfg.CONF
 LOG = logging.getLogger(__name__)
 
 REDEFINE_ATTEMPTS = 3
+
+
+def lookup_guest(driver, instance, sleep=time.sleep,
+                 clock=time.monotonic):
+    """The domain, looked up again through nova's ``Host``; None if gone.
+
+    ``Host`` opens a new connection when the old one died (libvirtd was
+    restarted, or its keepalive timed out).  While libvirtd does not
+    answer, this waits up to ``[snapdriver] libvirt_reconnect_timeout``.
+    :raises LibvirtUnreachable: libvirtd still does not answer.
+    """
+    timeout = CONF.snapdriver.libvirt_reconnect_timeout
+    deadline = clock() + timeout
+    while True:
+        try:
+            return driver._host.get_guest(instance)
+        except nova_exception.InstanceNotFound:
+            return None
+        except (nova_exception.HypervisorUnavailable,
+                nova_exception.InternalError, libvirt.libvirtError) as e:
+            if clock() >= deadline:
+                raise exception.LibvirtUnreachable(
+                    instance_uuid=instance.uuid, timeout=timeout,
+                    reason=e) from e
+            LOG.warning('libvirtd does not answer (%(error)s); trying '
+                        'again', {'error': e}, instance=instance)
+            sleep(1)
+
+
+def connection_lost(guest):
+    """True if the connection ``guest`` was looked up on is dead."""
+    try:
+        return not guest._domain.connect().isAlive()
+    except libvirt.libvirtError:
+        return True
 
 
 def _wait_options():
@@ -135,21 +171,40 @@ def start_backup(guest, plan):
         libvirt.VIR_DOMAIN_BACKUP_BEGIN_REUSE_EXTERNAL)
 
 
-def redefine(driver, xml, instance, xml_path):
-    """Make the domain persistent again from its saved XML, or say how to."""
-    for attempt in range(1, REDEFINE_ATTEMPTS + 1):
+def redefine(driver, xml, instance, xml_path, sleep=time.sleep,
+             clock=time.monotonic):
+    """Make the domain persistent again from its saved XML, or say how to.
+
+    ``REDEFINE_ATTEMPTS`` attempts one second apart, each through nova's
+    ``Host`` (which reconnects) and checked on the domain looked up again;
+    while libvirtd does not answer at all, more, for up to ``[snapdriver]
+    libvirt_reconnect_timeout``.
+    """
+    deadline = clock() + CONF.snapdriver.libvirt_reconnect_timeout
+    attempt = 0
+    while True:
+        attempt += 1
+        unreachable = False
         try:
             driver._host.write_instance_config(xml)
-            LOG.debug('Domain redefined', instance=instance)
-            return
+            guest = lookup_guest(driver, instance)
+            if guest is None or guest.has_persistent_configuration():
+                LOG.debug('Domain redefined', instance=instance)
+                return
+            error = ('libvirt accepted the definition, yet the domain is '
+                     'still transient')
+        except (nova_exception.HypervisorUnavailable,
+                exception.LibvirtUnreachable) as e:
+            error, unreachable = '%s: %s' % (type(e).__name__, e), True
         except Exception as e:
-            LOG.warning('Redefining the domain failed (attempt %(n)d of '
-                        '%(max)d): %(error)s',
-                        {'n': attempt, 'max': REDEFINE_ATTEMPTS, 'error': e},
-                        instance=instance)
-            error = e
-            if attempt < REDEFINE_ATTEMPTS:
-                time.sleep(1)
+            error = '%s: %s' % (type(e).__name__, e)
+        LOG.warning('Redefining the domain failed (attempt %(n)d): '
+                    '%(error)s', {'n': attempt, 'error': error},
+                    instance=instance)
+        if attempt >= REDEFINE_ATTEMPTS and not (
+                unreachable and clock() < deadline):
+            break
+        sleep(1)
     try:
         _save_xml(xml, xml_path)
     except OSError as e:
@@ -192,7 +247,7 @@ def _live_mirror(driver, context, instance, guest, plan, xml, step,
     create_overlay(plan)
     step('overlay')
     state = {'undefined': False, 'copying': False, 'quiesced': False}
-    done = False
+    error = None
     try:
         if undefine and guest.has_persistent_configuration():
             driver._delete_guest_configuration(guest, keep_vtpm=True,
@@ -216,14 +271,48 @@ def _live_mirror(driver, context, instance, guest, plan, xml, step,
         # the disk as it was at this instant, and the guest on its own disk.
         guest.get_block_device(plan.disk_dev).abort_job()
         state['copying'] = False
-        done = True
+    except BaseException as e:
+        error = e
+        raise
     finally:
-        # Runs whatever happened above, and never raises: an error on the
-        # way up stays the one reported; only a clean run reports its own.
-        error = _restore(driver, context, instance, guest, plan, xml, state)
-        if done and error is not None:
-            raise error
+        # Runs whatever happened above.  The error raised is the one that
+        # matters most: a domain left transient, then the first failure.
+        abort_error, redefine_error = _restore(
+            driver, context, instance, guest, plan, xml, state)
+        _raise_what_matters(instance, guest, 'block copy', error,
+                            abort_error, redefine_error)
     return chain.captured(plan.overlay_path, 'qcow2', plan.chain.backing)
+
+
+def _raise_what_matters(instance, guest, what, error, cleanup_error,
+                        redefine_error=None):
+    """Raise the error an operator must see first, the others chained.
+
+    A domain that could not be redefined comes first (it is transient and
+    will vanish), then a lost libvirt connection (say so, not merely
+    "libvirtError"), then whatever failed first.
+    """
+    cause = error or cleanup_error
+    if redefine_error is not None:
+        raise redefine_error from cause
+    if isinstance(error, libvirt.libvirtError) and connection_lost(guest):
+        if cleanup_error is None:
+            outcome = ('The driver looked the domain up again on a new '
+                       'connection and ended the job there; the instance '
+                       'is as it was. Retry the snapshot.')
+        else:
+            outcome = ('The driver could not end the job on a new '
+                       'connection either (%s). The snapshot\'s journal '
+                       'record and temp files are kept: once libvirtd '
+                       'answers, recovery (periodic, at the next start of '
+                       'nova-compute, or "nova-snapdriver-manage recover") '
+                       'ends the job; then retry the snapshot.'
+                       % cleanup_error)
+        raise exception.LibvirtConnectionLost(
+            instance_uuid=instance.uuid, what=what, reason=error,
+            outcome=outcome) from error
+    if error is None and cleanup_error is not None:
+        raise cleanup_error
 
 
 def _live_backup(driver, context, instance, guest, plan, step):
@@ -236,9 +325,9 @@ def _live_backup(driver, context, instance, guest, plan, step):
     """
     os.chmod(plan.work_dir, 0o701)  # QEMU (not root) must reach the target
     create_backup_target(plan)
-    domain = guest._domain
     running = False
     quiesced = False
+    error = abort_error = None
     try:
         if plan.quiesce:
             quiesced = _freeze(driver, context, instance, plan)
@@ -250,33 +339,82 @@ def _live_backup(driver, context, instance, guest, plan, step):
                 _thaw(driver, context, instance)
         step('backup')
         blockjob.wait_for_backup(
-            domain, plan.disk_dev, instance,
+            guest._domain, plan.disk_dev, instance,
             **_wait_options())
         running = False
+    except BaseException as e:
+        error = e
+        raise
     finally:
         if running:
             try:
-                if blockjob.abort_backup(domain):
-                    LOG.info('Aborted the backup of %(disk)s',
-                             {'disk': plan.disk_dev}, instance=instance)
-            except Exception:
+                _abort_backup(driver, instance, guest, plan)
+            except Exception as e:
                 LOG.exception('Aborting the backup of %(disk)s failed',
                               {'disk': plan.disk_dev}, instance=instance)
+                abort_error = e
+        _raise_what_matters(instance, guest, 'backup', error, abort_error)
     return chain.captured(plan.backup_path, plan.backup_format)
 
 
+def _on_fresh_guest(driver, instance, guest, action, what):
+    """``action(guest)``; after a libvirt error, again on a fresh lookup.
+
+    The first try uses the capture's own domain handle.  If libvirt fails
+    (its connection may be dead: libvirtd restarted, or its keepalive
+    timed out), the domain is looked up again through nova's Host, which
+    reconnects, and ``action`` runs there.  A domain that is gone has no
+    job left.  Returns what ``action`` returned (False if gone).
+    """
+    try:
+        return action(guest)
+    except libvirt.libvirtError as e:
+        LOG.warning('%(what)s failed (%(error)s); looking the domain up '
+                    'again through a new libvirt connection',
+                    {'what': what, 'error': e}, instance=instance)
+    fresh = lookup_guest(driver, instance)
+    if fresh is None:
+        LOG.info('The domain is gone: no job is left on it',
+                 instance=instance)
+        return False
+    return action(fresh)
+
+
+def _abort_mirror(driver, instance, guest, plan):
+    aborted = _on_fresh_guest(
+        driver, instance, guest,
+        lambda g: blockjob.abort(g, plan.disk_dev),
+        'Aborting the block copy of %s' % plan.disk_dev)
+    if aborted:
+        LOG.info('Aborted the block copy of %(disk)s',
+                 {'disk': plan.disk_dev}, instance=instance)
+
+
+def _abort_backup(driver, instance, guest, plan):
+    aborted = _on_fresh_guest(
+        driver, instance, guest,
+        lambda g: blockjob.abort_backup(g._domain),
+        'Aborting the backup of %s' % plan.disk_dev)
+    if aborted:
+        LOG.info('Aborted the backup of %(disk)s',
+                 {'disk': plan.disk_dev}, instance=instance)
+
+
 def _restore(driver, context, instance, guest, plan, xml, state):
-    """Undo what ``live`` did to the domain; return the first error met."""
-    first = None
+    """Undo what ``live`` did to the domain.
+
+    Returns (the abort's error, the redefine's error), None where all went
+    well; never raises.
+    """
+    abort_error = redefine_error = None
     if state['copying']:
         try:
-            if blockjob.abort(guest, plan.disk_dev):
-                LOG.info('Aborted the block copy of %(disk)s',
-                         {'disk': plan.disk_dev}, instance=instance)
+            _abort_mirror(driver, instance, guest, plan)
+            state['copying'] = False
         except Exception as e:
             LOG.exception('Aborting the block copy of %(disk)s failed',
                           {'disk': plan.disk_dev}, instance=instance)
-            first = first or e
+            abort_error = e
     # The copy is over: give the guest its filesystems back first.
     if state['quiesced']:
         _thaw(driver, context, instance)
@@ -285,10 +423,40 @@ def _restore(driver, context, instance, guest, plan, xml, state):
                                 '%s.xml' % instance.uuid)
         try:
             redefine(driver, xml, instance, xml_path)
+            state['undefined'] = False
         except Exception as e:
             LOG.error('%s', e, instance=instance)
-            first = first or e
-    return first
+            redefine_error = e
+    return abort_error, redefine_error
+
+
+def leftovers(driver, instance, plan, was_persistent):
+    """What is still wrong with the domain after a live capture.
+
+    Looked up afresh (the capture's connection may be dead).  Returns
+    (problems, job_may_run): sentences, and whether a block job or backup
+    may still write into the work dir (then it must not be deleted).
+    """
+    try:
+        guest = lookup_guest(driver, instance)
+    except exception.LibvirtUnreachable as e:
+        return ['cannot check the domain: %s' % e], True
+    if guest is None:
+        return [], False
+    problems = []
+    try:
+        if guest.get_block_device(plan.disk_dev).get_job_info() is not None:
+            problems.append('a block job still runs on %s' % plan.disk_dev)
+        if blockjob.backup_running(guest._domain):
+            problems.append('a backup job still runs')
+        job_may_run = bool(problems)
+        if was_persistent and not guest.has_persistent_configuration():
+            problems.append('the domain is still transient')
+    except libvirt.libvirtError as e:
+        if e.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+            return [], False
+        return ['cannot check the domain: %s' % e], True
+    return problems, job_may_run
 
 
 def _freeze(driver, context, instance, plan):

@@ -122,6 +122,45 @@ Related options:
 
 * ``[DEFAULT] state_path``
 """),
+    cfg.IntOpt('libvirt_reconnect_timeout',
+               default=60,
+               min=1,
+               help="""
+Seconds to wait for libvirtd to answer again when the connection is lost
+during a snapshot.
+
+libvirtd restarts (package upgrades, an OOM kill, a crash) or its keepalive
+times out while a block job runs.  The domain handle of the snapshot then
+belongs to a dead connection.  The driver looks the domain up again through
+nova's connection, which reconnects, and aborts the job, redefines the
+domain and checks both there.  While libvirtd does not answer it retries
+for this long; after that the snapshot fails, its journal record is kept
+and the repair is left to recovery (``recovery_interval``).
+
+Related options:
+
+* ``recovery_interval``
+"""),
+    cfg.IntOpt('recovery_interval',
+               default=300,
+               min=0,
+               help="""
+Seconds between two runs of the driver's recovery inside nova-compute.
+
+Recovery repairs what an interrupted snapshot left (see ``journal_path``):
+it aborts a leftover block job of ours, redefines a domain left transient,
+deletes temp files and the queued image.  It always runs when nova-compute
+starts and before each snapshot; this runs it periodically too, so a
+domain left transient by a snapshot whose redefine failed (libvirtd away
+for longer than ``libvirt_reconnect_timeout``) is repaired without waiting
+for the next start of nova-compute.  Records of snapshots in flight are
+never touched.
+
+Possible values:
+
+* 0: only at start-up and before each snapshot.
+* A positive integer: the interval, in seconds.
+"""),
     cfg.StrOpt('capture_method',
                default='rebase',
                choices=[

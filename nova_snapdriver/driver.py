@@ -10,6 +10,7 @@ removed whatever happens.
 
 import os
 import shutil
+import threading
 
 import libvirt
 from nova.compute import task_states
@@ -43,20 +44,52 @@ class SnapLibvirtDriver(libvirt_driver.LibvirtDriver):
         means a domain left transient by a snapshot that died with the
         previous nova-compute is persistent again before nova syncs its
         power state, and the leftover block job is gone before anything
-        else touches the disk.
+        else touches the disk.  Recovery then runs again every
+        ``[snapdriver] recovery_interval`` seconds and before each
+        snapshot.
         """
         super(SnapLibvirtDriver, self).init_host(host)
+        self._recover('start-up')
+        self._stop_recovery = threading.Event()
+        interval = CONF.snapdriver.recovery_interval
+        if interval:
+            thread = threading.Thread(
+                target=self._recover_periodically, args=(interval,),
+                name='snapdriver-recovery', daemon=True)
+            thread.start()
+
+    def cleanup_host(self, host):
+        stop = getattr(self, '_stop_recovery', None)
+        if stop is not None:
+            stop.set()
+        super(SnapLibvirtDriver, self).cleanup_host(host)
+
+    def _recover_periodically(self, interval):
+        while not self._stop_recovery.wait(interval):
+            self._recover('periodic')
+
+    def _recover(self, why):
+        """Repair what interrupted snapshots left; never raises.
+
+        Snapshots in flight (their record locked by a live process,
+        this one included) are left alone.
+        """
+        if not journal.paths():
+            return
         try:
             reports = recovery.recover(self._host.get_connection(),
                                        self._image_api,
                                        recovery.image_context())
         except Exception:
-            LOG.exception('Recovering interrupted snapshots failed; run '
-                          '"nova-snapdriver-manage recover" to retry')
+            LOG.exception('Recovering interrupted snapshots (%s) failed; '
+                          'run "nova-snapdriver-manage recover" to retry',
+                          why)
             return
+        reports = [r for r in reports if r['state'] != 'in flight']
         if reports:
-            LOG.info('Looked at %(n)d interrupted snapshot(s): %(states)s',
-                     {'n': len(reports),
+            LOG.info('Looked at %(n)d interrupted snapshot(s) (%(why)s): '
+                     '%(states)s',
+                     {'n': len(reports), 'why': why,
                       'states': ', '.join(r['state'] for r in reports)})
 
     def snapshot(self, context, instance, image_id, update_task_state):
@@ -78,6 +111,9 @@ class SnapLibvirtDriver(libvirt_driver.LibvirtDriver):
             return super(SnapLibvirtDriver, self).snapshot(
                 context, instance, image_id, update_task_state)
 
+        # A record left by an earlier snapshot (a redefine that failed, a
+        # job left running) is repaired before a new one starts.
+        self._recover('before a snapshot')
         clock = progress.PhaseClock(instance)
         with clock.phase('plan'):
             plan = snapshot_plan.build(self, context, instance, image_id,
@@ -113,14 +149,16 @@ class SnapLibvirtDriver(libvirt_driver.LibvirtDriver):
     def _run(self, context, instance, guest, plan, metadata,
              update_task_state, clock):
         xml = capture.saved_xml(guest) if plan.live else None
+        was_persistent = bool(plan.live and
+                              guest.has_persistent_configuration())
         record = journal.begin(
             instance_uuid=instance.uuid, instance_name=instance.name,
             image_id=plan.image_id, disk_path=plan.disk_path,
             disk_dev=plan.disk_dev, work_dir=plan.work_dir, xml=xml,
             # Only rebase undefines the domain: the others must never
             # redefine it, here or in recovery.
-            persistent=bool(plan.live and plan.capture_method == 'rebase' and
-                            guest.has_persistent_configuration()),
+            persistent=bool(plan.capture_method == 'rebase' and
+                            was_persistent),
             capture_method=plan.capture_method if plan.live else None,
             phase='planned')
 
@@ -158,26 +196,29 @@ class SnapLibvirtDriver(libvirt_driver.LibvirtDriver):
                 upload.upload(self._image_api, context, plan.image_id,
                               metadata, plan.image_path, size, instance)
         finally:
-            self._finish(instance, guest, plan, record)
+            self._finish(instance, plan, record, was_persistent)
 
-    def _finish(self, instance, guest, plan, record):
+    def _finish(self, instance, plan, record, was_persistent):
         """Remove the temp files, then the record: unless a repair is due.
 
-        A record is left behind only when something is still wrong (the
-        domain is transient although it was persistent, or the temp files
-        could not be removed), for recovery to repair.
+        For a live snapshot the domain is looked up afresh (the capture's
+        connection may have died) and checked: no block job or backup of
+        ours may still run, and the domain must be as persistent as it
+        was.  The work dir is kept while a job may still write into it.
+        The record is kept whenever something is still wrong, or could
+        not be checked, for recovery to repair.
         """
-        shutil.rmtree(plan.work_dir, ignore_errors=True)
-        problems = []
-        if os.path.exists(plan.work_dir):
-            problems.append('could not remove %s' % plan.work_dir)
-        if record.data['persistent']:
-            try:
-                if not guest.has_persistent_configuration():
-                    problems.append('the domain is still transient')
-            except libvirt.libvirtError as e:
-                if e.get_error_code() != libvirt.VIR_ERR_NO_DOMAIN:
-                    problems.append('cannot check the domain: %s' % e)
+        problems, job_may_run = [], False
+        if plan.live:
+            problems, job_may_run = capture.leftovers(
+                self, instance, plan, was_persistent)
+        if job_may_run:
+            problems.append('%s is kept: a job may still write into it'
+                            % plan.work_dir)
+        else:
+            shutil.rmtree(plan.work_dir, ignore_errors=True)
+            if os.path.exists(plan.work_dir):
+                problems.append('could not remove %s' % plan.work_dir)
         if problems:
             LOG.error('Snapshot %(image)s left work to do (%(problems)s); '
                       'its journal record %(record)s is kept for '

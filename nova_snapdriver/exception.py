@@ -79,3 +79,29 @@ class UnsafeDiskChain(SnapshotError):
                 "touched. Inspect the file as the nova user ('qemu-img "
                 "info -U %(path)s'): a qcow2 header rewritten behind "
                 "nova's back can mean a compromised guest.")
+
+
+class LibvirtUnreachable(SnapshotError):
+    msg_fmt = _("libvirtd did not answer for %(timeout)d s while the "
+                "snapshot of instance %(instance_uuid)s needed it: "
+                "%(reason)s. Start libvirtd; the snapshot's journal record "
+                "is kept, and the next start of nova-compute, its periodic "
+                "recovery or 'nova-snapdriver-manage recover' finishes the "
+                "repair.")
+
+
+class LibvirtConnectionLost(SnapshotError):
+    msg_fmt = _("The connection to libvirtd was lost during the %(what)s "
+                "of the snapshot of instance %(instance_uuid)s (libvirtd "
+                "restarted, or its keepalive timed out): %(reason)s. "
+                "%(outcome)s")
+
+
+class UploadNotRewindable(SnapshotError):
+    msg_fmt = _("The upload of image %(image_id)s failed after "
+                "%(sent)d bytes (%(sent_h)s) had been read for it, and "
+                "nova's image API retried it, but the snapshot file cannot "
+                "be read again from its first byte: %(reason)s. Nothing "
+                "more was sent, so Glance stores no partial image; the "
+                "image will be deleted. Check that Glance is reachable and "
+                "retry the snapshot.")
