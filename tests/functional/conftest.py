@@ -13,7 +13,6 @@ import shutil
 import subprocess
 import tempfile
 
-import libvirt
 import pytest
 
 from tests.testbed import nova_env  # noqa: I100  (imports nova.tests first)
@@ -68,7 +67,7 @@ def compute_host_ready():
 @pytest.fixture(scope='session')
 def libvirt_conn(compute_host_ready):
     libvirtd.ensure_running()
-    conn = libvirt.open(libvirtd.URI)
+    conn = libvirtd.Connection()
     yield conn
     conn.close()
 

@@ -9,11 +9,9 @@ empty; and a job aborted from outside, or a backup that outlasts
 block_job_timeout, fails the snapshot and leaves the instance as it was.
 """
 
-import json
 import os
 
 import libvirt
-import libvirt_qemu
 import pytest
 
 from nova_snapdriver import exception
@@ -179,24 +177,6 @@ def abort_job(domain):
     return persistent
 
 
-def throttle_block_jobs(domain, bytes_per_second=1024 * 1024):
-    """Slow every block job of ``domain`` down, through QEMU's monitor.
-
-    libvirt offers no bandwidth for a backup, and QEMU's backup job takes
-    one (block-job-set-speed), so a test can make a backup outlast a short
-    timeout on any disk, however fast the host.  Returns the jobs' ids.
-    """
-    def qmp(command, **arguments):
-        reply = libvirt_qemu.qemuMonitorCommand(
-            domain, json.dumps({'execute': command,
-                                'arguments': arguments}), 0)
-        return json.loads(reply)['return']
-    jobs = [job['device'] for job in qmp('query-block-jobs')]
-    for job in jobs:
-        qmp('block-job-set-speed', device=job, speed=bytes_per_second)
-    return jobs
-
-
 def test_backup_aborted_from_outside_fails_and_changes_nothing(
         driver, context, conf, make_instance, make_image, listener,
         outsider, snapshots_dir, workdir):
@@ -229,7 +209,7 @@ def test_backup_timeout_aborts_the_backup_and_names_the_option(
     inst = make_instance(disk_mib=2048)
     reference = checks.reference_copy(inst, workdir)
     throttled = once_backup_begun(inst, listener, outsider,
-                                  throttle_block_jobs)
+                                  checks.throttle_block_jobs)
     image = make_image(inst)
 
     with pytest.raises(exception.BackupTimeout) as err:

@@ -5,6 +5,7 @@ import os
 import subprocess
 
 import libvirt
+import libvirt_qemu
 
 
 def download(glance_client, image_id, path):
@@ -55,3 +56,21 @@ def block_jobs(domain, disk='vda'):
         return domain.blockJobInfo(disk, 0)
     except libvirt.libvirtError:
         return {}
+
+
+def throttle_block_jobs(domain, bytes_per_second=1024 * 1024):
+    """Slow every block job of ``domain`` down, through QEMU's monitor.
+
+    libvirt offers no bandwidth for a backup, and QEMU's backup job takes
+    one (block-job-set-speed), so a test can make a backup outlast a short
+    timeout on any disk, however fast the host.  Returns the jobs' ids.
+    """
+    def qmp(command, **arguments):
+        reply = libvirt_qemu.qemuMonitorCommand(
+            domain, json.dumps({'execute': command,
+                                'arguments': arguments}), 0)
+        return json.loads(reply)['return']
+    jobs = [job['device'] for job in qmp('query-block-jobs')]
+    for job in jobs:
+        qmp('block-job-set-speed', device=job, speed=bytes_per_second)
+    return jobs

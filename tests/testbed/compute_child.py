@@ -26,7 +26,7 @@ def main(driver_name, instance_json, image_id, *conf_paths):
     args = ['nova-compute']
     for path in conf_paths:
         args += ['--config-file', path]
-    nova_config.parse_args(args, configure_db=False, init_rpc=False)
+    nova_config.parse_args(args, configure_db=False)
     objects.register_all()
     import nova_snapdriver.conf  # noqa: F401  registers [snapdriver]
     result = {'uid': os.geteuid(), 'ok': False, 'error': None}

@@ -127,7 +127,9 @@ class ComputeHost(object):
                 'rootwrap_config': ROOTWRAP_CONF,
                 'debug': 'true',
                 'use_stderr': 'true',
+                'transport_url': 'fake:/',
             },
+            'oslo_messaging_notifications': {'driver': 'noop'},
             'image_cache': {'subdirectory_name': CACHE_NAME},
             'libvirt': {
                 'virt_type': 'qemu',

@@ -194,6 +194,66 @@ def versions():
         conn.close()
 
 
+def kill():
+    """SIGKILL libvirtd, as an OOM kill or a crash would; wait until gone.
+
+    Its QEMU processes keep running; a libvirtd started again reconnects
+    to them.  Returns the pid that was killed.
+    """
+    pid = _pid('libvirtd')
+    if pid is None:
+        raise RuntimeError('libvirtd is not running')
+    os.kill(pid, signal.SIGKILL)
+    deadline = time.monotonic() + STOP_TIMEOUT
+    while _alive(pid, 'libvirtd'):
+        if time.monotonic() > deadline:
+            raise RuntimeError('libvirtd (pid %d) survived SIGKILL' % pid)
+        time.sleep(0.05)
+    LOG.info('killed libvirtd (pid %d)', pid)
+    return pid
+
+
+class Connection(object):
+    """A libvirt connection that opens itself again after libvirtd restarts.
+
+    The tests' session-wide connection: a test that kills libvirtd must
+    not leave every later test with a dead one.  Domain objects taken
+    from the old connection stay dead; look domains up again.
+    """
+
+    def __init__(self):
+        self._conn = _connect()
+
+    def _alive(self):
+        try:
+            self._conn.getLibVersion()
+            return True
+        except libvirt.libvirtError:
+            return False
+
+    def __getattr__(self, name):
+        attr = getattr(self._conn, name)
+        if not callable(attr):
+            return attr
+
+        def call(*args, **kwargs):
+            # libvirt notices a dead socket only when it next uses it.
+            try:
+                return getattr(self._conn, name)(*args, **kwargs)
+            except libvirt.libvirtError:
+                if self._alive():
+                    raise
+            self._conn = _wait_for_connection()
+            return getattr(self._conn, name)(*args, **kwargs)
+        return call
+
+    def close(self):
+        try:
+            self._conn.close()
+        except libvirt.libvirtError:
+            pass
+
+
 def stop():
     """Stop libvirtd, then virtlogd, found through their pid files.
 

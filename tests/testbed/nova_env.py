@@ -43,7 +43,12 @@ def write_conf(workdir, glance_url, virt_type='qemu', extra=None):
             'use_stderr': 'false',
             'debug': 'true',
             'log_file': os.path.join(workdir, 'nova-compute.log'),
+            # nova's notifier must exist (Host.get_connection notifies on
+            # a failed connect, e.g. while libvirtd restarts); nothing
+            # listens, and the fake transport sends nothing anywhere.
+            'transport_url': 'fake:/',
         },
+        'oslo_messaging_notifications': {'driver': 'noop'},
         'libvirt': {
             'virt_type': virt_type,
             'images_type': 'qcow2',
@@ -90,7 +95,7 @@ def configure_from(path):
     """Parse an existing nova.conf (a child process shares the parent's)."""
     global _configured
     nova_config.parse_args(['nova-compute', '--config-file', path],
-                           configure_db=False, init_rpc=False)
+                           configure_db=False)
     objects.register_all()
     import nova_snapdriver.conf  # noqa: F401  registers [snapdriver]
     _configured = path

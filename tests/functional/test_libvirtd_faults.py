@@ -1,0 +1,128 @@
+"""libvirtd killed (SIGKILL) while a snapshot's block job runs.
+
+As on a busy compute host: a package upgrade, an OOM kill or a crash takes
+libvirtd away mid-job and it comes back a moment later; QEMU keeps running.
+The snapshot's domain handle then belongs to a dead connection.  For each
+capture method the snapshot must end, and afterwards the domain is
+persistent and running with no job, its disk as before, and no temp file
+or journal record is left: either the snapshot repaired everything itself
+through a new connection, or it kept its record and recovery (what
+``init_host``, the periodic task and ``nova-snapdriver-manage recover``
+run) finishes the repair.
+"""
+
+import os
+import threading
+
+import libvirt
+import pytest
+
+from nova_snapdriver import exception
+from nova_snapdriver import journal
+from nova_snapdriver import recovery
+from tests.testbed import checks
+from tests.testbed import libvirtd
+
+# How long libvirtd stays away: several block-job polls.  Either well
+# within [snapdriver] libvirt_reconnect_timeout (the snapshot repairs
+# everything itself), or longer than it (recovery must finish the job).
+DOWN_SECONDS = 3
+RECONNECT_TIMEOUT = {'short-outage': 60, 'long-outage': 1}
+LONG_DOWN_SECONDS = 8
+
+
+@pytest.fixture
+def restart_libvirtd():
+    """kill(down) -> SIGKILL libvirtd now, start it ``down`` s later."""
+    timers = []
+
+    def kill(down=DOWN_SECONDS):
+        pid = libvirtd.kill()
+        timer = threading.Timer(down, libvirtd.ensure_running)
+        timer.start()
+        timers.append(timer)
+        return pid
+
+    def wait():
+        for timer in timers:
+            timer.join()
+        libvirtd.ensure_running()
+
+    kill.wait = wait
+    yield kill
+    wait()
+
+
+def assert_all_repaired(inst, reference, snapshots_dir, libvirt_conn):
+    dom = libvirt_conn.lookupByUUIDString(inst.uuid)
+    assert dom.isPersistent(), 'domain left transient'
+    assert dom.state()[0] == libvirt.VIR_DOMAIN_RUNNING
+    assert checks.block_jobs(dom) == {}
+    assert dom.jobStats().get('type') == libvirt.VIR_DOMAIN_JOB_NONE
+    assert checks.same_content(inst.disk_path, reference)
+    assert checks.leftovers(snapshots_dir) == []
+    assert journal.paths() == []
+
+
+@pytest.mark.parametrize('outage', ['short-outage', 'long-outage'])
+@pytest.mark.parametrize('method', ['rebase', 'copy', 'backup'])
+def test_libvirtd_killed_during_the_block_job(
+        method, outage, driver, context, conf, make_instance, make_image,
+        listener, libvirt_conn, restart_libvirtd, image_api, snapshots_dir,
+        workdir):
+    conf('snapdriver', capture_method=method,
+         libvirt_reconnect_timeout=RECONNECT_TIMEOUT[outage])
+    down = LONG_DOWN_SECONDS if outage == 'long-outage' else DOWN_SECONDS
+    if method == 'backup':
+        # Slowed through QEMU's monitor once begun: still running when
+        # libvirtd dies.
+        inst = make_instance(disk_mib=2048)
+        step = 'step:backup'
+    else:
+        conf('snapdriver', block_job_bandwidth=1)
+        inst = make_instance()
+        step = 'step:copying'
+    reference = checks.reference_copy(inst, workdir)
+    killed = []
+
+    def on_step(uuid, phase, done, total):
+        if uuid == inst.uuid and phase == step and not killed:
+            if method == 'backup':
+                assert checks.throttle_block_jobs(
+                    libvirt_conn.lookupByUUIDString(uuid)), 'no backup job'
+            killed.append(restart_libvirtd(down))
+    listener(on_step)
+    image = make_image(inst)
+
+    with pytest.raises(exception.SnapshotError) as err:
+        driver.snapshot(context, inst.obj, image['id'], lambda **kw: None)
+
+    assert killed, 'libvirtd was never killed'
+    message = str(err.value)
+    assert inst.uuid in message
+    if outage == 'short-outage':
+        # Repaired through a new connection, before the snapshot returned.
+        assert isinstance(err.value, exception.LibvirtConnectionLost), \
+            message
+        assert 'the instance is as it was. Retry the snapshot.' in message
+        assert journal.paths() == []
+    else:
+        # Still away when the snapshot gave up: it says so, kept its record
+        # and its work dir (the job may still write there); once libvirtd
+        # is back, recovery (as periodically or at the next start) ends it.
+        restart_libvirtd.wait()
+        assert len(journal.paths()) == 1
+        if method == 'rebase':
+            assert isinstance(err.value, exception.DomainRedefineFailed)
+            assert 'virsh define' in message
+        else:
+            assert isinstance(err.value, exception.LibvirtConnectionLost)
+            assert 'nova-snapdriver-manage recover' in message
+        reports = recovery.recover(libvirt_conn, image_api, context)
+        # The record is repaired; with rebase, the saved XML the failed
+        # redefine wrote (0600, secrets) goes too.
+        assert [r['state'] for r in reports if r['record']] == \
+            ['recovered'], reports
+        assert len(reports) == (2 if method == 'rebase' else 1), reports
+    assert_all_repaired(inst, reference, snapshots_dir, libvirt_conn)
+    os.unlink(reference)
