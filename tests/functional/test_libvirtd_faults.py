@@ -12,6 +12,7 @@ run) finishes the repair.
 """
 
 import os
+import subprocess
 import threading
 
 import libvirt
@@ -29,6 +30,7 @@ from tests.testbed import libvirtd
 DOWN_SECONDS = 3
 RECONNECT_TIMEOUT = {'short-outage': 60, 'long-outage': 1}
 LONG_DOWN_SECONDS = 8
+QEMU = '/usr/bin/qemu-system-x86_64'
 
 
 @pytest.fixture
@@ -124,5 +126,63 @@ def test_libvirtd_killed_during_the_block_job(
         assert [r['state'] for r in reports if r['record']] == \
             ['recovered'], reports
         assert len(reports) == (2 if method == 'rebase' else 1), reports
+    assert_all_repaired(inst, reference, snapshots_dir, libvirt_conn)
+    os.unlink(reference)
+
+
+@pytest.fixture
+def emulator(workdir):
+    """A path to QEMU that a test can take away: libvirt's define checks it.
+
+    A running QEMU does not care; libvirt's defineXML then fails for real.
+    """
+    path = os.path.join(workdir, 'qemu-system-x86_64-%d' % os.getpid())
+    os.symlink(QEMU, path)
+    yield path
+    if os.path.lexists(path):
+        os.unlink(path)
+
+
+def test_redefine_failing_after_a_block_job_timeout_names_the_xml(
+        driver, context, conf, make_instance, make_image, listener,
+        libvirt_conn, image_api, snapshots_dir, workdir, emulator):
+    """The error an operator sees is the one that matters.
+
+    The copy times out (bandwidth 1 MiB/s, timeout 1 s); meanwhile the
+    domain's emulator went away, so the redefine fails.  The error raised
+    names the redefine, the saved XML and ``virsh define``, with the
+    timeout as its cause; the record is kept, and once the operator did
+    what it says, recovery finishes the rest.
+    """
+    conf('snapdriver', capture_method='rebase', block_job_bandwidth=1,
+         block_job_timeout=1)
+    inst = make_instance(emulator=emulator)
+    reference = checks.reference_copy(inst, workdir)
+
+    def on_step(uuid, phase, done, total):
+        if uuid == inst.uuid and phase == 'step:undefined':
+            os.unlink(emulator)
+    listener(on_step)
+    image = make_image(inst)
+
+    with pytest.raises(exception.DomainRedefineFailed) as err:
+        driver.snapshot(context, inst.obj, image['id'], lambda **kw: None)
+
+    message = str(err.value)
+    xml_path = os.path.join(snapshots_dir, '%s.xml' % inst.uuid)
+    assert "virsh define %s" % xml_path in message
+    assert isinstance(err.value.__cause__, exception.BlockJobTimeout)
+    assert os.stat(xml_path).st_mode & 0o777 == 0o600
+    dom = libvirt_conn.lookupByUUIDString(inst.uuid)
+    assert not dom.isPersistent()
+    assert dom.state()[0] == libvirt.VIR_DOMAIN_RUNNING
+    assert checks.block_jobs(dom) == {}
+    assert len(journal.paths()) == 1
+    # What the error tells the operator to do, once the cause is fixed.
+    os.symlink(QEMU, emulator)
+    subprocess.run(['virsh', '-c', libvirtd.URI, 'define', xml_path],
+                   check=True, capture_output=True)
+    reports = recovery.recover(libvirt_conn, image_api, context)
+    assert [r['state'] for r in reports if r['record']] == ['recovered']
     assert_all_repaired(inst, reference, snapshots_dir, libvirt_conn)
     os.unlink(reference)

@@ -180,7 +180,7 @@ def build_boot_files(cache_dir):
 
 def domain_xml(uuid, name, disk_path, disk_format, kernel, initrd,
                serial_log, mode='idle', marks=100000, virt_type='qemu',
-               memory_mib=256):
+               memory_mib=256, emulator=None):
     """Return libvirt XML for the guest, shaped like a nova instance.
 
     TCG (virt_type 'qemu') is the default because nested KVM does not
@@ -207,6 +207,8 @@ def domain_xml(uuid, name, disk_path, disk_format, kernel, initrd,
     E(dom, 'on_reboot').text = 'restart'
     E(dom, 'on_crash').text = 'destroy'
     devices = E(dom, 'devices')
+    if emulator:
+        E(devices, 'emulator').text = emulator
     disk = E(devices, 'disk', type='file', device='disk')
     E(disk, 'driver', name='qemu', type=disk_format, cache='none')
     E(disk, 'source', file=disk_path)

@@ -73,7 +73,7 @@ class NovaInstance(object):
     def __init__(self, conn, boot_files, base_format='raw', disk_mib=64,
                  mode='idle', marks=100000, image_meta=None,
                  instances_path=None, cache_name='_base', owner=None,
-                 backing_format_in_header=True):
+                 backing_format_in_header=True, emulator=None):
         self.conn = conn
         self.kernel, self.initrd = boot_files
         self.base_format = base_format
@@ -89,6 +89,7 @@ class NovaInstance(object):
         instances = instances_path or nova_env.CONF.instances_path
         self.owner = owner
         self.backing_format_in_header = backing_format_in_header
+        self.emulator = emulator
         self.base_path = os.path.join(
             instances, cache_name,
             hashlib.sha1(self.uuid.encode()).hexdigest())
@@ -126,7 +127,7 @@ class NovaInstance(object):
         return test_guest.domain_xml(
             self.uuid, self.name, self.disk_path, 'qcow2',
             self.kernel, self.initrd, self.console_log, mode=self.mode,
-            marks=self.marks)
+            marks=self.marks, emulator=self.emulator)
 
     def start(self):
         """Create files, define and start the domain; wait for the guest."""
