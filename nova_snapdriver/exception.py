@@ -105,3 +105,15 @@ class UploadNotRewindable(SnapshotError):
                 "more was sent, so Glance stores no partial image; the "
                 "image will be deleted. Check that Glance is reachable and "
                 "retry the snapshot.")
+
+
+class ScratchSpaceExhausted(SnapshotError):
+    msg_fmt = _("The streaming snapshot's scratch file %(path)s reached "
+                "%(used_h)s (%(used)d bytes) with %(free_h)s left free on "
+                "its filesystem (cap: %(cap_h)s). The guest's writes since "
+                "the snapshot began are copied there, so the backup was "
+                "ended before the filesystem filled up and failed the "
+                "guest's writes; the instance is unchanged. Bound it with "
+                "[snapdriver] stream_scratch_max_mb and reserved_space_mb, "
+                "give [libvirt] snapshots_directory more room, or snapshot "
+                "when the guest writes less.")

@@ -2,10 +2,14 @@
 
 import hashlib
 import io
+import itertools
 import os
 from unittest import mock
 
 import fixtures
+from glanceclient.common import http as glance_http
+import requests
+from requests_mock.contrib import fixture as requests_mock_fixture
 
 from nova import exception as nova_exception
 from nova.image import glance
@@ -16,6 +20,9 @@ from nova_snapdriver import upload
 from tests.unit import base
 
 DATA = b'\x00\x01snapshot\xff' * 10000
+# Three of glanceclient's 1 MiB chunks, the last one short.
+BIG = bytes(range(256)) * 9000
+GC_CHUNK = glance_http.CHUNKSIZE
 
 
 def reader_for(data):
@@ -80,6 +87,174 @@ class HashingReaderTestCase(base.TestCase):
         self.assertEqual(hashlib.sha512(b'').hexdigest(),
                          reader.sha512.hexdigest())
         meter.update.assert_not_called()
+
+
+def glanceclient_pass(reader):
+    """A fresh read of ``reader`` the way glanceclient reads a body.
+
+    Each call of ``images.upload`` (so each retry by nova's image API)
+    wraps the same object in a new ``_chunk_body`` generator.
+    """
+    return glance_http._BaseHTTPClient._chunk_body(reader)
+
+
+class Unseekable(io.BytesIO):
+    """A stream that can be read once, like a pipe."""
+
+    def seekable(self):
+        return False
+
+
+class ReadOnly(object):
+    """A file-like object with nothing but ``read``."""
+
+    def __init__(self, data):
+        self.read = io.BytesIO(data).read
+
+
+class RewindTestCase(base.TestCase):
+    """A retried upload reads the file again from its first byte."""
+
+    def setUp(self):
+        super(RewindTestCase, self).setUp()
+        self.meter = mock.Mock(spec=['update'])
+        self.instance = self.make_instance()
+
+    def _reader(self, fileobj=None):
+        return upload.HashingReader(
+            io.BytesIO(BIG) if fileobj is None else fileobj, self.meter,
+            image_id=base.IMAGE_ID, instance=self.instance)
+
+    def assertHashes(self, data, reader):
+        self.assertEqual(len(data), reader.sent)
+        self.assertEqual(hashlib.sha512(data).hexdigest(),
+                         reader.sha512.hexdigest())
+        self.assertEqual(hashlib.md5(data).hexdigest(),
+                         reader.md5.hexdigest())
+
+    def test_seek_zero_rewinds_with_hashes_count_and_progress_reset(self):
+        reader = self._reader()
+        reader.read(5000)
+        self.meter.reset_mock()
+
+        self.assertEqual(0, reader.seek(0))
+
+        self.assertEqual(0, reader.tell())
+        self.assertHashes(b'', reader)
+        self.meter.update.assert_called_once_with(0)
+        self.assertEqual(BIG, reader.read())
+        self.assertHashes(BIG, reader)
+        self.assertEqual(2, reader.passes)
+        self.assertIn('WARNING The upload to image %s is being retried '
+                      '(attempt 2) after 4.9 KiB had been read for it: '
+                      'sending it again from the first byte'
+                      % base.IMAGE_ID, self.logs.output)
+
+    def test_seek_zero_before_any_read_does_nothing(self):
+        reader = self._reader()
+
+        self.assertEqual(0, reader.seek(0))
+
+        self.assertEqual(1, reader.passes)
+        self.meter.update.assert_not_called()
+        self.assertNotIn('retried', self.logs.output)
+
+    def test_tell_and_seeks_that_stay_put_report_the_position(self):
+        reader = self._reader()
+        reader.read(100)
+
+        self.assertEqual(100, reader.tell())
+        self.assertEqual(100, reader.seek(100))
+        self.assertEqual(100, reader.seek(0, io.SEEK_CUR))
+        self.assertEqual(BIG[100:200], reader.read(100))
+        self.assertTrue(reader.seekable())
+
+    def test_any_other_seek_is_refused_as_unsupported(self):
+        reader = self._reader()
+        reader.read(100)
+
+        for args in ((10,), (0, io.SEEK_END), (5, io.SEEK_CUR)):
+            # An OSError, as requests expects from a stream it cannot size.
+            self.assertRaises(io.UnsupportedOperation, reader.seek, *args)
+        self.assertEqual(100, reader.tell())
+        self.assertEqual(BIG[100:200], reader.read(100))
+
+    def test_a_new_glanceclient_pass_after_a_broken_one_starts_over(self):
+        reader = self._reader()
+        first = glanceclient_pass(reader)
+        self.assertEqual(BIG[:GC_CHUNK], next(first))
+
+        second = b''.join(glanceclient_pass(reader))
+
+        self.assertEqual(BIG, second)
+        self.assertHashes(BIG, reader)
+        self.assertEqual(2, reader.passes)
+        self.assertIn('(attempt 2) after 1.0 MiB had been read',
+                      self.logs.output)
+
+    def test_a_new_glanceclient_pass_after_a_finished_one_starts_over(self):
+        reader = self._reader()
+        passes = [b''.join(glanceclient_pass(reader)) for _ in range(3)]
+
+        self.assertEqual([BIG] * 3, passes)
+        self.assertHashes(BIG, reader)
+        self.assertEqual(3, reader.passes)
+
+    def test_a_new_iteration_starts_over(self):
+        reader = self._reader()
+        broken = iter(reader)
+        next(broken)
+
+        self.assertEqual(BIG, b''.join(reader))
+        self.assertEqual(BIG, b''.join(reader))
+        self.assertHashes(BIG, reader)
+
+    def test_the_same_pass_reads_on_and_plain_loops_are_one_pass(self):
+        reader = self._reader()
+        chunks = glanceclient_pass(reader)
+        next(chunks)
+        reader.read(10)   # not from a generator: no new pass
+        rest = b''.join(chunks)
+
+        self.assertEqual(BIG[GC_CHUNK + 10:], rest)
+        self.assertEqual(b'', reader.read(10))
+        self.assertEqual(1, reader.passes)
+        self.assertHashes(BIG, reader)
+
+    def test_unrewindable_file_fails_the_retry_and_every_later_read(self):
+        for fileobj in (Unseekable(BIG), ReadOnly(BIG)):
+            reader = self._reader(fileobj)
+            next(glanceclient_pass(reader))
+
+            retry = glanceclient_pass(reader)
+            exc = self.assertRaises(exception.UploadNotRewindable,
+                                    next, retry)
+
+            message = str(exc)
+            self.assertIn('The upload of image %s failed after 1048576 bytes '
+                          '(1.0 MiB) had been read for it' % base.IMAGE_ID,
+                          message)
+            self.assertIn('cannot be read again from its first byte',
+                          message)
+            self.assertIn('Glance stores no partial image', message)
+            # Never the rest of the file, however it is asked for.
+            self.assertRaises(exception.UploadNotRewindable, reader.read)
+            self.assertRaises(exception.UploadNotRewindable, reader.seek, 0)
+            self.assertRaises(exception.UploadNotRewindable, list, reader)
+            self.assertIn('ERROR The upload of image %s failed'
+                          % base.IMAGE_ID, self.logs.output)
+
+    def test_seek_failing_in_the_file_is_not_rewindable(self):
+        class SeekFails(io.BytesIO):
+            def seek(self, *args):
+                raise OSError(29, 'Illegal seek')
+        reader = self._reader(SeekFails(DATA))
+        reader.read(10)
+
+        exc = self.assertRaises(exception.UploadNotRewindable,
+                                reader.seek, 0)
+
+        self.assertIn('Illegal seek', str(exc))
 
 
 class VerifyTestCase(base.TestCase):
@@ -235,9 +410,118 @@ class UploadTestCase(base.TestCase):
         self.assertIn('INFO Uploaded 107.4 KiB to image %s\n' % base.IMAGE_ID,
                       self.logs.output + '\n')
 
+    def test_retry_after_a_partial_read_sends_it_all_and_verifies(self):
+        with open(self.path, 'wb') as f:
+            f.write(BIG)
+
+        def update(context, image_id, metadata, data=None,
+                   purge_props=True):
+            # nova's image API: the first attempt breaks after 2 chunks,
+            # the retry reads the same object again.
+            self.received.append(next(glanceclient_pass(data)))
+            self.received.append(b''.join(glanceclient_pass(data)))
+            return base.glance_image(self.received[-1])
+        self.image_api.update.side_effect = update
+
+        image = self._upload()
+
+        self.assertEqual([BIG[:GC_CHUNK], BIG], self.received)
+        self.assertEqual(base.glance_image(BIG), image)
+        self.assertIn('WARNING The upload to image %s is being retried '
+                      '(attempt 2) after 1.0 MiB had been read for it'
+                      % base.IMAGE_ID, self.logs.output)
+        self.assertIn('INFO Uploaded 2.2 MiB to image %s (sha512 '
+                      'verified), sent 2 times' % base.IMAGE_ID,
+                      self.logs.output)
+
     def test_image_api_error_propagates_and_releases_the_semaphore(self):
         self.image_api.update.side_effect = nova_exception.ImageNotFound(
             image_id=base.IMAGE_ID)
 
         self.assertRaises(nova_exception.ImageNotFound, self._upload)
         self.semaphore.__exit__.assert_called_once()
+
+
+class NovaRetryTestCase(base.TestCase):
+    """nova's real retry loop, glanceclient and requests; Glance mocked.
+
+    ``GlanceClientWrapper.call`` retries ``upload`` on a connection error
+    by calling ``images.upload(image_id, data)`` again with the same
+    reader; glanceclient streams it as a chunked body.  Only the HTTP
+    exchange is faked (requests_mock), where a connection breaks after
+    part of the body went out.
+    """
+
+    URL = 'http://glance.test:9292'
+
+    def setUp(self):
+        super(NovaRetryTestCase, self).setUp()
+        self.flags(num_retries=1, group='glance')
+        self.useFixture(fixtures.MockPatchObject(glance.time, 'sleep'))
+        self.http = self.useFixture(requests_mock_fixture.Fixture())
+        self.context.auth_token = 'token'
+        self.bodies = []
+        self.reader = upload.HashingReader(
+            io.BytesIO(BIG), mock.Mock(spec=['update']),
+            image_id=base.IMAGE_ID, instance=self.make_instance())
+
+    def _glance(self, *breaks):
+        """PUT .../file: attempt n reads ``breaks[n]`` chunks, then fails.
+
+        None: reads it all and answers 204.
+        """
+        attempts = iter(breaks)
+
+        def put(request, context):
+            chunks, received = next(attempts), []
+            self.bodies.append(received)
+            received.extend(itertools.islice(request.body, chunks))
+            if chunks is not None:
+                raise requests.exceptions.ConnectionError(
+                    'Connection aborted: connection reset by peer')
+            context.status_code = 204
+            return ''
+        self.http.put(self.URL + '/v2/images/%s/file' % base.IMAGE_ID,
+                      text=put)
+
+    def _call(self):
+        wrapper = glance.GlanceClientWrapper(self.context, self.URL)
+        return wrapper.call(self.context, 2, 'upload',
+                            args=(base.IMAGE_ID, self.reader))
+
+    def test_retry_after_a_broken_connection_sends_everything(self):
+        self._glance(1, None)
+
+        self._call()
+
+        self.assertEqual([BIG[:GC_CHUNK], BIG],
+                         [b''.join(body) for body in self.bodies])
+        self.assertEqual(2, self.reader.passes)
+        upload.verify(base.IMAGE_ID, base.glance_image(BIG), self.reader)
+        self.assertIn("Error contacting glance server '%s' for 'upload', "
+                      "retrying." % self.URL, self.logs.output)
+        self.assertIn('(attempt 2) after 1.0 MiB had been read',
+                      self.logs.output)
+
+    def test_without_rewind_the_retry_would_send_the_tail(self):
+        # What nova's retry did before: the same reader, read on.
+        self.reader._new_pass = lambda consumer: None
+        self._glance(1, None)
+
+        self._call()
+
+        stored = b''.join(self.bodies[-1])
+        self.assertEqual(BIG[GC_CHUNK:], stored)
+        self.assertRaises(exception.UploadVerificationFailed, upload.verify,
+                          base.IMAGE_ID, base.glance_image(stored),
+                          self.reader)
+
+    def test_unrewindable_retry_sends_nothing_and_is_not_retried_again(self):
+        self.reader._file = Unseekable(BIG)
+        self.flags(num_retries=3, group='glance')
+        self._glance(1, None, None, None)
+
+        self.assertRaises(exception.UploadNotRewindable, self._call)
+
+        # The retry raised on its first read: not one byte more.
+        self.assertEqual([[BIG[:GC_CHUNK]], []], self.bodies)
