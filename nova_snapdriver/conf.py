@@ -161,6 +161,31 @@ Possible values:
 * 0: only at start-up and before each snapshot.
 * A positive integer: the interval, in seconds.
 """),
+    cfg.IntOpt('stream_scratch_max_mb',
+               default=0,
+               min=0,
+               help="""
+Largest size, in MiB, the scratch file of a streaming snapshot
+(``capture_method = stream``) may reach before the snapshot is ended.
+
+While a snapshot streams, QEMU copies every block the guest overwrites into
+a scratch file in the snapshot's work dir, so that the image stays the disk
+as it was when the snapshot began.  The file cannot shrink (QEMU < 9.1),
+and if its filesystem fills up the *guest's* writes fail.  The driver
+watches it and ends the backup (not the guest's writes) when it passes this
+size or when free space falls to ``reserved_space_mb``; the snapshot then
+fails with an error that names this option.
+
+Possible values:
+
+* 0: bounded by free space only.  The plan then requires free space for
+  the worst case, the disk's allocated size.
+* A positive integer: the cap in MiB; the plan requires this much free.
+
+Related options:
+
+* ``reserved_space_mb``, ``[libvirt] snapshots_directory``
+"""),
     cfg.StrOpt('capture_method',
                default='rebase',
                choices=[
@@ -184,8 +209,20 @@ Possible values:
                     'all (one copy of the data instead of two); with '
                     '[libvirt] snapshot_compression the backup is '
                     'converted once more to compress it.'),
-                   ('auto', 'backup if the domain capabilities report '
-                    '<backup supported=\'yes\'/> and libvirt-python has '
+                   ('stream', 'A pull-mode backup (virDomainBackupBegin '
+                    'mode=pull) exported over NBD on a unix socket and read '
+                    'with libnbd, streamed straight to Glance as a raw or '
+                    'qcow2 image laid out from the allocation map: no temp '
+                    'image, one pass, point in time at the start, no '
+                    'undefine.  Only a scratch file for the blocks the '
+                    'guest overwrites meanwhile (stream_scratch_max_mb).  '
+                    'Needs libnbd\'s Python binding (python3-libnbd) and '
+                    'libvirt >= 7.2; images are never compressed (with '
+                    '[libvirt] snapshot_compression, copy is used).'),
+                   ('auto', 'stream if the domain capabilities report '
+                    '<backup supported=\'yes\'/> and libnbd is importable, '
+                    'else backup if the capabilities report it and '
+                    'libvirt-python has '
                     'backupBegin, else copy if libvirt has '
                     'VIR_DOMAIN_BLOCK_COPY_TRANSIENT_JOB, else rebase.  '
                     'With [libvirt] snapshot_compression on a qcow2 '
@@ -208,19 +245,29 @@ Consistency differs between the methods:
   needs libvirt >= 7.2 with QEMU >= 4.2 (``<backup supported='yes'/>`` in
   ``virsh domcapabilities``).  ``block_job_bandwidth`` does not apply to it
   (libvirt's backup API has no rate limit).
+* ``stream`` is point in time at its start too (a pull-mode backup), and
+  is the capture and the upload in one pass: no temporary image at all,
+  only a scratch file holding what the guest overwrites while it streams
+  (``stream_scratch_max_mb``).  The image is never compressed.  On a host
+  where nova-compute does not run as root, the nova user must be able to
+  connect to the NBD socket QEMU creates: put it in the group QEMU runs as
+  (``group`` in qemu.conf).
 
 Which to pick: ``rebase`` where the others are unavailable or to behave
 exactly like nova's in-tree driver; ``copy`` to keep the domain persistent
 throughout (no window in which a crash of nova-compute or libvirtd leaves
 a transient domain); ``backup`` for the shortest and most predictable
 snapshot with a persistent domain and, without compression, half the
-temporary space and disk traffic.  ``auto`` picks the best this host
-supports.  The method actually used is logged with the plan and recorded
-in the snapshot's journal record.
+temporary space and disk traffic; ``stream`` for the least time and
+temporary space of all.  ``auto`` picks the best this host supports.
+The method actually used is logged with the plan and recorded in the
+snapshot's journal record.
 
 Related options:
 
-* ``block_job_timeout``: bounds the mirror (rebase, copy) or the backup.
+* ``block_job_timeout``: bounds the mirror (rebase, copy) or the backup
+  (not a stream, which the upload paces).
+* ``stream_scratch_max_mb``
 * ``[libvirt] snapshot_compression``, ``compression_type``
 """),
     cfg.StrOpt('compression_type',

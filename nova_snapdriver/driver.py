@@ -3,7 +3,9 @@
 Everything but the snapshot is nova's.  A snapshot runs in phases, one
 module each, in the order of the file list: ``plan`` (read-only, fails
 early), ``capture`` (the only phase that touches the domain), ``extract``
-(a flat image), ``upload`` (to Glance, verified).  Temp files live in one
+(a flat image), ``upload`` (to Glance, verified); or, with
+``capture_method = stream``, ``stream`` (capture and upload in one
+pass, no temp image).  Temp files live in one
 directory per snapshot under ``[libvirt] snapshots_directory`` and are
 removed whatever happens.
 """
@@ -26,6 +28,7 @@ from nova_snapdriver import journal
 from nova_snapdriver import plan as snapshot_plan
 from nova_snapdriver import progress
 from nova_snapdriver import recovery
+from nova_snapdriver import stream
 from nova_snapdriver import upload
 
 CONF = cfg.CONF
@@ -168,6 +171,10 @@ class SnapLibvirtDriver(libvirt_driver.LibvirtDriver):
 
         try:
             os.makedirs(plan.work_dir, mode=0o700, exist_ok=True)
+            if plan.live and plan.capture_method == 'stream':
+                self._stream(context, instance, guest, plan, metadata,
+                             update_task_state, clock, step)
+                return
             with clock.phase('capture'):
                 if plan.live:
                     captured = capture.live(self, context, instance, guest,
@@ -197,6 +204,18 @@ class SnapLibvirtDriver(libvirt_driver.LibvirtDriver):
                               metadata, plan.image_path, size, instance)
         finally:
             self._finish(instance, plan, record, was_persistent)
+
+    def _stream(self, context, instance, guest, plan, metadata,
+                update_task_state, clock, step):
+        """Capture and upload in one pass (capture_method = stream)."""
+        update_task_state(task_state=task_states.IMAGE_UPLOADING,
+                          expected_state=task_states.IMAGE_PENDING_UPLOAD)
+
+        def send(reader, size):
+            upload.upload_file(self._image_api, context, plan.image_id,
+                               metadata, reader, size, instance)
+        with clock.phase('stream'):
+            stream.stream(self, context, instance, guest, plan, step, send)
 
     def _finish(self, instance, plan, record, was_persistent):
         """Remove the temp files, then the record: unless a repair is due.

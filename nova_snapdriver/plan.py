@@ -41,7 +41,7 @@ BACKUP_NAME = 'backup.qcow2'
 IMAGE_NAME = 'image'
 
 # [snapdriver] capture_method values that name a method ('auto' does not).
-CAPTURE_METHODS = ('rebase', 'copy', 'backup')
+CAPTURE_METHODS = ('rebase', 'copy', 'backup', 'stream')
 
 
 class NotHandled(Exception):
@@ -66,7 +66,7 @@ class SnapshotPlan(object):
     require_quiesce: bool
     work_dir: str
     space_needed: int
-    # Live only: 'rebase', 'copy' or 'backup' (see [snapdriver]
+    # Live only: 'rebase', 'copy', 'backup' or 'stream' (see [snapdriver]
     # capture_method); the cold path captures nothing.
     capture_method: str = 'rebase'
     compression_type: str = 'zlib'
@@ -157,6 +157,12 @@ def space_needed(live, node, disk_info, image_format, method='rebase',
     A backup is a full, flat qcow2: the image itself when uncompressed,
     else a second full copy beside the compressed image.
     """
+    if live and method == 'stream':
+        # No image is staged: only the scratch file, whose worst case is
+        # the disk's allocated size, or the cap on it.
+        cap = CONF.snapdriver.stream_scratch_max_mb * 1024 * 1024
+        allocated = int(disk_info.get('actual-size', 0))
+        return min(cap, allocated) if cap else allocated
     needed = qemu_img.measure(node, image_format)
     if live and method == 'backup':
         if compress:
@@ -183,27 +189,44 @@ def backup_supported(conn, guest):
     return backup is not None and backup.get('supported') == 'yes'
 
 
+def libnbd_available():
+    """True if libnbd's Python binding imports (``tools/link-libnbd``)."""
+    try:
+        import nbd  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def capture_method(driver, guest, compress=False):
     """The live capture method: [snapdriver] capture_method, auto resolved.
 
-    auto: backup if the domain capabilities say ``<backup
-    supported='yes'/>`` and libvirt-python has backupBegin, else copy if
+    auto: stream if the domain capabilities say ``<backup
+    supported='yes'/>``, libvirt-python has backupBegin and libnbd
+    imports; backup if only libnbd is missing; else copy if
     libvirt knows VIR_DOMAIN_BLOCK_COPY_TRANSIENT_JOB, else rebase.  But a
     compressed image (``compress``) prefers copy to backup: a backup is
     then a second full copy of the disk, written uncompressed beside the
     image and converted once more, so it takes longer and about three
     times the image's size in temporary space, whereas copy stages only
     the instance's own layer and compresses in the one convert it needs
-    anyway.  The domain stays persistent with either.
+    anyway.  The domain stays persistent with either.  A stream cannot
+    compress: asked for with compression, copy (else rebase) is used.
     """
     method = CONF.snapdriver.capture_method
+    transient_copy = hasattr(libvirt, 'VIR_DOMAIN_BLOCK_COPY_TRANSIENT_JOB')
+    if method == 'stream' and compress:
+        # A stream is never compressed: honour snapshot_compression.
+        LOG.warning('capture_method stream writes no compressed image; '
+                    'using %s for this compressed snapshot',
+                    'copy' if transient_copy else 'rebase')
+        return 'copy' if transient_copy else 'rebase'
     if method != 'auto':
         return method
-    transient_copy = hasattr(libvirt, 'VIR_DOMAIN_BLOCK_COPY_TRANSIENT_JOB')
     if compress and transient_copy:
         return 'copy'
     if backup_supported(driver._host.get_connection(), guest):
-        return 'backup'
+        return 'stream' if libnbd_available() else 'backup'
     if transient_copy:
         return 'copy'
     return 'rebase'

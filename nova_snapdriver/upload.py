@@ -192,17 +192,30 @@ def verify(image_id, image, reader):
 
 def upload(image_api, context, image_id, metadata, path, size, instance):
     """Upload ``path`` as the data of ``image_id``; return Glance's image."""
+    with open(path, 'rb') as f:
+        return upload_file(image_api, context, image_id, metadata, f, size,
+                           instance)
+
+
+def upload_file(image_api, context, image_id, metadata, fileobj, size,
+                instance):
+    """Upload what ``fileobj`` reads as the data of ``image_id``.
+
+    ``fileobj`` is a file or a stream (``imagestream.StreamReader``) of
+    exactly ``size`` bytes; it must support ``seek(0)`` for a retried
+    upload to start again.  Returns Glance's image.
+    """
     meter = progress.Progress(instance, 'upload', size,
                               CONF.snapdriver.progress_log_interval)
-    with open(path, 'rb') as f:
-        reader = HashingReader(f, meter, image_id=image_id, instance=instance)
-        try:
-            # The same call, metadata and semaphore as nova's in-tree
-            # driver; nova retries it with the same reader, which rewinds.
-            with compute_utils.disk_ops_semaphore:
-                image = image_api.update(context, image_id, metadata, reader)
-        finally:
-            reader.close()
+    reader = HashingReader(fileobj, meter, image_id=image_id,
+                           instance=instance)
+    try:
+        # The same call, metadata and semaphore as nova's in-tree
+        # driver; nova retries it with the same reader, which rewinds.
+        with compute_utils.disk_ops_semaphore:
+            image = image_api.update(context, image_id, metadata, reader)
+    finally:
+        reader.close()
     algo = verify(image_id, image, reader)
     LOG.info('Uploaded %(size)s to image %(image)s%(verified)s%(passes)s',
              {'size': progress.human_size(reader.sent), 'image': image_id,

@@ -60,6 +60,11 @@ lock_path = {workdir}/locks
 [oslo_policy]
 enforce_new_defaults = False
 
+[image_format]
+# Glance's default, stated: uploads whose data does not match disk_format,
+# or a qcow2 with a backing or data file, are refused.
+require_image_format_match = True
+
 [paste_deploy]
 flavor =
 config_file = {workdir}/etc/{paste}

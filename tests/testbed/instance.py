@@ -73,7 +73,8 @@ class NovaInstance(object):
     def __init__(self, conn, boot_files, base_format='raw', disk_mib=64,
                  mode='idle', marks=100000, image_meta=None,
                  instances_path=None, cache_name='_base', owner=None,
-                 backing_format_in_header=True, emulator=None):
+                 backing_format_in_header=True, emulator=None,
+                 prefill_markers_mib=0):
         self.conn = conn
         self.kernel, self.initrd = boot_files
         self.base_format = base_format
@@ -90,6 +91,9 @@ class NovaInstance(object):
         self.owner = owner
         self.backing_format_in_header = backing_format_in_header
         self.emulator = emulator
+        # Old data where the guest will write its markers: copy-before-
+        # write then has something to copy (zeros it writes as zeros).
+        self.prefill_markers_mib = prefill_markers_mib
         self.base_path = os.path.join(
             instances, cache_name,
             hashlib.sha1(self.uuid.encode()).hexdigest())
@@ -111,6 +115,10 @@ class NovaInstance(object):
                         '-F', self.base_format, '-b', self.base_path,
                         self.disk_path], check=True, capture_output=True)
         write_patterns(self.disk_path, 'qcow2', DISK_DATA)
+        if self.prefill_markers_mib:
+            write_patterns(self.disk_path, 'qcow2', (
+                (test_guest.MARKER_BASE // MiB, self.prefill_markers_mib,
+                 0xcc),))
         if not self.backing_format_in_header:
             drop_backing_format(self.disk_path)
         if self.owner:

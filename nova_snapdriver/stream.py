@@ -1,0 +1,256 @@
+"""``capture_method = stream``: the running disk, read over NBD into Glance.
+
+No temp image and no second pass: the capture and the upload are one.
+
+1. A pull-mode backup of the root disk (``virDomainBackupBegin`` with
+   ``<domainbackup mode='pull'>``, no checkpoint) exports the disk as it is
+   at that instant over NBD, on a unix socket in the snapshot's work dir.
+   QEMU keeps that instant by copying each block the guest overwrites into
+   a scratch file beside it (copy-before-write).  The guest is frozen, if
+   quiescing, only around the begin; the domain is never undefined.
+2. libnbd (a maintained client, see ``tools/link-libnbd``) reads the
+   export.  Its allocation map (NBD block status, ``base:allocation``)
+   comes first, so ranges that read as zeros are never read at all.
+3. ``imagestream`` lays the image out from that map, raw or qcow2, and
+   nova's image API reads it as a file whose exact size is known up front,
+   hashed as it goes (``upload``).  An upload that nova retries starts
+   again at the export's beginning, which is still there.
+4. The backup is ended (``abortJob``: pull mode has no end of its own) and
+   the scratch file and socket removed, whatever happened.
+
+The scratch file cannot shrink on QEMU 7.2, and a copy-before-write that
+cannot write fails the *guest's* write.  So the plan counts the scratch's
+worst case against free space, and ``ScratchGuard`` watches it while
+streaming and ends the backup, not the guest's writes, before the
+filesystem fills or the scratch passes ``[snapdriver]
+stream_scratch_max_mb``.
+"""
+
+import os
+import time
+from xml.etree import ElementTree
+
+from oslo_config import cfg
+from oslo_log import log as logging
+
+from nova_snapdriver import blockjob
+from nova_snapdriver import capture
+from nova_snapdriver import exception
+from nova_snapdriver import imagestream
+from nova_snapdriver import progress
+
+CONF = cfg.CONF
+LOG = logging.getLogger(__name__)
+
+SOCKET_NAME = 'nbd.sock'
+SCRATCH_NAME = 'scratch.qcow2'
+# NBD requests: block status over at most this much, reads of MAX_READ.
+STATUS_SPAN = 1 << 30
+GUARD_INTERVAL = 0.5
+MiB = 1024 * 1024
+
+
+def socket_path(plan):
+    return os.path.join(plan.work_dir, SOCKET_NAME)
+
+
+def scratch_path(plan):
+    return os.path.join(plan.work_dir, SCRATCH_NAME)
+
+
+def scratch_cap():
+    """Bytes the scratch file may grow to; 0 if only free space bounds it."""
+    return CONF.snapdriver.stream_scratch_max_mb * MiB
+
+
+def backup_xml(guest, plan):
+    """Pull-mode backup XML: the root disk exported on our unix socket."""
+    root = ElementTree.Element('domainbackup', mode='pull')
+    ElementTree.SubElement(root, 'server', transport='unix',
+                           socket=socket_path(plan))
+    disks = ElementTree.SubElement(root, 'disks')
+    dom = ElementTree.fromstring(guest.get_xml_desc())
+    for target in dom.findall('./devices/disk/target'):
+        dev = target.get('dev')
+        if dev == plan.disk_dev:
+            disk = ElementTree.SubElement(disks, 'disk', name=dev,
+                                          backup='yes', type='file')
+            ElementTree.SubElement(disk, 'scratch', file=scratch_path(plan))
+        elif dev:
+            ElementTree.SubElement(disks, 'disk', name=dev, backup='no')
+    return ElementTree.tostring(root, encoding='unicode')
+
+
+class Export(object):
+    """The NBD export of a pull backup, read with libnbd."""
+
+    def __init__(self, path, name):
+        import nbd  # libnbd's binding: only hosts that stream need it
+        self._nbd = nbd
+        self.handle = nbd.NBD()
+        self.handle.add_meta_context('base:allocation')
+        self.handle.set_export_name(name)
+        self.handle.connect_unix(path)
+        if not self.handle.can_meta_context('base:allocation'):
+            raise exception.SnapshotError(
+                reason='the NBD export of %s has no allocation map' % name)
+        self.size = self.handle.get_size()
+
+    def extents(self):
+        """The allocation map: ``imagestream.Extent`` covering the disk."""
+        hole_or_zero = self._nbd.STATE_ZERO
+        found = []
+        offset = 0
+        while offset < self.size:
+            got = []
+
+            def collect(meta, start, entries, err):
+                if meta == 'base:allocation':
+                    got.extend(zip(entries[0::2], entries[1::2]))
+                return 0
+            self.handle.block_status(min(self.size - offset, STATUS_SPAN),
+                                     offset, collect)
+            for length, flags in got:
+                length = min(length, self.size - offset)
+                if length <= 0:
+                    break
+                data = not flags & hole_or_zero
+                if found and found[-1].data == data:
+                    last = found.pop()
+                    found.append(imagestream.Extent(
+                        last.offset, last.length + length, data))
+                else:
+                    found.append(imagestream.Extent(offset, length, data))
+                offset += length
+        return found
+
+    def pread(self, offset, length):
+        return bytes(self.handle.pread(length, offset))
+
+    def close(self):
+        try:
+            self.handle.shutdown()
+        except Exception:
+            pass
+
+
+class ScratchGuard(object):
+    """Ends the backup before its scratch file fills the filesystem.
+
+    ``check()`` runs on every read of the export, at most every
+    GUARD_INTERVAL s: if the scratch passed ``stream_scratch_max_mb``, or
+    free space fell to ``reserved_space_mb``, the backup is aborted (the
+    guest's copy-before-write then stops, and its writes go on) and
+    ``ScratchSpaceExhausted`` is raised.
+    """
+
+    def __init__(self, plan, domain, clock=time.monotonic):
+        self.plan = plan
+        self.domain = domain
+        self.clock = clock
+        self.last = 0
+        self.peak = 0
+        self.reserve = CONF.snapdriver.reserved_space_mb * MiB
+        self.cap = scratch_cap()
+
+    def scratch_size(self):
+        try:
+            st = os.stat(scratch_path(self.plan))
+        except FileNotFoundError:
+            return 0
+        return st.st_blocks * 512
+
+    def check(self):
+        now = self.clock()
+        if now - self.last < GUARD_INTERVAL:
+            return
+        self.last = now
+        used = self.scratch_size()
+        self.peak = max(self.peak, used)
+        st = os.statvfs(self.plan.work_dir)
+        free = st.f_bavail * st.f_frsize
+        if (self.cap and used > self.cap) or free <= self.reserve:
+            blockjob.abort_backup(self.domain)
+            raise exception.ScratchSpaceExhausted(
+                path=scratch_path(self.plan), used=used,
+                used_h=progress.human_size(used),
+                free_h=progress.human_size(free),
+                cap_h=progress.human_size(self.cap) if self.cap else 'none')
+
+
+def reader(export, plan, guard):
+    """The image as a file for nova's image API: (StreamReader, size)."""
+    extents = export.extents()
+    if plan.image_format == 'qcow2':
+        layout = imagestream.qcow2_layout(export.size, extents)
+    else:
+        layout = imagestream.raw_layout(export.size, extents)
+    data = sum(e.length for e in extents if e.data)
+    LOG.info('Streaming a %(fmt)s image of %(size)s from %(data)s of data '
+             'in %(n)d extent(s) of %(vsize)s',
+             {'fmt': plan.image_format,
+              'size': progress.human_size(layout.size),
+              'data': progress.human_size(data), 'n': len(extents),
+              'vsize': progress.human_size(export.size)})
+
+    def pread(offset, length):
+        guard.check()
+        return export.pread(offset, length)
+    return imagestream.StreamReader(layout, pread), layout.size
+
+
+def end(driver, instance, guest, plan):
+    """Abort the pull backup (on a fresh lookup if need be); remove files."""
+    try:
+        aborted = blockjob.abort_backup(guest._domain)
+    except Exception as e:
+        LOG.warning('Ending the pull backup failed (%(error)s); looking the '
+                    'domain up again', {'error': e}, instance=instance)
+        fresh = capture.lookup_guest(driver, instance)
+        aborted = bool(fresh) and blockjob.abort_backup(fresh._domain)
+    if aborted:
+        LOG.debug('Ended the pull backup of %(disk)s',
+                  {'disk': plan.disk_dev}, instance=instance)
+    for path in (scratch_path(plan), socket_path(plan)):
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            pass
+
+
+def stream(driver, context, instance, guest, plan, step, upload):
+    """Capture and upload in one: returns the number of bytes uploaded.
+
+    ``upload(reader, size)`` sends the file-like ``reader`` to Glance.
+    """
+    os.chmod(plan.work_dir, 0o701)  # QEMU (not root) creates files here
+    quiesced = False
+    started = False
+    export = None
+    try:
+        if plan.quiesce:
+            quiesced = capture._freeze(driver, context, instance, plan)
+        try:
+            guest._domain.backupBegin(backup_xml(guest, plan), None, 0)
+            started = True
+        finally:
+            if quiesced:
+                capture._thaw(driver, context, instance)
+        # The phase stays 'streaming' to the end: the backup job runs until
+        # the upload is done, and recovery must know to end it.
+        step('streaming')
+        export = Export(socket_path(plan), plan.disk_dev)
+        guard = ScratchGuard(plan, guest._domain)
+        image, size = reader(export, plan, guard)
+        step('streaming', size=size)
+        upload(image, size)
+        LOG.info('Streamed %(size)s; the scratch file peaked at %(peak)s',
+                 {'size': progress.human_size(size),
+                  'peak': progress.human_size(guard.peak)},
+                 instance=instance)
+        return size
+    finally:
+        if export is not None:
+            export.close()
+        if started:
+            end(driver, instance, guest, plan)

@@ -1,0 +1,141 @@
+"""``capture_method = stream`` on real libvirt, QEMU, libnbd and Glance.
+
+The running disk is exported by a pull-mode backup, read over NBD and
+streamed to Glance with no temp image.  The image must be the disk as it
+was when the stream began (a guest writing numbered markers meanwhile
+proves it), pass ``qemu-img check`` and compare equal to the disk, in raw
+and qcow2, and be accepted by Glance's format inspector.  Afterwards the
+domain is persistent and running with no job, and nothing is left in the
+snapshots directory or the journal.  A scratch file that grows past its
+cap ends the backup, not the guest's writes.
+"""
+
+import os
+import subprocess
+import time
+
+import libvirt
+import pytest
+
+from nova_snapdriver import exception
+from nova_snapdriver import journal
+from tests.testbed import checks
+from tests.testbed import guest as test_guest
+
+
+def assert_instance_as_before(inst, snapshots_dir):
+    assert inst.is_persistent(), 'domain left transient'
+    assert inst.state() == libvirt.VIR_DOMAIN_RUNNING
+    dom = inst.lookup()
+    assert checks.block_jobs(dom) == {}
+    assert dom.jobStats().get('type') == libvirt.VIR_DOMAIN_JOB_NONE
+    assert checks.leftovers(snapshots_dir) == []
+    assert journal.paths() == []
+
+
+def download(glance_client, image_id, workdir):
+    return checks.download(glance_client, image_id,
+                           os.path.join(workdir, image_id + '.img'))
+
+
+@pytest.mark.parametrize('disk_mib', [64, 700], ids=['64M', '700M'])
+@pytest.mark.parametrize('fmt', ['qcow2', 'raw'])
+def test_stream_gives_the_disk_and_leaves_nothing(
+        fmt, disk_mib, driver, context, conf, make_instance, make_image,
+        glance_client, snapshots_dir, workdir, listener):
+    """700 MiB: more than one L2 table of 64 KiB clusters covers."""
+    conf('snapdriver', capture_method='stream')
+    conf('libvirt', snapshot_image_format=fmt)
+    inst = make_instance(disk_mib=disk_mib)
+    reference = checks.reference_copy(inst, workdir)
+    steps = []
+    listener(lambda uuid, phase, done, total: steps.append(phase)
+             if uuid == inst.uuid and phase.startswith('step:') else None)
+    image = make_image(inst)
+
+    driver.snapshot(context, inst.obj, image['id'], lambda **kw: None)
+
+    assert steps == ['step:streaming', 'step:streaming']
+    stored = glance_client.images.get(image['id'])
+    assert stored.status == 'active'
+    assert stored.disk_format == fmt
+    local = download(glance_client, image['id'], workdir)
+    assert stored.size == os.path.getsize(local)
+    if fmt == 'qcow2':
+        subprocess.run(['qemu-img', 'check', '-f', 'qcow2', local],
+                       check=True, capture_output=True)
+        assert 'backing-filename' not in checks.image_info(local, 'qcow2')
+    else:
+        assert os.path.getsize(local) == inst.disk_size
+    assert checks.same_content(local, reference, fmt, 'qcow2')
+    assert_instance_as_before(inst, snapshots_dir)
+    os.unlink(local)
+    os.unlink(reference)
+
+
+def test_stream_is_point_in_time_at_its_start(
+        driver, context, conf, make_instance, make_image, glance_client,
+        snapshots_dir, workdir, listener):
+    """The image holds markers 1..K, K fixed when the backup began.
+
+    As for push-mode backup (test_capture_methods): ``before`` is the last
+    mark printed before the snapshot, ``at_begin`` the last one printed
+    when the driver journaled 'streaming' right after backupBegin.  The
+    guest keeps writing during the stream; none of that is in the image.
+    """
+    conf('snapdriver', capture_method='stream')
+    inst = make_instance(mode='markers', disk_mib=256)
+    test_guest.wait_for_console(inst.console_log, 'MARK 20', timeout=60)
+    marks = {}
+
+    def at_begin(uuid, phase, done, total):
+        if uuid == inst.uuid and phase == 'step:streaming' and \
+                'at_begin' not in marks:
+            marks['at_begin'] = test_guest.last_console_mark(
+                inst.console_log)
+
+    def slow_reader(uuid, phase, done, total):
+        # A slow Glance: the guest writes on while the export is read.
+        if uuid == inst.uuid and phase == 'upload':
+            time.sleep(0.002)
+    listener(at_begin)
+    listener(slow_reader)
+    before = test_guest.last_console_mark(inst.console_log)
+    image = make_image(inst)
+
+    driver.snapshot(context, inst.obj, image['id'], lambda **kw: None)
+
+    after = test_guest.last_console_mark(inst.console_log)
+    local = download(glance_client, image['id'], workdir)
+    k = test_guest.check_consistent(test_guest.read_markers(local, 'qcow2'))
+    assert before <= k <= marks['at_begin'] + 1, (before, k, marks)
+    assert after > k + 1, 'the guest wrote nothing while streaming'
+    assert_instance_as_before(inst, snapshots_dir)
+    os.unlink(local)
+
+
+def test_scratch_over_its_cap_ends_the_backup_not_the_guest(
+        driver, context, conf, make_instance, make_image, glance_client,
+        snapshots_dir, listener):
+    conf('snapdriver', capture_method='stream', stream_scratch_max_mb=1)
+    inst = make_instance(mode='markers', disk_mib=256, prefill_markers_mib=64)
+    test_guest.wait_for_console(inst.console_log, 'MARK 5', timeout=60)
+
+    def slow_reader(uuid, phase, done, total):
+        # A slow Glance (about 2.5 MiB/s): the guest's copy-before-writes
+        # pile up in the scratch file meanwhile.
+        if uuid == inst.uuid and phase == 'upload':
+            time.sleep(0.4)
+    listener(slow_reader)
+    image = make_image(inst)
+
+    with pytest.raises(exception.ScratchSpaceExhausted) as err:
+        driver.snapshot(context, inst.obj, image['id'], lambda **kw: None)
+
+    assert 'stream_scratch_max_mb' in str(err.value)
+    assert glance_client.images.get(image['id']).status != 'active'
+    # The guest's writes went on: it prints new marks after the abort.
+    mark = test_guest.last_console_mark(inst.console_log)
+    test_guest.wait_for_console(inst.console_log, 'MARK %d\n' % (mark + 5),
+                                timeout=60)
+    assert_instance_as_before(inst, snapshots_dir)
