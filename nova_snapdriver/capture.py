@@ -151,18 +151,28 @@ def backup_xml(guest, plan):
     ``plan.backup_format``.
     """
     root = ElementTree.Element('domainbackup', mode='push')
+    disk = backup_disks(root, guest, plan)
+    ElementTree.SubElement(disk, 'target', file=plan.backup_path)
+    ElementTree.SubElement(disk, 'driver', type=plan.backup_format)
+    return ElementTree.tostring(root, encoding='unicode')
+
+
+def backup_disks(root, guest, plan):
+    """``<disks>`` of a backup: the root disk only; its element returned.
+
+    Every other disk of the domain is listed with backup='no'.
+    """
     disks = ElementTree.SubElement(root, 'disks')
     dom = ElementTree.fromstring(guest.get_xml_desc())
+    found = None
     for target in dom.findall('./devices/disk/target'):
         dev = target.get('dev')
         if dev == plan.disk_dev:
-            disk = ElementTree.SubElement(disks, 'disk', name=dev,
-                                          backup='yes', type='file')
-            ElementTree.SubElement(disk, 'target', file=plan.backup_path)
-            ElementTree.SubElement(disk, 'driver', type=plan.backup_format)
+            found = ElementTree.SubElement(disks, 'disk', name=dev,
+                                           backup='yes', type='file')
         elif dev:
             ElementTree.SubElement(disks, 'disk', name=dev, backup='no')
-    return ElementTree.tostring(root, encoding='unicode')
+    return found
 
 
 def start_backup(guest, plan):

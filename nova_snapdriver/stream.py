@@ -68,16 +68,8 @@ def backup_xml(guest, plan):
     root = ElementTree.Element('domainbackup', mode='pull')
     ElementTree.SubElement(root, 'server', transport='unix',
                            socket=socket_path(plan))
-    disks = ElementTree.SubElement(root, 'disks')
-    dom = ElementTree.fromstring(guest.get_xml_desc())
-    for target in dom.findall('./devices/disk/target'):
-        dev = target.get('dev')
-        if dev == plan.disk_dev:
-            disk = ElementTree.SubElement(disks, 'disk', name=dev,
-                                          backup='yes', type='file')
-            ElementTree.SubElement(disk, 'scratch', file=scratch_path(plan))
-        elif dev:
-            ElementTree.SubElement(disks, 'disk', name=dev, backup='no')
+    disk = capture.backup_disks(root, guest, plan)
+    ElementTree.SubElement(disk, 'scratch', file=scratch_path(plan))
     return ElementTree.tostring(root, encoding='unicode')
 
 
