@@ -9,6 +9,7 @@ fake ``qemu-img``) and the image API.  Everything between them, nova's
 for real.
 """
 
+import functools
 import hashlib
 import logging
 import os
@@ -25,6 +26,7 @@ from oslo_serialization import jsonutils
 from oslotest import base as oslotest_base
 
 from nova import context as nova_context
+from nova import exception as nova_exception
 from nova.image import glance
 from nova import objects
 from nova.tests.unit import fake_instance
@@ -32,6 +34,8 @@ from nova.virt import fake as fake_virt
 from nova.virt.libvirt import guest as libvirt_guest
 from nova.virt.libvirt import host as libvirt_host
 
+from nova_snapdriver import blockjob
+from nova_snapdriver import capture
 from nova_snapdriver import driver
 from nova_snapdriver import journal
 
@@ -135,10 +139,19 @@ class FakeDomain(object):
         self.copy_size = copy_size
         self.job = None
         self.mirror = None
-        m = self.mock = mock.create_autospec(libvirt.virDomain, instance=True)
+        self.mock = self.new_handle()
+
+    def new_handle(self):
+        """A virDomain for this domain on a connection of its own.
+
+        Its state (job, mirror, persistence) is the domain's, shared by
+        every handle, as libvirtd holds it.
+        """
+        m = mock.create_autospec(libvirt.virDomain, instance=True)
         m.XMLDesc.side_effect = self._xml
         m.blockJobInfo.side_effect = self._job_info
         m.blockRebase.side_effect = self._rebase
+        m.blockCopy.side_effect = self._copy
         m.blockJobAbort.side_effect = self._abort
         m.isPersistent.side_effect = lambda: self.persistent
         m.undefineFlags.side_effect = self._undefine
@@ -146,8 +159,29 @@ class FakeDomain(object):
             self.state != libvirt.VIR_DOMAIN_SHUTOFF)
         m.info.side_effect = lambda: [self.state, 1048576, 1048576, 1, 0]
         m.ID.return_value = 1
-        m.UUIDString.return_value = uuid
+        m.UUIDString.return_value = self.uuid
         m.name.return_value = 'instance-00000001'
+        m.connect.return_value.isAlive.return_value = 1
+        return m
+
+    def restart_libvirtd(self):
+        """libvirtd restarted: the domain runs on, its handles are dead.
+
+        The handle in ``mock`` (returned) now belongs to a closed
+        connection: ``connect().isAlive()`` is 0 and every other call
+        raises the libvirtError libvirt raises then.  ``mock`` becomes a
+        handle on a new connection, the one a lookup (``FakeConnection``)
+        returns.  The domain's state, its block job included, is kept.
+        """
+        old = self.mock
+        old.connect.return_value.isAlive.return_value = 0
+        closed = libvirt_error(libvirt.VIR_ERR_INTERNAL_ERROR,
+                               'internal error: client socket is closed')
+        for name in dir(libvirt.virDomain):
+            if not name.startswith('_') and name != 'connect':
+                getattr(old, name).side_effect = closed
+        self.mock = self.new_handle()
+        return old
 
     def xml(self, flags=0):
         mirror = ''
@@ -174,6 +208,9 @@ class FakeDomain(object):
                         'end': self.copy_size}
             self.mirror = 'yes'
         return 0
+
+    def _copy(self, disk, destxml, params=None, flags=0):
+        return self._rebase(disk, None, 0, libvirt.VIR_DOMAIN_BLOCK_REBASE_COPY)
 
     def _abort(self, disk, flags=0):
         self.job = None
@@ -220,6 +257,11 @@ class FakeConnection(object):
                 state=libvirt.VIR_DOMAIN_SHUTOFF)
         dom.persistent = True
         return dom.mock
+
+
+def hypervisor_unavailable():
+    """What nova's Host.get_connection raises while libvirtd is away."""
+    return nova_exception.HypervisorUnavailable()
 
 
 class FakeQemuImg(object):
@@ -349,6 +391,53 @@ class TestCase(oslotest_base.BaseTestCase):
         # init_host() learns this from libvirt's version; a new enough one.
         drv._may_keep_vtpm = True
         return drv
+
+    def connect_host(self, drv, connection):
+        """Make ``drv``'s autospec'd Host talk to ``connection``.
+
+        As nova's Host does: ``get_guest`` looks the domain up on
+        ``get_connection()`` (InstanceNotFound for no such domain,
+        InternalError for another libvirt error) and
+        ``write_instance_config`` defines it there.  Make
+        ``get_connection`` raise HypervisorUnavailable for a libvirtd
+        that does not answer.
+        """
+        host = drv._host
+        # A side effect, not a return value: the connection's calls stay
+        # its own, out of the Host's mock_calls.
+        host.get_connection.side_effect = lambda: connection.mock
+
+        def get_guest(instance):
+            try:
+                domain = host.get_connection().lookupByUUIDString(
+                    instance.uuid)
+            except libvirt.libvirtError as e:
+                if e.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+                    raise nova_exception.InstanceNotFound(
+                        instance_id=instance.uuid)
+                raise nova_exception.InternalError(str(e))
+            return libvirt_guest.Guest(domain)
+
+        def write_instance_config(xml):
+            return libvirt_guest.Guest(host.get_connection().defineXML(xml))
+        host.get_guest.side_effect = get_guest
+        host.write_instance_config.side_effect = write_instance_config
+
+    def fake_capture_clock(self):
+        """A FakeClock for capture's waits on libvirtd: nothing sleeps.
+
+        ``lookup_guest``, ``redefine`` and ``blockjob.abort_backup`` bind
+        time.sleep and time.monotonic as defaults, where no patch of the
+        time module reaches them: they are patched to run on the clock.
+        """
+        clock = FakeClock()
+        for module, name in ((capture, 'lookup_guest'),
+                             (capture, 'redefine'),
+                             (blockjob, 'abort_backup')):
+            self.useFixture(fixtures.MockPatchObject(
+                module, name, functools.partial(
+                    getattr(module, name), sleep=clock.sleep, clock=clock)))
+        return clock
 
     def make_guest(self, fake_domain):
         return libvirt_guest.Guest(fake_domain.mock)

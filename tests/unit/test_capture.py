@@ -37,7 +37,8 @@ SAVE_FLAGS = libvirt.VIR_DOMAIN_XML_INACTIVE | libvirt.VIR_DOMAIN_XML_SECURE
 
 # Domain calls that only read: left out of the recorded sequence.
 READS = {'XMLDesc', 'blockJobInfo', 'isActive', 'isPersistent', 'info',
-         'ID', 'UUIDString', 'name'}
+         'ID', 'UUIDString', 'name', 'jobStats', 'connect', 'isAlive',
+         'get_connection'}
 
 
 class LiveCaptureTestCase(base.TestCase):
@@ -53,12 +54,12 @@ class LiveCaptureTestCase(base.TestCase):
         self.domain = base.FakeDomain(base.file_disk_xml(DISK))
         self.saved_xml = self.domain.xml(SAVE_FLAGS)
         self.guest = self.make_guest(self.domain)
+        self.conn = base.FakeConnection(self.domain)
         self.driver = self.make_driver()
-        self.driver._host.get_guest.return_value = self.guest
+        self.connect_host(self.driver, self.conn)
         self.instance = self.make_instance(hw_qemu_guest_agent='yes')
         self.qemu_img, self.execute = self.patch_execute()
-        self.sleep = self.useFixture(fixtures.MockPatch(
-            'nova_snapdriver.capture.time.sleep')).mock
+        self.clock = self.fake_capture_clock()
         # The journal callback, recorded in the same sequence as the
         # boundaries so that each step is seen right after its change.
         self.step = mock.Mock()
@@ -110,9 +111,18 @@ class LiveCaptureTestCase(base.TestCase):
             'get_guest': mock.call.host.get_guest(self.instance),
             'step:undefined': mock.call.step('undefined'),
             'step:copying': mock.call.step('copying'),
-            'redefine': mock.call.host.write_instance_config(self.saved_xml),
+            # Defined, then checked on the domain looked up again.
+            'redefine': [
+                mock.call.host.write_instance_config(self.saved_xml),
+                mock.call.host.get_guest(self.instance)],
+            # A define that raised: nothing to check.
+            'write': mock.call.host.write_instance_config(self.saved_xml),
         }
-        return [calls[s] for s in steps]
+        expected = []
+        for s in steps:
+            call = calls[s]
+            expected += call if isinstance(call, list) else [call]
+        return expected
 
     def _assert_steps(self, *steps):
         self.assertEqual(self._expected(steps), self._boundary_calls())
@@ -350,7 +360,7 @@ class LiveCaptureTestCase(base.TestCase):
                            'step:undefined', 'copy', 'step:copying',
                            'abort', 'redefine')
 
-    def _test_freeze_failing_required(self, abort_error=None):
+    def _test_freeze_failing_required(self, *aborts, abort_error=None):
         freeze_error = self._fail('fsFreeze', base.libvirt_error(
             libvirt.VIR_ERR_AGENT_UNRESPONSIVE))
         if abort_error is not None:
@@ -362,20 +372,25 @@ class LiveCaptureTestCase(base.TestCase):
 
         self.assertIn(str(freeze_error), str(exc))
         # Never frozen, so never thawed; the running job is aborted.
-        self._assert_steps('overlay', 'step:overlay', 'undefine',
-                           'step:undefined', 'copy', 'step:copying',
-                           'get_guest', 'freeze', 'abort', 'redefine')
+        self._assert_steps(*(('overlay', 'step:overlay', 'undefine',
+                              'step:undefined', 'copy', 'step:copying',
+                              'get_guest', 'freeze') + aborts +
+                             ('redefine',)))
 
     def test_freeze_failing_with_require_quiesce_aborts_and_raises(self):
-        self._test_freeze_failing_required()
+        self._test_freeze_failing_required('abort')
         self.assertIsNone(self.domain.job)
 
     def test_abort_failing_after_an_earlier_error_keeps_the_earlier(self):
-        self._test_freeze_failing_required(abort_error=base.libvirt_error(
-            libvirt.VIR_ERR_INTERNAL_ERROR, 'abort broke'))
+        # The abort fails, and fails again on the domain looked up again.
+        self._test_freeze_failing_required(
+            'abort', 'get_guest', 'abort',
+            abort_error=base.libvirt_error(libvirt.VIR_ERR_INTERNAL_ERROR,
+                                           'abort broke'))
 
         self.assertIn('Aborting the block copy of vda failed',
                       self.logs.output)
+        self.assertIsNotNone(self.domain.job)
 
     def test_abort_failing_thaws_retries_the_abort_and_redefines(self):
         error = self._fail('blockJobAbort', base.libvirt_error(
@@ -386,11 +401,16 @@ class LiveCaptureTestCase(base.TestCase):
 
         self.assertIs(error, raised)
         # The abort failed while frozen: abort again (via blockjob.abort),
+        # then once more on the domain looked up again (the connection
+        # is alive, so the error is libvirt's own and raised as it is),
         # thaw, then redefine.
         self._assert_steps('overlay', 'step:overlay', 'undefine',
                            'step:undefined', 'copy', 'step:copying',
                            'get_guest', 'freeze', 'abort', 'abort',
-                           'get_guest', 'thaw', 'redefine')
+                           'get_guest', 'abort', 'get_guest', 'thaw',
+                           'redefine')
+        self.assertIsNotNone(self.domain.job)
+        self.assertTrue(self.domain.persistent)
 
     def test_abort_failing_then_job_gone_thaws_and_redefines(self):
         def abort_fails_but_ends_job(disk, flags=0):
@@ -408,12 +428,154 @@ class LiveCaptureTestCase(base.TestCase):
                            'get_guest', 'freeze', 'abort', 'get_guest',
                            'thaw', 'redefine')
 
+    # --- libvirtd lost during the wait ------------------------------------
+
+    def _restart_libvirtd_on_first_poll(self, away_for=0):
+        """libvirtd restarts at the first poll of the job.
+
+        The capture's handle is dead from then on (its calls raise); the
+        domain and its job live on, reached through a new handle, recorded
+        as ``fresh``, once libvirtd answers again, ``away_for`` seconds of
+        the fake clock later.  Returns the error the poll raised.
+        """
+        closed = base.libvirt_error(libvirt.VIR_ERR_INTERNAL_ERROR,
+                                    'internal error: client socket is '
+                                    'closed')
+
+        def job_info(disk, flags=0):
+            self.domain.restart_libvirtd()
+            self.calls.attach_mock(self.domain.mock, 'fresh')
+            back_at = self.clock.now + away_for
+            get_connection = self.driver._host.get_connection.side_effect
+
+            def connection():
+                if self.clock.now < back_at:
+                    raise base.hypervisor_unavailable()
+                return get_connection()
+            self.driver._host.get_connection.side_effect = connection
+            raise closed
+        self.domain.mock.blockJobInfo.side_effect = job_info
+        return closed
+
+    def _fresh_abort(self):
+        return mock.call.fresh.blockJobAbort(base.DISK_DEV, flags=0)
+
+    def test_lost_connection_aborts_and_redefines_on_a_fresh_lookup(self):
+        closed = self._restart_libvirtd_on_first_poll()
+
+        exc = self.assertRaises(exception.LibvirtConnectionLost, self._live)
+
+        self.assertIs(closed, exc.__cause__)
+        self.assertIn('lost during the block copy', str(exc))
+        self.assertIn('ended the job there; the instance is as it was. '
+                      'Retry the snapshot.', str(exc))
+        # The dead handle was asked once more (blockjob.abort), then the
+        # domain looked up again: aborted, defined and checked there.
+        self.assertEqual(
+            self._expected(['overlay', 'step:overlay', 'undefine',
+                            'step:undefined', 'copy', 'step:copying',
+                            'get_guest']) +
+            [self._fresh_abort()] + self._expected(['redefine']),
+            self._boundary_calls())
+        self.assertEqual([self.saved_xml], self.conn.defined)
+        self.domain.mock.isPersistent.assert_called_once_with()
+        self.assertIsNone(self.domain.job)
+        self.assertTrue(self.domain.persistent)
+        self.assertFalse(os.path.exists(self.xml_path))
+        self.assertEqual([], self.clock.sleeps)
+
+    def test_libvirtd_back_within_the_timeout_is_waited_for(self):
+        self.flags(libvirt_reconnect_timeout=10, group='snapdriver')
+        self._restart_libvirtd_on_first_poll(away_for=3)
+
+        exc = self.assertRaises(exception.LibvirtConnectionLost, self._live)
+
+        self.assertIn('Retry the snapshot.', str(exc))
+        self.assertEqual([1, 1, 1], self.clock.sleeps)
+        self.assertEqual(3, self.logs.output.count(
+            'libvirtd does not answer (Connection to the hypervisor is '
+            'broken on host); trying again'))
+        self.assertIn(self._fresh_abort(), self.calls.mock_calls)
+        self.assertIsNone(self.domain.job)
+        self.assertTrue(self.domain.persistent)
+
+    def test_libvirtd_away_too_long_raises_the_failed_redefine(self):
+        self.flags(libvirt_reconnect_timeout=5, group='snapdriver')
+        closed = self._restart_libvirtd_on_first_poll(away_for=3600)
+
+        exc = self.assertRaises(exception.DomainRedefineFailed, self._live)
+
+        # Transient is what matters; the lost connection is its cause.
+        self.assertIs(closed, exc.__cause__)
+        self.assertIn('HypervisorUnavailable', str(exc))
+        self.assertEqual(self.xml_path, exc.kwargs['xml_path'])
+        with open(self.xml_path) as f:
+            self.assertEqual(self.saved_xml, f.read())
+        self.assertNotIn(self._fresh_abort(), self.calls.mock_calls)
+        self.assertIsNotNone(self.domain.job)
+        self.assertFalse(self.domain.persistent)
+        # 5 s for the abort's lookup, then 5 s of redefine attempts.
+        self.assertEqual(10, len(self.clock.sleeps))
+        self.assertIn('ERROR Aborting the block copy of vda failed',
+                      self.logs.output)
+
+    def test_copy_lost_connection_aborts_on_a_fresh_lookup(self):
+        closed = self._restart_libvirtd_on_first_poll()
+
+        exc = self.assertRaises(exception.LibvirtConnectionLost, self._live,
+                                capture_method='copy')
+
+        self.assertIs(closed, exc.__cause__)
+        self.assertIn('Retry the snapshot.', str(exc))
+        self.assertIn(self._fresh_abort(), self.calls.mock_calls)
+        self.assertIsNone(self.domain.job)
+        # copy never undefined the domain: nothing to redefine.
+        self.driver._host.write_instance_config.assert_not_called()
+        self.assertTrue(self.domain.persistent)
+
+    def test_copy_job_that_cannot_be_ended_says_what_is_kept(self):
+        self.flags(libvirt_reconnect_timeout=2, group='snapdriver')
+        closed = self._restart_libvirtd_on_first_poll(away_for=3600)
+
+        exc = self.assertRaises(exception.LibvirtConnectionLost, self._live,
+                                capture_method='copy')
+
+        self.assertIs(closed, exc.__cause__)
+        self.assertIn('could not end the job on a new connection either',
+                      str(exc))
+        self.assertIn('did not answer for 2 s', str(exc))
+        self.assertIn("journal record and temp files are kept", str(exc))
+        self.assertIn('"nova-snapdriver-manage recover"', str(exc))
+        self.assertNotIn('Retry the snapshot.', str(exc))
+        self.assertIsNotNone(self.domain.job)
+        self.assertEqual([1, 1], self.clock.sleeps)
+
+    def test_libvirt_error_on_a_live_connection_is_raised_as_it_is(self):
+        # Only a dead connection is reported as lost.
+        error = self._fail('blockCopy', base.libvirt_error(
+            libvirt.VIR_ERR_OPERATION_FAILED))
+
+        raised = self.assertRaises(libvirt.libvirtError, self._live,
+                                   capture_method='copy')
+
+        self.assertIs(error, raised)
+        self.domain.mock.blockJobAbort.assert_not_called()
+        self.driver._host.get_guest.assert_not_called()
+
     # --- the redefine itself ----------------------------------------------
 
-    def _fail_redefine(self, times):
-        error = libvirt.libvirtError('define refused')
+    def _fail_redefine(self, times, error=None):
+        """The first ``times`` defines raise ``error``; later ones define."""
+        error = error or libvirt.libvirtError('define refused')
+        define = self.driver._host.write_instance_config.side_effect
+        errors = [error] * times
+
+        def write_instance_config(xml):
+            if errors:
+                raise errors.pop()
+            return define(xml)
         self.driver._host.write_instance_config.side_effect = (
-            [error] * times + [mock.DEFAULT])
+            write_instance_config)
         return error
 
     def test_redefine_failing_on_a_clean_run_raises_and_saves_xml(self):
@@ -427,9 +589,9 @@ class LiveCaptureTestCase(base.TestCase):
         self.assertIn("virsh define %s' now" % self.xml_path, str(exc))
         self._assert_steps('overlay', 'step:overlay', 'undefine',
                            'step:undefined', 'copy', 'step:copying',
-                           'abort', 'redefine', 'redefine', 'redefine')
-        self.assertEqual([mock.call(1), mock.call(1)],
-                         self.sleep.call_args_list)
+                           'abort', 'write', 'write', 'write')
+        self.assertEqual([1, 1], self.clock.sleeps)
+        self.assertFalse(self.domain.persistent)
         with open(self.xml_path) as f:
             self.assertEqual(self.saved_xml, f.read())
         self.assertEqual(0o600, stat.S_IMODE(os.stat(self.xml_path).st_mode))
@@ -441,24 +603,43 @@ class LiveCaptureTestCase(base.TestCase):
 
         self._assert_steps('overlay', 'step:overlay', 'undefine',
                            'step:undefined', 'copy', 'step:copying',
-                           'abort', 'redefine', 'redefine', 'redefine')
+                           'abort', 'write', 'write', 'redefine')
+        self.assertTrue(self.domain.persistent)
         self.assertFalse(os.path.exists(self.xml_path))
-        self.assertIn('Redefining the domain failed (attempt 2 of 3)',
-                      self.logs.output)
+        self.assertIn('Redefining the domain failed (attempt 2): '
+                      'libvirtError: define refused', self.logs.output)
 
-    def test_redefine_failing_after_an_earlier_error_raises_the_earlier(self):
+    def test_redefine_failing_after_an_earlier_error_is_what_is_raised(self):
+        # The domain is transient: that is what the operator must see,
+        # not the earlier error, which is chained.
         error = self._fail('blockRebase', base.libvirt_error(
             libvirt.VIR_ERR_OPERATION_FAILED))
         self._fail_redefine(3)
 
-        raised = self.assertRaises(libvirt.libvirtError, self._live)
+        raised = self.assertRaises(exception.DomainRedefineFailed,
+                                   self._live)
 
-        self.assertIs(error, raised)
-        self.assertIn('could not be restored after its snapshot',
-                      self.logs.output)
+        self.assertIs(error, raised.__cause__)
+        self.assertIn("virsh define %s' now" % self.xml_path, str(raised))
         self.assertIn('ERROR The persistent definition', self.logs.output)
         with open(self.xml_path) as f:
             self.assertEqual(self.saved_xml, f.read())
+
+    def test_redefine_failing_after_a_timeout_chains_the_timeout(self):
+        timeout = exception.BlockJobTimeout(
+            disk=base.DISK_DEV, instance_uuid=base.INSTANCE_UUID,
+            timeout=1800, percent=42)
+        self._fail_redefine(3)
+        with mock.patch.object(blockjob, 'wait_for_mirror', autospec=True,
+                               side_effect=timeout):
+            raised = self.assertRaises(exception.DomainRedefineFailed,
+                                       self._live)
+
+        self.assertIs(timeout, raised.__cause__)
+        self.assertEqual(self.xml_path, raised.kwargs['xml_path'])
+        # The job was aborted all the same.
+        self.assertIsNone(self.domain.job)
+        self.assertFalse(self.domain.persistent)
 
     def test_redefine_failure_overwrites_a_stale_xml_file_as_0600(self):
         # The XML holds secrets (dump_sensitive): a file left by someone
@@ -486,6 +667,164 @@ class LiveCaptureTestCase(base.TestCase):
         self.assertIn(self.xml_path, str(err))
 
 
+class LookupAndRedefineTestCase(base.TestCase):
+    """lookup_guest and redefine: through nova's Host, on a FakeClock."""
+
+    def setUp(self):
+        super(LookupAndRedefineTestCase, self).setUp()
+        self.flags(libvirt_reconnect_timeout=5, group='snapdriver')
+        self.domain = base.FakeDomain(base.file_disk_xml(DISK),
+                                      persistent=False)
+        self.xml = self.domain.xml(SAVE_FLAGS)
+        self.conn = base.FakeConnection(self.domain)
+        self.driver = self.make_driver()
+        self.connect_host(self.driver, self.conn)
+        self.host = self.driver._host
+        self.instance = self.make_instance()
+        self.clock = base.FakeClock()
+        self.xml_path = os.path.join(self.snapshots_dir, 'saved.xml')
+        os.makedirs(self.snapshots_dir)
+
+    def _lookup(self):
+        return capture.lookup_guest(self.driver, self.instance,
+                                    sleep=self.clock.sleep, clock=self.clock)
+
+    def _redefine(self):
+        return capture.redefine(self.driver, self.xml, self.instance,
+                                self.xml_path, sleep=self.clock.sleep,
+                                clock=self.clock)
+
+    def _fail_first(self, method, *errors):
+        """``method`` of the Host raises ``errors`` first, then works."""
+        real = getattr(self.host, method).side_effect
+        errors = list(errors)
+
+        def side_effect(*args):
+            if errors:
+                raise errors.pop(0)
+            return real(*args)
+        getattr(self.host, method).side_effect = side_effect
+
+    # --- lookup_guest -----------------------------------------------------
+
+    def test_lookup_returns_the_domain_on_the_current_connection(self):
+        guest = self._lookup()
+
+        self.assertIs(self.domain.mock, guest._domain)
+        self.host.get_guest.assert_called_once_with(self.instance)
+        self.assertEqual([], self.clock.sleeps)
+
+    def test_lookup_of_a_gone_domain_is_none_at_once(self):
+        del self.conn.domains[base.INSTANCE_UUID]
+
+        self.assertIsNone(self._lookup())
+
+        self.assertEqual([], self.clock.sleeps)
+
+    def test_lookup_retries_while_libvirtd_does_not_answer(self):
+        self._fail_first('get_guest', base.hypervisor_unavailable(),
+                         nova_exception.InternalError('reconnecting'),
+                         base.libvirt_error(libvirt.VIR_ERR_INTERNAL_ERROR))
+
+        guest = self._lookup()
+
+        self.assertIs(self.domain.mock, guest._domain)
+        self.assertEqual(4, self.host.get_guest.call_count)
+        self.assertEqual([1, 1, 1], self.clock.sleeps)
+
+    def test_lookup_gives_up_after_the_reconnect_timeout(self):
+        self.host.get_connection.side_effect = base.hypervisor_unavailable()
+
+        exc = self.assertRaises(exception.LibvirtUnreachable, self._lookup)
+
+        self.assertEqual(5, len(self.clock.sleeps))
+        self.assertEqual(105.0, self.clock.now)
+        self.assertEqual(6, self.host.get_guest.call_count)
+        self.assertIsInstance(exc.__cause__,
+                              nova_exception.HypervisorUnavailable)
+        self.assertIn('libvirtd did not answer for 5 s', str(exc))
+        self.assertIn(base.INSTANCE_UUID, str(exc))
+
+    def test_lookup_raises_other_errors_at_once(self):
+        self.host.get_guest.side_effect = RuntimeError('bug')
+
+        self.assertRaises(RuntimeError, self._lookup)
+
+        self.assertEqual([], self.clock.sleeps)
+
+    # --- redefine ---------------------------------------------------------
+
+    def test_redefine_defines_and_checks_on_a_fresh_lookup(self):
+        self.assertIsNone(self._redefine())
+
+        self.assertEqual([self.xml], self.conn.defined)
+        self.assertEqual([mock.call.write_instance_config(self.xml),
+                          mock.call.get_guest(self.instance)],
+                         [c for c in self.host.mock_calls
+                          if c[0] != 'get_connection'])
+        self.assertTrue(self.domain.persistent)
+        self.assertFalse(os.path.exists(self.xml_path))
+
+    def _assert_redefine_failed(self, error):
+        exc = self.assertRaises(exception.DomainRedefineFailed,
+                                self._redefine)
+        self.assertEqual(self.xml_path, exc.kwargs['xml_path'])
+        self.assertIn("'virsh define %s' now" % self.xml_path, str(exc))
+        self.assertIn(error, str(exc))
+        with open(self.xml_path) as f:
+            self.assertEqual(self.xml, f.read())
+        self.assertEqual(0o600, stat.S_IMODE(os.stat(self.xml_path).st_mode))
+        return exc
+
+    def test_ordinary_error_gets_three_quick_attempts(self):
+        self.host.write_instance_config.side_effect = (
+            base.libvirt_error(libvirt.VIR_ERR_XML_ERROR, 'bad XML'))
+
+        self._assert_redefine_failed('libvirtError: bad XML')
+
+        self.assertEqual(3, self.host.write_instance_config.call_count)
+        self.assertEqual([1, 1], self.clock.sleeps)
+
+    def test_define_accepted_but_still_transient_is_a_failure(self):
+        self.conn.mock.defineXML.side_effect = None
+
+        self._assert_redefine_failed('libvirt accepted the definition, yet '
+                                     'the domain is still transient')
+
+        self.assertEqual(3, self.host.get_guest.call_count)
+        self.assertEqual([1, 1], self.clock.sleeps)
+
+    def test_unreachable_libvirtd_is_retried_until_the_deadline(self):
+        self.host.get_connection.side_effect = base.hypervisor_unavailable()
+
+        self._assert_redefine_failed('HypervisorUnavailable')
+
+        # One attempt a second from 0 s to the 5 s deadline.
+        self.assertEqual(6, self.host.write_instance_config.call_count)
+        self.assertEqual([1] * 5, self.clock.sleeps)
+        self.assertFalse(self.domain.persistent)
+
+    def test_libvirtd_back_before_the_deadline_is_a_success(self):
+        self._fail_first('write_instance_config',
+                         *[base.hypervisor_unavailable()] * 4)
+
+        self.assertIsNone(self._redefine())
+
+        self.assertEqual(5, self.host.write_instance_config.call_count)
+        self.assertEqual([1] * 4, self.clock.sleeps)
+        self.assertTrue(self.domain.persistent)
+        self.assertFalse(os.path.exists(self.xml_path))
+
+    def test_ordinary_error_after_unreachable_stops_at_three(self):
+        self._fail_first('write_instance_config',
+                         base.hypervisor_unavailable(),
+                         *[libvirt.libvirtError('define refused')] * 9)
+
+        self._assert_redefine_failed('libvirtError: define refused')
+
+        self.assertEqual(3, self.host.write_instance_config.call_count)
+
+
 class ColdCaptureTestCase(base.TestCase):
 
     def test_cold_capture_is_the_disk_s_checked_chain(self):
@@ -504,6 +843,10 @@ class BackupCaptureTestCase(base.TestCase):
         self.domain = base.FakeDomain(base.file_disk_xml(DISK))
         self.domain.mock.jobStats.side_effect = self._job_stats
         self.guest = self.make_guest(self.domain)
+        self.conn = base.FakeConnection(self.domain)
+        self.driver = self.make_driver()
+        self.connect_host(self.driver, self.conn)
+        self.clock = self.fake_capture_clock()
         self.qemu_img, self.execute = self.patch_execute()
         self.calls = mock.Mock()
         self.calls.attach_mock(self.domain.mock, 'domain')
@@ -526,7 +869,7 @@ class BackupCaptureTestCase(base.TestCase):
             capture_method='backup')
         fields.update(kw)
         self.plan = snapshot_plan.SnapshotPlan(**fields)
-        return capture.live(self.make_driver(), self.context,
+        return capture.live(self.driver, self.context,
                             self.make_instance(), self.guest, self.plan,
                             None, mock.Mock())
 
@@ -586,3 +929,72 @@ class BackupCaptureTestCase(base.TestCase):
 
         self.assertIn("its header names the backing file '/etc/shadow', not "
                       "None", str(exc))
+
+    # --- libvirtd lost during the backup ----------------------------------
+
+    def _backup_job(self, handle, state):
+        """``handle`` sees the backup while state['running'], as libvirtd
+        reports it; abortJob ends it."""
+        def job_stats(flags=0):
+            if flags & libvirt.VIR_DOMAIN_JOB_STATS_COMPLETED:
+                return {'type': libvirt.VIR_DOMAIN_JOB_CANCELLED,
+                        'operation': libvirt.VIR_DOMAIN_JOB_OPERATION_BACKUP}
+            if state['running']:
+                return {'type': libvirt.VIR_DOMAIN_JOB_UNBOUNDED,
+                        'operation': libvirt.VIR_DOMAIN_JOB_OPERATION_BACKUP}
+            return {'type': libvirt.VIR_DOMAIN_JOB_NONE}
+        handle.jobStats.side_effect = job_stats
+        handle.abortJob.side_effect = lambda: state.update(running=False)
+
+    def _restart_libvirtd_during_the_backup(self, away_for=0):
+        state = {'running': False}
+        self._backup_job(self.domain.mock, state)
+        closed = base.libvirt_error(libvirt.VIR_ERR_INTERNAL_ERROR,
+                                    'internal error: client socket is '
+                                    'closed')
+
+        def begin(xml, checkpoint, flags):
+            state['running'] = True
+            # The first poll of the backup finds libvirtd gone.
+            self.domain.restart_libvirtd()
+            self._backup_job(self.domain.mock, state)
+            back_at = self.clock.now + away_for
+            connection = self.driver._host.get_connection.side_effect
+            self.driver._host.get_connection.side_effect = lambda: (
+                connection() if self.clock.now >= back_at
+                else self._raise(base.hypervisor_unavailable()))
+        self.domain.mock.backupBegin.side_effect = begin
+        return state, closed
+
+    @staticmethod
+    def _raise(error):
+        raise error
+
+    def test_lost_connection_aborts_the_backup_on_a_fresh_lookup(self):
+        old = self.domain.mock
+        state, _closed = self._restart_libvirtd_during_the_backup()
+
+        exc = self.assertRaises(exception.LibvirtConnectionLost, self._live)
+
+        self.assertIsInstance(exc.__cause__, libvirt.libvirtError)
+        self.assertIn('client socket is closed', str(exc.__cause__))
+        self.assertIn('lost during the backup', str(exc))
+        self.assertIn('Retry the snapshot.', str(exc))
+        self.assertIsNot(old, self.domain.mock)
+        self.domain.mock.abortJob.assert_called_once_with()
+        self.assertFalse(state['running'])
+        self.assertIn('Aborted the backup of vda', self.logs.output)
+
+    def test_backup_that_cannot_be_aborted_says_what_is_kept(self):
+        self.flags(libvirt_reconnect_timeout=3, group='snapdriver')
+        state, _closed = self._restart_libvirtd_during_the_backup(
+            away_for=3600)
+
+        exc = self.assertRaises(exception.LibvirtConnectionLost, self._live)
+
+        self.assertIn('could not end the job on a new connection either',
+                      str(exc))
+        self.assertIn('"nova-snapdriver-manage recover"', str(exc))
+        self.domain.mock.abortJob.assert_not_called()
+        self.assertTrue(state['running'])
+        self.assertEqual([1, 1, 1], self.clock.sleeps)
