@@ -22,7 +22,7 @@ import pytest
 from tests.testbed import checks
 from tests.testbed import compute_host as test_compute_host
 
-METHODS = ('rebase', 'copy', 'backup', 'auto')
+METHODS = ('rebase', 'copy', 'backup', 'stream', 'auto')
 SECRET = b'OTHER-TENANT-DATA-' * 64
 
 

@@ -8,6 +8,9 @@ It also makes QEMU run as root: with libvirt's default ``libvirt-qemu``
 user, a /dev/kvm that this user cannot open makes libvirt's capability
 cache flip between "KVM" and "no KVM", and every defineXML then takes about
 36 s while QEMU is re-probed.  As root, defineXML takes milliseconds.
+QEMU's group is ``libvirt``, the group a non-root nova-compute is in: what
+QEMU creates (the NBD socket of a streaming snapshot) is then the group's,
+as it is on a host where nova is in QEMU's group.
 
 Missing daemons are an error, never a reason to skip: a functional test
 that silently does not run proves nothing.
@@ -96,8 +99,11 @@ def _stop(name):
     raise RuntimeError('cannot stop %s (pid %d)' % (name, pid))
 
 
+QEMU_IDENTITY = (('user', 'root'), ('group', 'libvirt'))
+
+
 def _ensure_qemu_runs_as_root(path=QEMU_CONF):
-    """Set ``user``/``group`` to "root" in qemu.conf; True if it changed.
+    """Set ``user``/``group`` in qemu.conf (QEMU_IDENTITY); True if changed.
 
     The file is edited in place: an active setting is rewritten where it
     stands, a missing one is appended; comments and everything else stay.
@@ -105,8 +111,8 @@ def _ensure_qemu_runs_as_root(path=QEMU_CONF):
     with open(path) as f:
         lines = f.read().splitlines()
     changed, missing = False, []
-    for key in ('user', 'group'):
-        wanted = '%s = "root"' % key
+    for key, value in QEMU_IDENTITY:
+        wanted = '%s = "%s"' % (key, value)
         active = re.compile(r'^\s*%s\s*=' % key)
         hits = [i for i, line in enumerate(lines) if active.match(line)]
         for i in hits:
@@ -119,7 +125,8 @@ def _ensure_qemu_runs_as_root(path=QEMU_CONF):
         lines += ['# set by the nova-snapdriver test bed'] + missing
         changed = True
     if changed:
-        LOG.info('setting user/group = "root" in %s', path)
+        LOG.info('setting %s in %s', ', '.join(
+            '%s = "%s"' % kv for kv in QEMU_IDENTITY), path)
         with open(path, 'w') as f:
             f.write('\n'.join(lines) + '\n')
     return changed
