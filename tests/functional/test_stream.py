@@ -22,6 +22,8 @@ from nova_snapdriver import journal
 from tests.testbed import checks
 from tests.testbed import guest as test_guest
 
+MiB = 1024 * 1024
+
 
 def assert_instance_as_before(inst, snapshots_dir):
     assert inst.is_persistent(), 'domain left transient'
@@ -138,4 +140,29 @@ def test_scratch_over_its_cap_ends_the_backup_not_the_guest(
     mark = test_guest.last_console_mark(inst.console_log)
     test_guest.wait_for_console(inst.console_log, 'MARK %d\n' % (mark + 5),
                                 timeout=60)
+    assert_instance_as_before(inst, snapshots_dir)
+
+
+def test_glance_killed_mid_stream_fails_cleanly(
+        driver, context, conf, make_instance, make_image, glance,
+        glance_client, listener, snapshots_dir):
+    """The backup is ended and nothing is left; the guest never noticed."""
+    conf('snapdriver', capture_method='stream')
+    conf('glance', num_retries=0)
+    inst = make_instance(disk_mib=256, prefill_markers_mib=64)
+    image = make_image(inst)
+    killed = []
+
+    def kill_at_4_mib(uuid, phase, done, total):
+        if uuid == inst.uuid and phase == 'upload' and \
+                done >= 4 * MiB and not killed:
+            glance.kill()
+            killed.append(done)
+    listener(kill_at_4_mib)
+
+    with pytest.raises(Exception) as err:
+        driver.snapshot(context, inst.obj, image['id'], lambda **kw: None)
+
+    assert killed, 'the stream ended before Glance was killed'
+    assert 'onnection' in str(err.value), err.value
     assert_instance_as_before(inst, snapshots_dir)

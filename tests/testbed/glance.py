@@ -196,6 +196,15 @@ class GlanceServer(object):
         except OSError:
             return ''
 
+    def kill(self):
+        """kill -9 glance-api (gunicorn's master and worker), as a crash."""
+        if self._proc is not None:
+            try:
+                os.killpg(self._proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        self.stop()
+
     def stop(self):
         """Stop the whole process group: SIGTERM, then SIGKILL if needed."""
         proc, self._proc = self._proc, None
