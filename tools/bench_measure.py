@@ -1,0 +1,475 @@
+"""The measuring half of the benchmark (tools/bench.py): test bed, runs.
+
+What this holds: the instance filled with data (``DataInstance``), the
+pollers (``Watcher``: transient seconds and peak temp space), the guest's
+writes (``GuestWriter``), the timing of nova's in-tree phases from outside,
+one snapshot and the Glance-only floor, the timing and guest-write runs of
+one case, and ``measure()``, which sets the test bed up, runs every case
+and takes it all down again.  The figures it returns are turned into
+tables and a plot by tools/bench_report.py.
+
+Per snapshot: wall time and its phases (ours from the driver's progress
+events; the in-tree driver's by timing its ``_live_snapshot``,
+``libvirt_utils.extract_snapshot`` and ``_image_api.update`` from here,
+nova itself unchanged), seconds the domain was transient (isPersistent
+polled every 20 ms), peak space used in the snapshots directory (polled),
+bytes uploaded.
+
+Guest writes: on the first data kind of each size, for each driver (and
+for rebase and copy once more with ``[snapdriver] block_job_bandwidth``
+= --bandwidth), 4 MiB writes are injected back to back through the QEMU
+monitor (HMP ``qemu-io -d <the virtio disk's QOM path>``, which goes
+through the device's own block backend and so through every filter a
+block job puts above the disk) for --write-seconds, once with nothing else
+running and once from the start of a snapshot (stopping early if the
+snapshot ends first).  The ratio of the two throughputs is reported (the
+target is >= 0.70 with the limit).  These snapshots are separate from the
+timed ones, whose times they would spoil.  What the ratio also holds: the
+writes share the cores with everything the snapshot runs (qemu-img,
+Glance), and each one is a libvirt API call, serialized with the driver's
+own calls on the domain (job polls, undefine, define), which a real
+guest's writes are not.
+
+Block jobs are polled every [snapdriver] block_job_poll_interval as
+shipped (0.5 s, as nova's in-tree driver sleeps), not the test bed's 0.1 s.
+
+Data kinds: ``random`` (incompressible) and ``compressible`` (each MiB half
+random, half a repeated text: about 2:1 for zlib).  The disk is filled
+from 32 MiB to its end, in the instance's base image.
+"""
+
+import contextlib
+import os
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from xml.etree import ElementTree
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(
+    __file__))))
+
+from tests.testbed import nova_env  # noqa: E402,I100 (nova.tests first)
+
+import libvirt  # noqa: E402
+import libvirt_qemu  # noqa: E402
+from nova.compute import utils as compute_utils  # noqa: E402
+from nova.image import glance as nova_glance  # noqa: E402
+from nova.virt.libvirt import utils as libvirt_utils  # noqa: E402
+
+from nova_snapdriver import conf as snap_conf  # noqa: E402
+from nova_snapdriver import progress  # noqa: E402
+from tests.testbed import glance as test_glance  # noqa: E402
+from tests.testbed import guest as test_guest  # noqa: E402
+from tests.testbed import instance as test_instance  # noqa: E402
+from tests.testbed import libvirtd  # noqa: E402
+
+GiB = 1024 ** 3
+MiB = 1024 ** 2
+METHODS = ('rebase', 'copy', 'backup')
+# Methods that honour [snapdriver] block_job_bandwidth (libvirt has no
+# bandwidth for a backup; nova's in-tree driver has no such option).
+LIMITED = ('rebase', 'copy')
+TEXT = b'nova-snapdriver compressible data. '
+WRITE_SIZE = 4 * MiB
+WRITE_WINDOW = 64 * MiB
+GUEST_CACHE = os.environ.get('SNAPDRIVER_GUEST_CACHE',
+                             '/var/tmp/nova-snapdriver-guest')
+
+
+# -- the instance ---------------------------------------------------------
+
+def data_chunk(kind):
+    """One MiB of ``kind`` data, new random bytes on each call."""
+    if kind == 'random':
+        return os.urandom(MiB)
+    if kind == 'compressible':
+        text = TEXT * (MiB // 2 // len(TEXT) + 1)
+        return os.urandom(MiB // 2) + text[:MiB // 2]
+    raise ValueError('unknown data kind %r (random, compressible)' % kind)
+
+
+class DataInstance(test_instance.NovaInstance):
+    """A test instance whose base holds ``kind`` data up to its end."""
+
+    def __init__(self, *args, kind='random', **kwargs):
+        super(DataInstance, self).__init__(*args, **kwargs)
+        self.kind = kind
+
+    def create_disks(self):
+        super(DataInstance, self).create_disks()
+        start = test_guest.MARKER_BASE
+        with open(self.base_path, 'r+b') as f:
+            f.seek(start)
+            left = self.disk_size - start
+            while left > 0:
+                f.write(data_chunk(self.kind)[:min(MiB, left)])
+                left -= MiB
+
+
+# -- what is measured -----------------------------------------------------
+
+class Watcher(threading.Thread):
+    """Polls the domain's persistence and the snapshots dir's usage."""
+
+    def __init__(self, uuid, directory, interval=0.02):
+        super(Watcher, self).__init__(daemon=True)
+        self.conn = libvirt.open(libvirtd.URI)
+        self.uuid = uuid
+        self.directory = directory
+        self.interval = interval
+        self.transient = 0.0
+        self.peak = 0
+        self._done = threading.Event()
+
+    def _usage(self):
+        total = 0
+        for root, _dirs, files in os.walk(self.directory):
+            for name in files:
+                try:
+                    total += os.lstat(os.path.join(root, name)).st_blocks
+                except OSError:
+                    pass
+        return total * 512
+
+    def run(self):
+        last = time.monotonic()
+        while not self._done.is_set():
+            now = time.monotonic()
+            try:
+                if not self.conn.lookupByUUIDString(self.uuid).isPersistent():
+                    self.transient += now - last
+            except libvirt.libvirtError:
+                pass
+            last = now
+            self.peak = max(self.peak, self._usage())
+            time.sleep(self.interval)
+
+    def stop(self):
+        self._done.set()
+        self.join()
+        self.conn.close()
+
+
+def disk_qom_path(domain, dev='vda'):
+    """The QOM path of the block backend of ``dev``'s virtio device.
+
+    HMP ``qemu-io`` on the disk's node is refused while the device holds
+    it (write permission conflict); with ``-d`` and this path it writes
+    through the device's own backend, as the guest's I/O does.
+    """
+    root = ElementTree.fromstring(domain.XMLDesc(0))
+    for disk in root.findall('./devices/disk'):
+        if disk.find('target').get('dev') == dev:
+            alias = disk.find('alias').get('name')
+            return '/machine/peripheral/%s/virtio-backend' % alias
+    raise LookupError('no disk %s' % dev)
+
+
+class GuestWriter(threading.Thread):
+    """Back-to-back 4 MiB writes through the monitor for ``seconds``.
+
+    Each write is a synchronous HMP command, so the time between the first
+    command and the last reply is the time the disk took, monitor round
+    trips included.  Writes cycle over a 64 MiB window starting at 32 MiB
+    (the base's data region, so the first pass allocates in the overlay).
+    Stops early when ``stop()`` is called.
+    """
+
+    def __init__(self, uuid, seconds):
+        super(GuestWriter, self).__init__(daemon=True)
+        self.conn = libvirt.open(libvirtd.URI)
+        self.domain = self.conn.lookupByUUIDString(uuid)
+        self.device = disk_qom_path(self.domain)
+        self.seconds = seconds
+        self.written = 0
+        self.elapsed = 0.0
+        self.error = None
+        self._done = threading.Event()
+
+    def write(self, n):
+        offset = test_guest.MARKER_BASE + (n * WRITE_SIZE) % WRITE_WINDOW
+        reply = libvirt_qemu.qemuMonitorCommand(
+            self.domain, 'qemu-io -d %s "write -P 0x%02x %d %d"'
+            % (self.device, n % 256, offset, WRITE_SIZE),
+            libvirt_qemu.VIR_DOMAIN_QEMU_MONITOR_COMMAND_HMP)
+        if reply.strip():  # qemu-io's own output goes to QEMU's log
+            raise RuntimeError('qemu-io: %s' % reply.strip())
+
+    def run(self):
+        start = time.monotonic()
+        deadline = start + self.seconds
+        n = 0
+        try:
+            while time.monotonic() < deadline and not self._done.is_set():
+                self.write(n)
+                n += 1
+                self.written += WRITE_SIZE
+        except Exception as e:
+            self.error = e
+        self.elapsed = time.monotonic() - start
+
+    def stop(self):
+        self._done.set()
+        self.join()
+        self.conn.close()
+        if self.error:
+            raise self.error
+
+    @property
+    def throughput(self):
+        return self.written / self.elapsed if self.elapsed else 0.0
+
+
+def idle_write_throughput(inst, seconds):
+    """Bytes/s the guest's disk takes with nothing else running."""
+    writer = GuestWriter(inst.uuid, seconds)
+    writer.start()
+    writer.join()
+    writer.stop()
+    return writer.throughput
+
+
+@contextlib.contextmanager
+def timed(obj, name, seconds, phase):
+    """Add the time spent in ``obj.name(...)`` to ``seconds[phase]``.
+
+    Wraps the attribute for the duration of the block only, on the object
+    given: nova's code runs unchanged.
+    """
+    original = getattr(obj, name)
+    own = name in vars(obj)  # a module's function, not a bound method
+
+    def wrapper(*args, **kwargs):
+        start = time.monotonic()
+        try:
+            return original(*args, **kwargs)
+        finally:
+            seconds[phase] = (seconds.get(phase, 0.0) +
+                              time.monotonic() - start)
+    setattr(obj, name, wrapper)
+    try:
+        yield
+    finally:
+        if own:
+            setattr(obj, name, original)
+        else:
+            delattr(obj, name)
+
+
+@contextlib.contextmanager
+def intree_phases(driver, phases):
+    """The in-tree driver's capture, extract and upload, timed from here.
+
+    ``_live_snapshot`` mirrors, aborts, redefines, then runs
+    ``extract_snapshot``: capture is the first minus the second.
+    """
+    with timed(driver, '_live_snapshot', phases, 'live_snapshot'), \
+            timed(libvirt_utils, 'extract_snapshot', phases, 'extract'), \
+            timed(driver._image_api, 'update', phases, 'upload'):
+        yield
+    live = phases.pop('live_snapshot', None)
+    if live is not None:
+        phases['capture'] = live - phases.get('extract', 0.0)
+
+
+def our_phases(uuid, phases):
+    """A progress listener that records our driver's phase durations."""
+    def on_phase(instance_uuid, phase, done, total):
+        if phase.endswith(':done') and instance_uuid == uuid:
+            phases[phase[:-len(':done')]] = done
+    return on_phase
+
+
+# -- one snapshot, and the floor ------------------------------------------
+
+def snapshot(bench, name, inst, writer=None):
+    """Snapshot ``inst`` with driver ``name`` ('in-tree' or a method).
+
+    Returns wall time, phases, transient seconds, peak temp bytes, bytes
+    uploaded and the image id; with ``writer`` (a GuestWriter), it is
+    started with the snapshot.
+    """
+    image = compute_utils.create_image(bench.context, inst.obj, 'bench',
+                                       'snapshot', bench.image_api)
+    phases = {}
+    listener = our_phases(inst.uuid, phases)
+    progress.listen(listener)
+    driver = bench.drivers['in-tree' if name == 'in-tree' else 'ours']
+    watcher = Watcher(inst.uuid, bench.snapshots_dir)
+    watcher.start()
+    if writer:
+        writer.start()
+    start = time.monotonic()
+    try:
+        with (intree_phases(driver, phases) if name == 'in-tree'
+              else contextlib.nullcontext()):
+            driver.snapshot(bench.context, inst.obj, image['id'],
+                            lambda **kw: None)
+    finally:
+        wall = time.monotonic() - start
+        if writer:
+            writer.stop()
+        watcher.stop()
+        progress.unlisten(listener)
+    size = bench.glance.images.get(image['id']).size
+    return {'wall': wall, 'phases': phases, 'transient': watcher.transient,
+            'peak_temp': watcher.peak, 'uploaded': size,
+            'image_id': image['id']}
+
+
+def glance_only(glance_client, image_id, workdir):
+    """The floor: upload the same bytes to a new image, nothing else."""
+    path = os.path.join(workdir, 'floor.img')
+    with open(path, 'wb') as f:
+        for chunk in glance_client.images.data(image_id):
+            f.write(chunk)
+    image = glance_client.images.create(name='floor', disk_format='qcow2',
+                                        container_format='bare')
+    start = time.monotonic()
+    with open(path, 'rb') as f:
+        glance_client.images.upload(image['id'], f)
+    wall = time.monotonic() - start
+    glance_client.images.delete(image['id'])
+    os.unlink(path)
+    return wall
+
+
+@contextlib.contextmanager
+def snapdriver_options(**options):
+    """Set [snapdriver] options for the block, then clear them."""
+    for key, value in options.items():
+        nova_env.CONF.set_override(key, value, 'snapdriver')
+    try:
+        yield
+    finally:
+        for key in options:
+            nova_env.CONF.clear_override(key, 'snapdriver')
+
+
+def drivers_to_run(args):
+    return list(args.methods) + ([] if args.skip_intree else ['in-tree'])
+
+
+def run_snapshot(bench, name, inst, bandwidth=0, writer=None):
+    """One snapshot with driver ``name`` and the given bandwidth limit."""
+    options = {'block_job_bandwidth': bandwidth}
+    if name != 'in-tree':
+        options['capture_method'] = name
+    with snapdriver_options(**options):
+        return snapshot(bench, name, inst, writer)
+
+
+def timing_runs(bench, inst, args):
+    """Each driver once, nothing else running, and the Glance floor.
+
+    The floor re-uploads the first snapshot's image; each image is deleted
+    as soon as it is measured, so at most one is stored at a time.
+    """
+    results = {}
+    for name in drivers_to_run(args):
+        result = results[name] = run_snapshot(bench, name, inst)
+        if 'glance-only' not in results:
+            results['glance-only'] = {'wall': glance_only(
+                bench.glance, result['image_id'], args.workdir)}
+        bench.glance.images.delete(result.pop('image_id'))
+    return results
+
+
+def write_runs(bench, inst, args):
+    """Guest write throughput during each driver's snapshot ÷ idle."""
+    runs = []
+    for name in drivers_to_run(args):
+        limits = [0] + ([args.bandwidth] if name in LIMITED and
+                        args.bandwidth else [])
+        for bandwidth in limits:
+            idle = idle_write_throughput(inst, args.write_seconds)
+            writer = GuestWriter(inst.uuid, args.write_seconds)
+            result = run_snapshot(bench, name, inst, bandwidth, writer)
+            bench.glance.images.delete(result.pop('image_id'))
+            runs.append({'driver': name, 'bandwidth': bandwidth,
+                         'idle': idle, 'during': writer.throughput,
+                         'ratio': writer.throughput / idle,
+                         'wall': result['wall']})
+    return runs
+
+
+def run_case(bench, size_gib, kind, args, with_writes):
+    inst = DataInstance(bench.conn, bench.boot, disk_mib=int(size_gib * 1024),
+                        kind=kind)
+    inst.start()
+    try:
+        results = timing_runs(bench, inst, args)
+        writes = write_runs(bench, inst, args) if with_writes else []
+    finally:
+        inst.cleanup()
+    return {'size_gib': size_gib, 'kind': kind, 'results': results,
+            'writes': writes}
+
+
+# -- the test bed ---------------------------------------------------------
+
+def option_default(name):
+    """The default of a [snapdriver] option, as shipped."""
+    return next(opt.default for opt in snap_conf.snapdriver_opts
+                if opt.name == name)
+
+
+class Bench(object):
+    """What every snapshot of the run shares: services, drivers, dirs."""
+
+    def __init__(self, workdir, glance_url, intree, compression):
+        self.conn = libvirt.open(libvirtd.URI)
+        nova_env.configure(workdir, glance_url,
+                           virt_type=libvirtd.virt_type())
+        # The test bed polls block jobs every 0.1 s to keep tests short;
+        # time what an operator runs: the option's default.
+        nova_env.CONF.set_override(
+            'block_job_poll_interval',
+            option_default('block_job_poll_interval'), 'snapdriver')
+        if compression != 'none':
+            nova_env.CONF.set_override('snapshot_compression', True,
+                                       'libvirt')
+            nova_env.CONF.set_override('compression_type', compression,
+                                       'snapdriver')
+        self.drivers = {'ours': nova_env.load_driver()}
+        if intree:
+            self.drivers['in-tree'] = nova_env.load_intree_driver()
+        self.boot = test_guest.build_boot_files(GUEST_CACHE)
+        self.snapshots_dir = nova_env.CONF.libvirt.snapshots_directory
+        os.makedirs(self.snapshots_dir, exist_ok=True)
+        self.context = nova_env.admin_context()
+        self.image_api = nova_glance.API()
+        self.glance = test_glance.client(glance_url)
+
+    def close(self):
+        nova_env.shutdown()
+        self.conn.close()
+
+
+# -- the whole run --------------------------------------------------------
+
+def measure(args):
+    """Set up the test bed, run every case, take it down: the cases."""
+    args.workdir = tempfile.mkdtemp(prefix='snapdriver-bench-')
+    libvirtd.ensure_running()
+    glance = test_glance.GlanceServer(os.path.join(args.workdir, 'glance'))
+    glance.start()
+    cases = []
+    bench = None
+    try:
+        test_instance.NovaInstance._next_id = 0x6000000 + os.getpid()
+        bench = Bench(args.workdir, glance.url, not args.skip_intree,
+                      args.compression)
+        for size in args.sizes:
+            for kind in args.data:
+                print('case: %g GiB %s' % (size, kind), flush=True)
+                with_writes = args.write_seconds > 0 and kind == args.data[0]
+                cases.append(run_case(bench, size, kind, args, with_writes))
+    finally:
+        if bench:
+            bench.close()
+        glance.stop()
+        shutil.rmtree(args.workdir, ignore_errors=True)
+    return cases
