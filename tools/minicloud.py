@@ -989,9 +989,20 @@ def _down():
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
     if os.path.exists(path('run', 'libvirtd.started')):
-        libvirtd.stop()
+        try:
+            others = [name for name, _xml in domains()]
+        except _libvirt().libvirtError:
+            others = []
+        if others:
+            # Someone else uses it now (libvirtd is shared with other test
+            # runs): not ours to stop.
+            log('libvirtd left running (minicloud up had started it, but '
+                'it now has domains that are not the cloud\'s: %s)',
+                ', '.join(sorted(others)))
+        else:
+            libvirtd.stop()
+            log('libvirtd stopped (minicloud up had started it)')
         os.unlink(path('run', 'libvirtd.started'))
-        log('libvirtd stopped (minicloud up had started it)')
 
 
 def _ancestors():
