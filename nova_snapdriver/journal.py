@@ -13,6 +13,10 @@ atomically (temp file, fsync, rename, fsync of the directory) with mode
 exclusive ``flock`` on ``<image-id>.lock`` for as long as it runs; the
 kernel drops it when the process dies, however it dies, which is how
 recovery tells a snapshot in flight from one whose process is gone.
+
+Recovery writes into a record it repairs: ``recovery`` holds the number of
+attempts, what is still to do and the last error, so that ``status`` can
+say why a record is still there.
 """
 
 import fcntl
@@ -29,6 +33,11 @@ LOG = logging.getLogger(__name__)
 
 VERSION = 1
 REQUIRED = ('version', 'instance_uuid', 'image_id', 'phase', 'work_dir')
+# write_atomically's temp files: '.tmp-<record name>-<random>'.
+TEMP_PREFIX = '.tmp-'
+# A temp file this old belongs to no write in progress: a write takes an
+# fsync, not minutes.
+TEMP_GRACE_SECONDS = 600
 
 
 class CorruptRecord(Exception):
@@ -48,11 +57,20 @@ def _fsync_dir(path):
 
 
 def write_atomically(path, data):
-    """Replace ``path`` with ``data``: all of it or none, mode 0600."""
+    """Replace ``path`` with ``data``: all of it or none, mode 0600.
+
+    The temp file is named after ``path`` (``.tmp-<name>-<random>``), so a
+    stray one left by a write that was interrupted can be told apart from
+    the write of a snapshot in flight (``stray_temp_files``).  When root
+    (an operator's ``recover``) rewrites a file, the new one keeps the old
+    one's owner: nova-compute must still be able to read it.
+    """
     dirname = os.path.dirname(path)
-    fd, tmp = tempfile.mkstemp(dir=dirname, prefix='.tmp-')
+    fd, tmp = tempfile.mkstemp(
+        dir=dirname, prefix='%s%s-' % (TEMP_PREFIX, os.path.basename(path)))
     try:
         os.fchmod(fd, 0o600)
+        _keep_owner(fd, path)
         with os.fdopen(fd, 'w') as f:
             f.write(data)
             f.flush()
@@ -65,6 +83,16 @@ def write_atomically(path, data):
             pass
         raise
     _fsync_dir(dirname)
+
+
+def _keep_owner(fd, path):
+    if os.geteuid() != 0:
+        return
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return
+    os.fchown(fd, st.st_uid, st.st_gid)
 
 
 class Record(object):
@@ -82,6 +110,12 @@ class Record(object):
     @property
     def phase(self):
         return self.data['phase']
+
+    @property
+    def recovery(self):
+        """What recovery noted in the record: attempts, pending, error."""
+        found = self.data.get('recovery')
+        return found if isinstance(found, dict) else {}
 
     def update(self, **fields):
         self.data.update(fields, updated_at=time.time())
@@ -169,6 +203,68 @@ def try_lock(record_path):
         os.close(fd)
         return None
     return fd
+
+
+def held(record_path):
+    """True while a live process holds the record's lock.
+
+    Unlike ``try_lock`` it creates no lock file and keeps no lock: a
+    shared lock is tried and dropped at once.  A record whose lock file is
+    gone is held by no one.
+    """
+    try:
+        fd = os.open(_lock_path(record_path), os.O_RDONLY)
+    except FileNotFoundError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+def _temp_owner(name):
+    """The record path a temp file was written for; None if unknown."""
+    rest = name[len(TEMP_PREFIX):]
+    if '-' not in rest:
+        return None
+    target = rest.rsplit('-', 1)[0]
+    if not target.endswith('.json'):
+        return None
+    return os.path.join(directory(), target)
+
+
+def stray_temp_files(now=None, grace=TEMP_GRACE_SECONDS):
+    """Temp files of interrupted writes: no live writer can own them.
+
+    A temp file is stray once it is older than ``grace`` seconds and the
+    record it was written for (named in it) is not held by a live
+    process.  A temp file of an older release names no record: its age
+    alone decides.
+    """
+    try:
+        names = os.listdir(directory())
+    except FileNotFoundError:
+        return []
+    now = time.time() if now is None else now
+    found = []
+    for name in sorted(names):
+        if not name.startswith(TEMP_PREFIX):
+            continue
+        path = os.path.join(directory(), name)
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            continue  # its write just finished
+        if now - st.st_mtime < grace:
+            continue
+        owner = _temp_owner(name)
+        if owner is not None and held(owner):
+            continue
+        found.append(path)
+    return found
 
 
 def discard_lock(record_path):

@@ -360,7 +360,8 @@ class JournalTestCase(base.TestCase):
         except OSError:
             pass
 
-    def test_try_lock_gets_the_lock_of_a_dead_process(self):
+    def _locked_by_a_child(self):
+        """A dead snapshot's record whose lock another process took."""
         self._begin().release()
         child = subprocess.Popen(
             [sys.executable, '-c',
@@ -373,6 +374,10 @@ class JournalTestCase(base.TestCase):
         self.addCleanup(child.wait)
         self.addCleanup(child.kill)
         self.assertEqual('locked\n', child.stdout.readline())
+        return child
+
+    def test_try_lock_gets_the_lock_of_a_dead_process(self):
+        child = self._locked_by_a_child()
 
         self.assertIsNone(journal.try_lock(self.path))
 
@@ -406,3 +411,129 @@ class JournalTestCase(base.TestCase):
 
         self.assertEqual([base.IMAGE_ID + '.json'],
                          os.listdir(self.journal_dir))
+
+    # --- temp files, held, the recovery note --------------------------------
+
+    def test_temp_file_is_named_after_the_record(self):
+        os.makedirs(self.journal_dir)
+        names = []
+        real_rename = os.rename
+        self.useFixture(fixtures.MockPatch(
+            'nova_snapdriver.journal.os.rename',
+            side_effect=lambda a, b: names.append(os.path.basename(a)) or
+            real_rename(a, b)))
+
+        journal.write_atomically(self.path, '{}')
+
+        name, = names
+        self.assertTrue(name.startswith('.tmp-%s.json-' % base.IMAGE_ID),
+                        name)
+
+    def test_root_rewriting_a_record_keeps_its_owner(self):
+        record = self._begin()
+        st = os.stat(self.path)
+        self.useFixture(fixtures.MockPatch(
+            'nova_snapdriver.journal.os.geteuid', return_value=0))
+        fchown = self.useFixture(fixtures.MockPatch(
+            'nova_snapdriver.journal.os.fchown')).mock
+
+        record.update(recovery={'attempts': 1})
+
+        fchown.assert_called_once_with(mock.ANY, st.st_uid, st.st_gid)
+
+    def test_a_new_file_or_a_user_that_is_not_root_changes_no_owner(self):
+        fchown = self.useFixture(fixtures.MockPatch(
+            'nova_snapdriver.journal.os.fchown')).mock
+        record = self._begin()  # a new file, as root or not
+        self.useFixture(fixtures.MockPatch(
+            'nova_snapdriver.journal.os.geteuid', return_value=1000))
+        record.update(phase='copying')
+
+        fchown.assert_not_called()
+
+    def test_recovery_note_of_a_record(self):
+        record = self._begin()
+        self.assertEqual({}, record.recovery)
+
+        record.update(recovery={'attempts': 2, 'pending': ['x']})
+
+        self.assertEqual({'attempts': 2, 'pending': ['x']},
+                         journal.load(self.path).recovery)
+        record.update(recovery='garbage')
+        self.assertEqual({}, journal.load(self.path).recovery)
+
+    def test_held_while_the_snapshot_holds_its_lock(self):
+        record = self._begin()
+
+        self.assertTrue(journal.held(self.path))
+
+        record.release()
+        self.assertFalse(journal.held(self.path))
+        # It took no lock that outlives the call.
+        fd = journal.try_lock(self.path)
+        self.assertIsNotNone(fd)
+        os.close(fd)
+
+    def test_held_creates_no_lock_file(self):
+        os.makedirs(self.journal_dir)
+
+        self.assertFalse(journal.held(self.path))
+
+        self.assertEqual([], os.listdir(self.journal_dir))
+
+    def test_held_by_another_process(self):
+        child = self._locked_by_a_child()
+
+        self.assertTrue(journal.held(self.path))
+
+        child.kill()
+        child.wait()
+        self.assertFalse(journal.held(self.path))
+
+    def _temp(self, name, age):
+        path = self._write('{"half', name)
+        then = time.time() - age
+        os.utime(path, (then, then))
+        return path
+
+    def test_stray_temp_files_are_old_and_of_no_live_record(self):
+        self._begin()  # in flight: its temp files are its own
+        other = 'decade00-1234-4abc-8def-0123456789ab.json'
+        stray = self._temp('.tmp-%s-abc_12' % other, 601)
+        self._temp('.tmp-%s-young1' % other, 30)
+        self._temp('.tmp-%s.json-abc123' % base.IMAGE_ID, 3600)
+        legacy = self._temp('.tmp-k2j3h4l5', 3600)
+        self._temp('.tmp-young2', 10)
+        self._temp('notes.txt', 3600)
+
+        self.assertEqual(sorted([stray, legacy]),
+                         journal.stray_temp_files())
+
+    def test_stray_temp_files_grace_and_clock(self):
+        path = self._temp('.tmp-x.json-abc', 0)
+        mtime = os.stat(path).st_mtime
+
+        self.assertEqual([], journal.stray_temp_files(now=mtime + 59,
+                                                      grace=60))
+        self.assertEqual([path], journal.stray_temp_files(now=mtime + 60,
+                                                          grace=60))
+
+    def test_stray_temp_files_of_a_missing_journal(self):
+        self.assertEqual([], journal.stray_temp_files())
+
+    def test_interrupted_write_leaves_a_temp_file_that_is_stray_later(self):
+        record = self._begin()
+        self.useFixture(fixtures.MockPatch(
+            'nova_snapdriver.journal.os.unlink'))  # as if killed there
+        self.useFixture(fixtures.MockPatch(
+            'nova_snapdriver.journal.os.rename',
+            side_effect=OSError(5, 'Input/output error')))
+        self.assertRaises(OSError, record.update, phase='copying')
+        tmp, = [n for n in os.listdir(self.journal_dir)
+                if n.startswith('.tmp-')]
+        later = time.time() + journal.TEMP_GRACE_SECONDS + 1
+
+        self.assertEqual([], journal.stray_temp_files(now=later))
+        record.release()
+        self.assertEqual([os.path.join(self.journal_dir, tmp)],
+                         journal.stray_temp_files(now=later))
