@@ -5,8 +5,11 @@
     nova-snapdriver-manage [--config-file F] [--json] check
 
 ``status`` lists the snapshots in flight (or left by a dead process) with
-their phase and progress.  ``recover`` repairs what interrupted snapshots
-left behind, exactly as nova-compute does when it starts.  ``check`` tells
+their phase and progress, and for a record recovery kept, its attempts and
+what is still to do.  ``recover`` repairs what interrupted snapshots left
+behind, exactly as nova-compute does when it starts, and only that: jobs
+and domains of snapshots in flight, and jobs that are not ours, are left
+alone.  ``check`` tells
 whether this host can run the driver, as the user it runs as (run it as
 nova-compute's user): versions, features, the image cache and snapshots
 directories, a snapshot's qemu-img command lines run for real on a scratch
@@ -77,20 +80,25 @@ def status(conn):
                 rows.append({'record': path, 'state': 'corrupt',
                              'problem': str(e)})
             continue
-        fd = journal.try_lock(path)
-        if fd is not None:
-            os.close(fd)
+        live = journal.held(path)
         data = rec.data
         row = {'record': path, 'instance_uuid': data['instance_uuid'],
                'image_id': rec.image_id, 'phase': rec.phase,
                'pid': data.get('pid'),
                'age_seconds': int(time.time() - data.get('started_at', 0)),
-               'state': 'in flight' if fd is None else
+               'state': 'in flight' if live else
                         'interrupted (run recover)'}
         if rec.phase == 'copying':
             row['progress_percent'] = _copy_progress(conn, data)
         if data.get('size'):
             row['size'] = data['size']
+        tried = rec.recovery
+        if tried:
+            # Recovery kept the record: how often it tried, what is left.
+            row['recovery_attempts'] = tried.get('attempts', 0)
+            row['pending'] = list(tried.get('pending') or [])
+            if tried.get('last_error'):
+                row['last_error'] = tried['last_error']
         rows.append(row)
     return rows
 
@@ -114,6 +122,12 @@ def _print_status(rows):
                               row['image_id'], row['instance_uuid'],
                               row['phase'], extra, row['age_seconds'],
                               row['pid'], row['state']))
+        if 'recovery_attempts' in row:
+            print('  recovery attempts: %d' % row['recovery_attempts'])
+            for item in row['pending']:
+                print('  still to do: %s' % item)
+            if row.get('last_error'):
+                print('  last error: %s' % row['last_error'])
 
 
 # -- recover --------------------------------------------------------------
@@ -127,12 +141,19 @@ def _print_recover(reports):
     if not reports:
         print('Nothing to recover.')
     for r in reports:
-        print('%s: %s' % (r.get('image_id', r['record']), r['state']))
+        attempts = (' (attempt %d)' % r['attempts']
+                    if r.get('attempts', 0) > 1 else '')
+        print('%s: %s%s' % (r.get('image_id') or r.get('file') or
+                            r['record'], r['state'], attempts))
         for action in r['actions']:
             print('  done: %s' % action if r['state'] != 'dry run'
                   else '  would do: %s' % action)
+        for note in r.get('left_alone', []):
+            print('  left alone: %s' % note)
         for problem in r['problems']:
             print('  PROBLEM: %s' % problem)
+        for item in r.get('pending', []) if r['state'] != 'dry run' else []:
+            print('  still to do: %s' % item)
 
 
 # -- check ----------------------------------------------------------------
@@ -333,8 +354,8 @@ def main(argv=None):
             failed = any(r['state'] != 'in flight' for r in result)
         elif args.command == 'recover':
             result, show = recover(conn, args.dry_run), _print_recover
-            failed = any(r['problems'] or r['state'] in ('failed', 'corrupt')
-                         for r in result)
+            failed = any(r['problems'] or r['state'] in (
+                'failed', 'corrupt', 'incomplete', 'kept') for r in result)
         else:
             result, show = check(conn), _print_check
             failed = any(r['result'] == 'FAIL' for r in result)

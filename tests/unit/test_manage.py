@@ -249,6 +249,61 @@ class ManageTestCase(base.TestCase):
         self.assertTrue(out.startswith('CORRUPT %s: %s: unreadable: '
                                        % (self.path, self.path)), out)
 
+    def test_status_of_a_record_recovery_kept_says_what_is_left(self):
+        record = self._record(phase='copying')
+        record.update(recovery={
+            'attempts': 3, 'pending': [
+                'redefine the domain instance-00000001 from its saved XML',
+                'delete image %s (left queued)' % base.IMAGE_ID],
+            'last_error': None})
+        self._at(record.data['started_at'] + 600)
+
+        code, out = self._main('status')
+
+        self.assertEqual(1, code)
+        self.assertEqual(
+            'STOPPED image %s of instance %s: phase copying, started 600s '
+            'ago by pid %d, interrupted (run recover)\n'
+            '  recovery attempts: 3\n'
+            '  still to do: redefine the domain instance-00000001 from its '
+            'saved XML\n'
+            '  still to do: delete image %s (left queued)\n'
+            % (base.IMAGE_ID, base.INSTANCE_UUID, os.getpid(),
+               base.IMAGE_ID), out)
+
+    def test_status_json_of_a_record_whose_recovery_failed(self):
+        record = self._record(phase='uploading')
+        record.update(recovery={'attempts': 1, 'pending': [],
+                                'last_error': 'connection reset'})
+
+        code, rows = self._main_json('status')
+
+        self.assertEqual(
+            (1, 'interrupted (run recover)', 1, [], 'connection reset'),
+            (code, rows[0]['state'], rows[0]['recovery_attempts'],
+             rows[0]['pending'], rows[0]['last_error']))
+
+    def test_status_after_a_real_recover_shows_its_attempt(self):
+        self._record()
+        self.image_api.get.side_effect = nova_exception.GlanceConnectionFailed(
+            server='glance:9292', reason='refused')
+        manage.recover(self.conn.mock, dry_run=False)
+
+        row, = manage.status(self.conn.mock)
+
+        self.assertEqual((1, ['delete image %s if it is left queued'
+                              % base.IMAGE_ID]),
+                         (row['recovery_attempts'], row['pending']))
+
+    def test_status_creates_no_lock_file(self):
+        self._record()
+        os.unlink(self.path[:-len('.json')] + '.lock')
+
+        manage.status(self.conn.mock)
+
+        self.assertEqual([base.IMAGE_ID + '.json'],
+                         os.listdir(self.journal_dir))
+
     def test_status_lists_every_record_oldest_first(self):
         old = self._record(image_id=OTHER_IMAGE)
         os.utime(old.path, (1, 1))
@@ -348,7 +403,84 @@ class ManageTestCase(base.TestCase):
               'actions': ['redefined the domain instance-00000001 from its '
                           'saved XML',
                           'deleted image %s left queued' % base.IMAGE_ID],
-              'problems': []}], reports)
+              'problems': [], 'pending': [], 'left_alone': [],
+              'attempts': 1}], reports)
+
+    def test_recover_that_cannot_finish_keeps_the_record_and_fails(self):
+        self._record(work_dir=self.work_dir)
+        self.image_api.delete.side_effect = \
+            nova_exception.GlanceConnectionFailed(server='glance:9292',
+                                                  reason='refused')
+
+        code, out = self._main('recover')
+
+        self.assertEqual(1, code)
+        self.assertEqual(
+            '%s: incomplete\n'
+            '  done: redefined the domain instance-00000001 from its saved '
+            'XML\n'
+            '  PROBLEM: image %s is left queued and could not be deleted '
+            '(Connection to glance host glance:9292 failed: refused); '
+            "delete it with 'openstack image delete %s'\n"
+            '  still to do: delete image %s (left queued)\n'
+            % ((base.IMAGE_ID,) * 4), out)
+        self.assertTrue(os.path.exists(self.path))
+
+        # The next attempt says which it is.
+        self.image_api.delete.side_effect = None
+        self.stdout.truncate(0)
+        self.stdout.seek(0)
+        code, out = self._main('recover')
+        self.assertEqual((0, '%s: recovered (attempt 2)\n'
+                          '  done: deleted image %s left queued\n'
+                          % (base.IMAGE_ID, base.IMAGE_ID)), (code, out))
+
+    def test_recover_says_what_it_left_alone(self):
+        # A snapshot of the instance in flight owns its domain now.
+        self._record(image_id=OTHER_IMAGE, alive=True, persistent=False)
+        self._record()
+
+        code, out = self._main('recover')
+
+        self.assertEqual(1, code)
+        self.assertIn('%s: in flight\n' % OTHER_IMAGE, out)
+        self.assertIn(
+            '%s: incomplete\n'
+            '  done: deleted image %s left queued\n'
+            '  PROBLEM: not done: redefine the domain instance-00000001 from '
+            'its saved XML: snapshot %s of the same instance is in flight '
+            '(pid %d, phase copying) and owns the domain now; run recover '
+            'again once it is done\n'
+            '  still to do: redefine the domain instance-00000001 from its '
+            'saved XML\n'
+            % (base.IMAGE_ID, base.IMAGE_ID, OTHER_IMAGE, os.getpid()), out)
+        self.conn.mock.defineXML.assert_not_called()
+
+    def test_recover_prints_the_files_of_no_record(self):
+        os.makedirs(self.snapshots_dir)
+        saved = os.path.join(self.snapshots_dir, base.INSTANCE_UUID + '.xml')
+        with open(saved, 'w') as f:
+            f.write(self.saved_xml)
+        self.domain.persistent = True
+
+        code, out = self._main('recover')
+
+        self.assertEqual(
+            (0, '%s: deleted\n  done: deleted %s: its domain is persistent '
+             'again and no record needs it\n' % (saved, saved)), (code, out))
+        self.assertFalse(os.path.exists(saved))
+
+    def test_recover_of_a_saved_xml_of_a_transient_domain_fails(self):
+        os.makedirs(self.snapshots_dir)
+        saved = os.path.join(self.snapshots_dir, base.INSTANCE_UUID + '.xml')
+        with open(saved, 'w') as f:
+            f.write(self.saved_xml)
+
+        code, out = self._main('recover')
+
+        self.assertEqual(1, code)
+        self.assertTrue(out.startswith('%s: kept\n  PROBLEM: ' % saved), out)
+        self.assertTrue(os.path.exists(saved))
 
     # --- check --------------------------------------------------------------
 
