@@ -7,13 +7,20 @@ runs, as an operator would run it (nova-compute runs the same recovery from
 ``init_host``), and everything must be repaired: the domain persistent and
 running, its disk as before, no block job, no temp files, the image not
 left queued, the journal empty.
+
+Recovery touches only what is the dead snapshot's: a stale record next to
+a new snapshot of the same instance in flight leaves that snapshot's job
+and domain alone (``test_stale_record_leaves_a_snapshot_in_flight_alone``).
 """
 
 import os
+import select
 import signal
 import stat
 import subprocess
 import sys
+import time
+from xml.etree import ElementTree
 
 import libvirt
 import pytest
@@ -28,19 +35,27 @@ MANAGE = os.path.join(os.path.dirname(sys.executable),
 
 
 def run_until(nova_conf, inst, image_id, stop_at, timeout=120):
-    """Start a snapshot in a child; return it once it reached ``stop_at``."""
+    """Start a snapshot in a child; return it once it reached ``stop_at``.
+
+    Within ``timeout`` seconds: a child whose snapshot failed may hang on
+    its way out (nova's threads), its stdout never closed.
+    """
     child = subprocess.Popen(
         [sys.executable, '-m', 'tests.testbed.child', nova_conf,
          inst.ref_json(), image_id, stop_at],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-        text=True)
-    for line in child.stdout:
+        bufsize=0)  # unbuffered: no line waits in a buffer select misses
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([child.stdout], [], [], 1)
+        if not ready:
+            continue
+        line = child.stdout.readline().decode()
         if line.strip() == 'REACHED %s' % stop_at:
             return child
-        if line.strip() == 'FINISHED':
+        if not line or line.strip() == 'FINISHED':
             break
-    child.kill()
-    child.wait()
+    kill9(child)
     raise AssertionError('the snapshot never reached %s' % stop_at)
 
 
@@ -82,6 +97,13 @@ def test_killed_snapshot_is_repaired_by_recover(
         assert checks.block_jobs(instance.lookup()) != {}
 
     kill9(child)
+    recover_all(nova_conf, instance, image, glance_client, reference,
+                snapshots_dir)
+
+
+def recover_all(nova_conf, instance, image, glance_client, reference,
+                snapshots_dir):
+    """Run recover: all is repaired, and a second run finds nothing."""
     result = manage(nova_conf, 'recover')
 
     assert result.returncode == 0, result.stdout + result.stderr
@@ -93,7 +115,7 @@ def test_killed_snapshot_is_repaired_by_recover(
     assert checks.leftovers(snapshots_dir) == []
     assert image_status(glance_client, image['id']) == 'deleted'
     assert journal.paths() == []
-    # A second run finds nothing to do.
+    assert journal_files() == []  # no lock, no temp file either
     again = manage(nova_conf, 'recover')
     assert again.returncode == 0
     assert again.stdout.strip() == 'Nothing to recover.'
@@ -169,3 +191,97 @@ def test_nova_compute_start_repairs_an_interrupted_snapshot(
     assert instance.state() == libvirt.VIR_DOMAIN_RUNNING
     assert checks.leftovers(snapshots_dir) == []
     assert journal.paths() == []
+
+
+def mirror_target(domain, disk='vda'):
+    """The file the block copy on ``disk`` writes into, from the live XML."""
+    xml = ElementTree.fromstring(domain.XMLDesc(0))
+    for element in xml.findall('./devices/disk'):
+        if element.find('target').get('dev') == disk:
+            source = element.find('mirror/source')
+            return None if source is None else source.get('file')
+    return None
+
+
+def journal_files():
+    try:
+        return sorted(os.listdir(journal.directory()))
+    except FileNotFoundError:
+        return []
+
+
+@pytest.mark.parametrize('stale_at', ['undefined', 'upload-data'])
+def test_stale_record_leaves_a_snapshot_in_flight_alone(
+        stale_at, nova_conf, instance, make_image, glance_client, reference,
+        snapshots_dir):
+    """A stale record, then a new snapshot of the instance, then recover.
+
+    'undefined': the stale snapshot left the domain transient, and the new
+    one mirrors the transient domain: recover must neither abort the new
+    job nor redefine the domain from the stale XML while it runs; it
+    deletes the stale work dir and image and keeps the stale record (its
+    redefine waits).  'upload-data': the stale snapshot had restored the
+    domain, the new one undefined it: recover clears the stale record
+    whole and leaves the domain transient, as the new snapshot has it.
+    Then the new snapshot is killed too, and one recover ends it all.
+    """
+    stale_image = make_image(instance, 'stale')
+    kill9(run_until(nova_conf, instance, stale_image['id'], stale_at))
+    stale = os.path.join(journal.directory(), stale_image['id'] + '.json')
+    stale_dir = journal.load(stale).data['work_dir']
+    assert os.path.isdir(stale_dir)
+    assert instance.is_persistent() == (stale_at == 'upload-data')
+
+    # The new snapshot's process repairs interrupted snapshots when its
+    # driver starts and before its snapshot: hold the stale record's lock
+    # meanwhile, so that the record is still there once it runs.
+    hold = journal.try_lock(stale)
+    try:
+        new_image = make_image(instance, 'new')
+        child = run_until(nova_conf, instance, new_image['id'], 'copying')
+    finally:
+        os.close(hold)
+    try:
+        new = os.path.join(journal.directory(), new_image['id'] + '.json')
+        new_dir = journal.load(new).data['work_dir']
+        job = checks.block_jobs(instance.lookup())
+        target = mirror_target(instance.lookup())
+        assert job and target.startswith(new_dir + os.sep)
+        assert not instance.is_persistent()
+
+        result = manage(nova_conf, 'recover')
+        out = result.stdout
+
+        assert new_image['id'] + ': in flight' in out, out
+        # The new snapshot's job and domain: untouched.
+        assert checks.block_jobs(instance.lookup()) != {}
+        assert mirror_target(instance.lookup()) == target
+        assert not instance.is_persistent()
+        assert os.path.isdir(new_dir) and os.path.exists(new)
+        assert image_status(glance_client, new_image['id']) != 'deleted'
+        # What is the stale snapshot's: cleaned.
+        assert not os.path.exists(stale_dir)
+        assert image_status(glance_client, stale_image['id']) == 'deleted'
+        assert 'left alone: a block job that is not ours runs on vda ' \
+               '(mirror into %s)' % target in out, out
+        if stale_at == 'undefined':
+            assert result.returncode == 1, out
+            assert stale_image['id'] + ': incomplete' in out, out
+            assert 'still to do: redefine the domain' in out, out
+            assert journal.load(stale).recovery['attempts'] == 1
+            status = manage(nova_conf, 'status').stdout
+            assert 'RUNNING image %s' % new_image['id'] in status, status
+            assert 'STOPPED image %s' % stale_image['id'] in status, status
+            assert 'recovery attempts: 1' in status, status
+            assert 'still to do: redefine the domain' in status, status
+        else:
+            assert result.returncode == 0, out
+            assert stale_image['id'] + ': recovered' in out, out
+            assert not os.path.exists(stale)
+    finally:
+        kill9(child)
+
+    # Let go: the new snapshot is interrupted too.  One recover undoes
+    # both, the newer first: its job, then the domain's definition.
+    recover_all(nova_conf, instance, new_image, glance_client, reference,
+                snapshots_dir)
