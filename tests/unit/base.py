@@ -210,7 +210,8 @@ class FakeDomain(object):
         return 0
 
     def _copy(self, disk, destxml, params=None, flags=0):
-        return self._rebase(disk, None, 0, libvirt.VIR_DOMAIN_BLOCK_REBASE_COPY)
+        return self._rebase(disk, None, 0,
+                            libvirt.VIR_DOMAIN_BLOCK_REBASE_COPY)
 
     def _abort(self, disk, flags=0):
         self.job = None

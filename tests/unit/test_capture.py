@@ -10,7 +10,6 @@ import os
 import stat
 from unittest import mock
 
-import fixtures
 import libvirt
 from oslo_concurrency import processutils
 
@@ -933,8 +932,7 @@ class BackupCaptureTestCase(base.TestCase):
     # --- libvirtd lost during the backup ----------------------------------
 
     def _backup_job(self, handle, state):
-        """``handle`` sees the backup while state['running'], as libvirtd
-        reports it; abortJob ends it."""
+        """``handle`` sees a backup while state['running']; abortJob ends it"""
         def job_stats(flags=0):
             if flags & libvirt.VIR_DOMAIN_JOB_STATS_COMPLETED:
                 return {'type': libvirt.VIR_DOMAIN_JOB_CANCELLED,
