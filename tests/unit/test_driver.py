@@ -8,6 +8,8 @@ in a tmp ``[libvirt] snapshots_directory``, Glance an autospec'd image API.
 import json
 import os
 import stat
+import threading
+import unittest
 from unittest import mock
 
 import fixtures
@@ -52,7 +54,9 @@ class ConfTestCase(base.TestCase):
              'block_job_poll_interval': 0.5, 'progress_log_interval': 10,
              'reserved_space_mb': 256, 'convert_coroutines': 16,
              'capture_method': 'rebase', 'compression_type': 'zlib',
-             'journal_path': os.path.join(self.tmp, 'snapdriver-journal')},
+             'journal_path': os.path.join(self.tmp, 'snapdriver-journal'),
+             'libvirt_reconnect_timeout': 60, 'recovery_interval': 300,
+             'stream_scratch_max_mb': 0},
             {opt.name: cfg.CONF.snapdriver[opt.name]
              for opt in conf.snapdriver_opts})
 
@@ -96,21 +100,21 @@ class SnapshotTestCase(base.TestCase):
         self.domain = base.FakeDomain(base.file_disk_xml(self.disk))
         self.saved_xml = self.domain.xml(
             libvirt.VIR_DOMAIN_XML_INACTIVE | libvirt.VIR_DOMAIN_XML_SECURE)
+        # Not in a backup job: what libvirt answers then.
+        self.domain.mock.jobStats.return_value = {
+            'type': libvirt.VIR_DOMAIN_JOB_NONE}
+        self.conn = base.FakeConnection(self.domain)
         self.driver = self.make_driver()
-        self.driver._host.get_guest.return_value = self.make_guest(
-            self.domain)
+        self.connect_host(self.driver, self.conn)
         self.driver._image_api.get.return_value = {'name': 'my snap'}
         self.driver._image_api.update.side_effect = self._glance_update
-        # Host.write_instance_config is libvirt's defineXML.
-        self.driver._host.write_instance_config.side_effect = self._define
         self.record_path = os.path.join(self.journal_dir,
                                         base.IMAGE_ID + '.json')
         self.qemu_img, self.execute = self.patch_execute(base.FakeQemuImg(
             disk_info={'virtual-size': base.DISK_SIZE, 'actual-size': 4096,
                        'format': 'qcow2'},
             required=8192, image_data=IMAGE_DATA))
-        self.useFixture(fixtures.MockPatch(
-            'nova_snapdriver.capture.time.sleep'))
+        self.clock = self.fake_capture_clock()
         self.instance = self.make_instance()
         self.update_task_state = mock.Mock()
         self.uploaded = []
@@ -121,10 +125,6 @@ class SnapshotTestCase(base.TestCase):
         self.uploaded.append((b''.join(iter(data)),
                               sorted(os.listdir(self.work_dir))))
         return base.glance_image(self.uploaded[-1][0])
-
-    def _define(self, xml):
-        self.domain.persistent = True
-        return self.make_guest(self.domain)
 
     def _snapshot(self):
         return self.driver.snapshot(self.context, self.instance,
@@ -427,10 +427,10 @@ class SnapshotTestCase(base.TestCase):
 
     def _assert_record_kept(self, phase, problem):
         self.assertEqual(phase, self._read_record()['phase'])
-        self.assertIn(
-            'ERROR Snapshot %s left work to do (%s); its journal record %s '
-            'is kept' % (base.IMAGE_ID, problem, self.record_path),
-            self.logs.output)
+        self.assertIn('ERROR Snapshot %s left work to do (%s'
+                      % (base.IMAGE_ID, problem), self.logs.output)
+        self.assertIn('its journal record %s is kept' % self.record_path,
+                      self.logs.output)
         # Kept for "nova-snapdriver-manage recover", which must not take
         # it for a snapshot still in flight: its lock is released.
         fd = journal.try_lock(self.record_path)
@@ -539,14 +539,20 @@ class SnapshotTestCase(base.TestCase):
         self._assert_cleaned_up()
 
     def test_domain_left_transient_keeps_the_record_and_logs(self):
-        # A define that "succeeds" yet leaves the domain transient.
-        self.driver._host.write_instance_config.side_effect = None
+        # A define that "succeeds" yet leaves the domain transient: the
+        # redefine's check finds it out.  No job runs: the work dir goes.
+        self.conn.mock.defineXML.side_effect = None
 
-        self.assertIsNone(self._snapshot())
+        exc = self.assertRaises(exception.DomainRedefineFailed,
+                                self._snapshot)
 
+        self.assertIn('still transient', str(exc))
+        self.assertIsNone(self.domain.job)
         self._assert_cleaned_up_but_the_record()
-        self._assert_record_kept('uploading',
-                                 'the domain is still transient')
+        self._assert_record_kept('copying', 'the domain is still transient')
+        self.assertNotIn('is kept: a job may still write into it',
+                         self.logs.output)
+        self.driver._image_api.update.assert_not_called()
 
     def _assert_cleaned_up_but_the_record(self):
         self.assertFalse(os.path.exists(self.work_dir))
@@ -554,32 +560,159 @@ class SnapshotTestCase(base.TestCase):
                                  base.IMAGE_ID + '.lock']),
                          sorted(os.listdir(self.journal_dir)))
 
+    def _during_the_upload(self, change):
+        """``change()`` while the image is sent, after the capture."""
+        update = self.driver._image_api.update.side_effect
+
+        def side_effect(*args, **kwargs):
+            change()
+            return update(*args, **kwargs)
+        self.driver._image_api.update.side_effect = side_effect
+
     def test_domain_gone_at_the_end_removes_the_record(self):
-        gone = base.libvirt_error(libvirt.VIR_ERR_NO_DOMAIN)
-        self._is_persistent_fails_after_redefine(gone)
+        # Deleted while the image was sent: nothing is left to repair.
+        self._during_the_upload(
+            lambda: self.conn.domains.pop(base.INSTANCE_UUID))
 
         self._snapshot()
 
         self._assert_cleaned_up()
 
     def test_domain_that_cannot_be_checked_keeps_the_record(self):
-        broken = base.libvirt_error(libvirt.VIR_ERR_INTERNAL_ERROR,
-                                    'connection reset')
-        self._is_persistent_fails_after_redefine(broken)
+        # libvirtd stops answering after the capture: whether a job still
+        # writes into the work dir is unknown, so the work dir stays too.
+        self.flags(libvirt_reconnect_timeout=3, group='snapdriver')
+
+        def libvirtd_gone():
+            self.driver._host.get_connection.side_effect = (
+                base.hypervisor_unavailable())
+        self._during_the_upload(libvirtd_gone)
 
         self._snapshot()
 
-        self._assert_cleaned_up_but_the_record()
+        self.assertEqual([(IMAGE_DATA, ['image'])], self.uploaded)
+        self.assertEqual(['image'], os.listdir(self.work_dir))
         self._assert_record_kept(
-            'uploading', 'cannot check the domain: connection reset')
+            'uploading', 'cannot check the domain: libvirtd did not answer '
+            'for 3 s')
+        self.assertIn('%s is kept: a job may still write into it'
+                      % self.work_dir, self.logs.output)
+        self.assertEqual([1, 1, 1], self.clock.sleeps)
 
-    def _is_persistent_fails_after_redefine(self, error):
-        """isPersistent raises ``error`` once the domain was redefined."""
-        def is_persistent():
-            if self.driver._host.write_instance_config.called:
-                raise error
-            return self.domain.persistent
-        self.domain.mock.isPersistent.side_effect = is_persistent
+    def test_domain_whose_jobs_cannot_be_read_keeps_the_work_dir(self):
+        def jobs_unreadable():
+            self.domain.mock.blockJobInfo.side_effect = base.libvirt_error(
+                libvirt.VIR_ERR_INTERNAL_ERROR, 'cannot acquire state')
+        self._during_the_upload(jobs_unreadable)
+
+        self._snapshot()
+
+        self.assertTrue(os.path.isdir(self.work_dir))
+        self._assert_record_kept(
+            'uploading', 'cannot check the domain: cannot acquire state')
+
+    def test_job_still_running_keeps_the_record_and_the_work_dir(self):
+        # copy: the abort fails, here and on the domain looked up again;
+        # the mirror still writes into the overlay.
+        self.flags(capture_method='copy', group='snapdriver')
+        error = base.libvirt_error(libvirt.VIR_ERR_INTERNAL_ERROR,
+                                   'abort broke')
+        self.domain.mock.blockJobAbort.side_effect = error
+
+        raised = self.assertRaises(libvirt.libvirtError, self._snapshot)
+
+        self.assertIs(error, raised)
+        self.assertIsNotNone(self.domain.job)
+        self.assertEqual(['overlay.qcow2'], os.listdir(self.work_dir))
+        self._assert_record_kept('copying',
+                                 'a block job still runs on vda')
+        self.assertIn('%s is kept: a job may still write into it'
+                      % self.work_dir, self.logs.output)
+        self.driver._image_api.update.assert_not_called()
+
+    def test_backup_still_running_keeps_the_record_and_the_work_dir(self):
+        self.flags(capture_method='backup', group='snapdriver')
+        # An abort libvirt takes, yet the backup runs on.
+        self.domain.mock.jobStats.return_value = {
+            'type': libvirt.VIR_DOMAIN_JOB_UNBOUNDED,
+            'operation': libvirt.VIR_DOMAIN_JOB_OPERATION_BACKUP}
+        self.useFixture(fixtures.MockPatchObject(
+            driver.capture.blockjob, 'wait_for_backup', autospec=True,
+            side_effect=exception.BackupTimeout(
+                disk='vda', instance_uuid=base.INSTANCE_UUID, timeout=1800,
+                percent=50)))
+
+        self.assertRaises(exception.BackupTimeout, self._snapshot)
+
+        self.domain.mock.abortJob.assert_called_with()
+        self.assertTrue(os.path.isdir(self.work_dir))
+        self._assert_record_kept('backup', 'a backup job still runs')
+
+    def test_lost_connection_repaired_on_a_fresh_lookup_cleans_up(self):
+        # libvirtd restarts during the wait; the job is aborted and the
+        # domain redefined through the new connection: nothing is left.
+        def job_info(disk, flags=0):
+            self.domain.restart_libvirtd()
+            raise base.libvirt_error(libvirt.VIR_ERR_INTERNAL_ERROR,
+                                     'client socket is closed')
+        self.domain.mock.blockJobInfo.side_effect = job_info
+
+        exc = self.assertRaises(exception.LibvirtConnectionLost,
+                                self._snapshot)
+
+        self.assertIn('Retry the snapshot.', str(exc))
+        self.domain.mock.blockJobAbort.assert_called_once_with('vda', flags=0)
+        self.assertIsNone(self.domain.job)
+        self.assertTrue(self.domain.persistent)
+        self._assert_cleaned_up()
+        self.assertNotIn('left work to do', self.logs.output)
+
+    # --- recovery before each snapshot -----------------------------------
+
+    def _stale_record(self):
+        """A record some earlier snapshot of another image left."""
+        os.makedirs(self.journal_dir, mode=0o700)
+        journal.write_atomically(
+            os.path.join(self.journal_dir, 'stale.json'), '{}')
+
+    def _patch_recover(self, **kwargs):
+        return self.useFixture(fixtures.MockPatchObject(
+            driver.recovery, 'recover', autospec=True, **kwargs)).mock
+
+    def test_recovery_runs_before_the_snapshot_plans(self):
+        self._stale_record()
+        seen = []
+        recover = self._patch_recover(
+            side_effect=lambda *a: seen.append(
+                (list(self.qemu_img.commands), self._domain_changes())) or [
+                    {'state': 'recovered'}])
+
+        self._snapshot()
+
+        recover.assert_called_once_with(self.conn.mock,
+                                        self.driver._image_api, mock.ANY)
+        self.assertEqual([([], [])], seen)
+        self.assertIn('Looked at 1 interrupted snapshot(s) (before a '
+                      'snapshot): recovered', self.logs.output)
+        self.assertEqual([(IMAGE_DATA, ['image'])], self.uploaded)
+
+    def test_recovery_failing_before_a_snapshot_does_not_stop_it(self):
+        self._stale_record()
+        self._patch_recover(side_effect=RuntimeError('bug in recovery'))
+
+        self.assertIsNone(self._snapshot())
+
+        self.assertIn('Recovering interrupted snapshots (before a snapshot) '
+                      'failed', self.logs.output)
+        self.assertEqual([(IMAGE_DATA, ['image'])], self.uploaded)
+
+    def test_no_recovery_before_a_snapshot_with_an_empty_journal(self):
+        recover = self._patch_recover()
+
+        self._snapshot()
+
+        recover.assert_not_called()
+        self._assert_cleaned_up()
 
     def test_journal_that_cannot_be_written_fails_before_anything(self):
         with open(self.journal_dir, 'w') as f:
@@ -588,8 +721,9 @@ class SnapshotTestCase(base.TestCase):
         self.assertRaises(OSError, self._snapshot)
 
         self.assertEqual([], self._domain_changes())
-        self.assertEqual(['info', 'measure'],
-                         [cmd[1] for cmd in self.qemu_img.commands])
+        # Nothing was created: no overlay, no image.
+        self.assertEqual([], [cmd for cmd in self.qemu_img.commands
+                              if cmd[1] not in ('info', 'measure')])
         self.assertFalse(os.path.exists(self.work_dir))
         self.driver._image_api.update.assert_not_called()
 
@@ -606,6 +740,8 @@ class InitHostTestCase(base.TestCase):
         self.driver._host.get_connection.return_value = self.conn.mock
         self.parent = self.useFixture(fixtures.MockPatchObject(
             libvirt_driver.LibvirtDriver, 'init_host', autospec=True)).mock
+        # No periodic thread unless a test asks for one.
+        self.flags(recovery_interval=0, group='snapdriver')
         self.record_path = os.path.join(self.journal_dir,
                                         base.IMAGE_ID + '.json')
         self.saved_xml = self.domain.xml(libvirt.VIR_DOMAIN_XML_INACTIVE)
@@ -625,8 +761,9 @@ class InitHostTestCase(base.TestCase):
         order = []
         self.parent.side_effect = lambda *a: order.append(
             ('nova init_host', os.path.exists(self.record_path)))
-        self.conn.mock.defineXML.side_effect = lambda xml: order.append(
-            ('defineXML', xml))
+        define = self.conn.mock.defineXML.side_effect
+        self.conn.mock.defineXML.side_effect = lambda xml: (
+            order.append(('defineXML', xml)), define(xml))[1]
 
         self.assertIsNone(self.driver.init_host('compute1'))
 
@@ -636,7 +773,8 @@ class InitHostTestCase(base.TestCase):
         self.assertFalse(os.path.exists(self.record_path))
         self.driver._image_api.get.assert_called_once_with(
             mock.ANY, base.IMAGE_ID)
-        self.assertIn('Looked at 1 interrupted snapshot(s): recovered',
+        self.assertIn('Looked at 1 interrupted snapshot(s) (start-up): '
+                      'recovered',
                       self.logs.output)
 
     def test_nothing_to_repair_logs_nothing(self):
@@ -653,20 +791,23 @@ class InitHostTestCase(base.TestCase):
 
         self.assertIsNone(self.driver.init_host('compute1'))
 
-        self.assertIn('Recovering interrupted snapshots failed; run '
-                      '"nova-snapdriver-manage recover" to retry',
+        self.assertIn('Recovering interrupted snapshots (start-up) failed; '
+                      'run "nova-snapdriver-manage recover" to retry',
                       self.logs.output)
         self.assertIn('no libvirt', self.logs.output)
         self.assertTrue(os.path.exists(self.record_path))
 
     def test_unexpected_recovery_error_is_swallowed(self):
-        self.useFixture(fixtures.MockPatchObject(
+        self._write_dead_record()
+        recover = self.useFixture(fixtures.MockPatchObject(
             driver.recovery, 'recover', autospec=True,
-            side_effect=RuntimeError('bug in recovery')))
+            side_effect=RuntimeError('bug in recovery'))).mock
 
         self.assertIsNone(self.driver.init_host('compute1'))
 
-        self.assertIn('Recovering interrupted snapshots failed',
+        recover.assert_called_once_with(self.conn.mock,
+                                        self.driver._image_api, mock.ANY)
+        self.assertIn('Recovering interrupted snapshots (start-up) failed',
                       self.logs.output)
         self.assertIn('RuntimeError: bug in recovery', self.logs.output)
 
@@ -678,3 +819,96 @@ class InitHostTestCase(base.TestCase):
 
         self.conn.mock.defineXML.assert_not_called()
         self.assertTrue(os.path.exists(self.record_path))
+
+    def test_empty_journal_skips_recovery(self):
+        recover = self.useFixture(fixtures.MockPatchObject(
+            driver.recovery, 'recover', autospec=True)).mock
+
+        self.driver.init_host('compute1')
+
+        recover.assert_not_called()
+        self.driver._host.get_connection.assert_not_called()
+
+    def test_snapshots_in_flight_are_not_logged(self):
+        self._write_dead_record()
+        self.useFixture(fixtures.MockPatchObject(
+            driver.recovery, 'recover', autospec=True,
+            return_value=[{'state': 'in flight'}]))
+
+        self.driver.init_host('compute1')
+
+        self.assertNotIn('interrupted snapshot', self.logs.output)
+
+    @unittest.expectedFailure
+    def test_unreadable_journal_never_fails_the_start(self):
+        # BUG: _recover calls journal.paths() outside its try, so a
+        # journal_path that is not a directory (or not readable) makes
+        # init_host raise and nova-compute fail to start, and kills the
+        # periodic recovery thread.
+        with open(self.journal_dir, 'w') as f:
+            f.write('a file where the journal directory should be')
+
+        self.assertIsNone(self.driver.init_host('compute1'))
+
+    # --- the periodic recovery ----------------------------------------------
+
+    def _threads(self):
+        return [t for t in threading.enumerate()
+                if t.name == 'snapdriver-recovery']
+
+    def test_periodic_thread_starts_and_stops_with_the_host(self):
+        self.flags(recovery_interval=300, group='snapdriver')
+        before = self._threads()
+
+        self.driver.init_host('compute1')
+        thread, = [t for t in self._threads() if t not in before]
+        self.addCleanup(self.driver._stop_recovery.set)
+        self.assertTrue(thread.daemon)
+        self.assertTrue(thread.is_alive())
+
+        self.driver.cleanup_host('compute1')
+
+        thread.join(5)
+        self.assertFalse(thread.is_alive())
+        self.driver._host.cleanup.assert_called_once_with()
+
+    def test_no_periodic_thread_with_a_zero_interval(self):
+        before = self._threads()
+
+        self.driver.init_host('compute1')
+
+        self.assertEqual(before, self._threads())
+        # Stopping a host without a thread is fine.
+        self.driver.cleanup_host('compute1')
+
+    def _periodic(self, runs, **recover):
+        """_recover_periodically, the stop event set after ``runs``."""
+        self._write_dead_record()
+        rec = self.useFixture(fixtures.MockPatchObject(
+            driver.recovery, 'recover', autospec=True, **recover)).mock
+        stop = mock.Mock(spec=threading.Event)
+        stop.wait.side_effect = [False] * runs + [True]
+        self.driver._stop_recovery = stop
+        self.driver._recover_periodically(42)
+        self.assertEqual([mock.call(42)] * (runs + 1),
+                         stop.wait.call_args_list)
+        return rec
+
+    def test_periodic_recovery_runs_every_interval_until_stopped(self):
+        recover = self._periodic(2, return_value=[{'state': 'recovered'}])
+
+        self.assertEqual(2, recover.call_count)
+        self.assertEqual(2, self.logs.output.count(
+            'Looked at 1 interrupted snapshot(s) (periodic): recovered'))
+
+    def test_periodic_recovery_failing_keeps_running(self):
+        recover = self._periodic(3, side_effect=RuntimeError('bug'))
+
+        self.assertEqual(3, recover.call_count)
+        self.assertEqual(3, self.logs.output.count(
+            'Recovering interrupted snapshots (periodic) failed'))
+
+    def test_stop_already_set_never_recovers(self):
+        recover = self._periodic(0)
+
+        recover.assert_not_called()
