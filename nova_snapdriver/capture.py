@@ -197,8 +197,7 @@ def redefine(driver, xml, instance, xml_path, sleep=time.sleep,
         unreachable = False
         try:
             driver._host.write_instance_config(xml)
-            guest = lookup_guest(driver, instance)
-            if guest is None or guest.has_persistent_configuration():
+            if _persistent_or_gone(driver, instance):
                 LOG.debug('Domain redefined', instance=instance)
                 return
             error = ('libvirt accepted the definition, yet the domain is '
@@ -222,6 +221,17 @@ def redefine(driver, xml, instance, xml_path, sleep=time.sleep,
         xml_path = '(nowhere: saving it to %s failed: %s)' % (xml_path, e)
     raise exception.DomainRedefineFailed(
         instance_uuid=instance.uuid, reason=error, xml_path=xml_path)
+
+
+def _persistent_or_gone(driver, instance):
+    """Checked on a fresh lookup: True unless the domain is transient."""
+    guest = lookup_guest(driver, instance)
+    try:
+        return guest is None or guest.has_persistent_configuration()
+    except libvirt.libvirtError as e:
+        if e.get_error_code() == libvirt.VIR_ERR_NO_DOMAIN:
+            return True
+        raise
 
 
 def _save_xml(xml, path):

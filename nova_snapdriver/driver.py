@@ -77,9 +77,9 @@ class SnapLibvirtDriver(libvirt_driver.LibvirtDriver):
         Snapshots in flight (their record locked by a live process,
         this one included) are left alone.
         """
-        if not journal.paths():
-            return
         try:
+            if not journal.paths():
+                return
             reports = recovery.recover(self._host.get_connection(),
                                        self._image_api,
                                        recovery.image_context())

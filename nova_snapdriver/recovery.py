@@ -62,8 +62,10 @@ LEFTOVER_IMAGE_STATES = ('queued', 'saving', 'importing', 'uploading')
 # Phases in which a snapshot may have a job of its own running.  'planned'
 # too: a backup starts (backupBegin) before its 'backup' step, a copy
 # (blockCopy) in the 'overlay' phase, a rebase copy in 'undefined' (or
-# 'overlay' when the domain was transient already).
-JOB_PHASES = ('planned', 'overlay', 'undefined', 'copying', 'backup')
+# 'overlay' when the domain was transient already).  A stream's pull
+# backup runs from its first 'streaming' step to the end of the upload.
+JOB_PHASES = ('planned', 'overlay', 'undefined', 'copying', 'backup',
+              'streaming')
 # Phases in which a rebase may have undefined the domain: it undefines
 # after its 'overlay' step and redefines before its capture returns.
 UNDEFINE_PHASES = ('overlay', 'undefined', 'copying')

@@ -14,12 +14,9 @@ and domain alone (``test_stale_record_leaves_a_snapshot_in_flight_alone``).
 """
 
 import os
-import select
-import signal
 import stat
 import subprocess
 import sys
-import time
 from xml.etree import ElementTree
 
 import libvirt
@@ -27,42 +24,12 @@ import pytest
 
 from nova_snapdriver import journal
 from tests.testbed import checks
+from tests.testbed import child as test_child
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))))
 MANAGE = os.path.join(os.path.dirname(sys.executable),
                       'nova-snapdriver-manage')
-
-
-def run_until(nova_conf, inst, image_id, stop_at, timeout=120):
-    """Start a snapshot in a child; return it once it reached ``stop_at``.
-
-    Within ``timeout`` seconds: a child whose snapshot failed may hang on
-    its way out (nova's threads), its stdout never closed.
-    """
-    child = subprocess.Popen(
-        [sys.executable, '-m', 'tests.testbed.child', nova_conf,
-         inst.ref_json(), image_id, stop_at],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-        bufsize=0)  # unbuffered: no line waits in a buffer select misses
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([child.stdout], [], [], 1)
-        if not ready:
-            continue
-        line = child.stdout.readline().decode()
-        if line.strip() == 'REACHED %s' % stop_at:
-            return child
-        if not line or line.strip() == 'FINISHED':
-            break
-    kill9(child)
-    raise AssertionError('the snapshot never reached %s' % stop_at)
-
-
-def kill9(child):
-    child.send_signal(signal.SIGKILL)
-    child.wait()
-    child.stdout.close()
 
 
 def manage(nova_conf, *args):
@@ -88,7 +55,7 @@ def test_killed_snapshot_is_repaired_by_recover(
         # Slow the mirror so it is still running when the child dies.
         conf('snapdriver', block_job_bandwidth=1)
     image = make_image(instance)
-    child = run_until(nova_conf, instance, image['id'], stop_at)
+    child = test_child.run_until(nova_conf, instance, image['id'], stop_at)
     record = os.path.join(journal.directory(), image['id'] + '.json')
     assert os.path.exists(record)
     if stop_at in ('undefined', 'copying'):
@@ -96,7 +63,7 @@ def test_killed_snapshot_is_repaired_by_recover(
     if stop_at == 'copying':
         assert checks.block_jobs(instance.lookup()) != {}
 
-    kill9(child)
+    test_child.kill9(child)
     recover_all(nova_conf, instance, image, glance_client, reference,
                 snapshots_dir)
 
@@ -125,7 +92,7 @@ def test_snapshot_in_flight_is_left_alone_and_its_record_is_private(
         nova_conf, conf, instance, make_image, reference, snapshots_dir):
     conf('snapdriver', block_job_bandwidth=1)
     image = make_image(instance)
-    child = run_until(nova_conf, instance, image['id'], 'copying')
+    child = test_child.run_until(nova_conf, instance, image['id'], 'copying')
     try:
         record = os.path.join(journal.directory(), image['id'] + '.json')
         assert stat.S_IMODE(os.stat(record).st_mode) == 0o600
@@ -138,7 +105,7 @@ def test_snapshot_in_flight_is_left_alone_and_its_record_is_private(
         assert image['id'] + ': in flight' in result.stdout
         assert not instance.is_persistent(), 'recovery touched a live one'
     finally:
-        kill9(child)
+        test_child.kill9(child)
     assert manage(nova_conf, 'recover').returncode == 0
     assert instance.is_persistent()
     assert checks.leftovers(snapshots_dir) == []
@@ -146,7 +113,8 @@ def test_snapshot_in_flight_is_left_alone_and_its_record_is_private(
 
 def test_dry_run_changes_nothing(nova_conf, instance, make_image):
     image = make_image(instance)
-    kill9(run_until(nova_conf, instance, image['id'], 'undefined'))
+    test_child.kill9(test_child.run_until(nova_conf, instance, image['id'],
+                                          'undefined'))
 
     dry = manage(nova_conf, 'recover', '--dry-run')
 
@@ -164,7 +132,8 @@ def test_corrupt_record_is_reported_and_skipped(nova_conf, instance,
     with open(corrupt, 'w') as f:
         f.write('{"version": 1, "instance_uu')
     image = make_image(instance)
-    kill9(run_until(nova_conf, instance, image['id'], 'undefined'))
+    test_child.kill9(test_child.run_until(nova_conf, instance, image['id'],
+                                          'undefined'))
     try:
         result = manage(nova_conf, 'recover')
 
@@ -181,7 +150,8 @@ def test_nova_compute_start_repairs_an_interrupted_snapshot(
         nova_conf, instance, make_image, reference, snapshots_dir):
     """init_host runs the same recovery, before nova looks at instances."""
     image = make_image(instance)
-    kill9(run_until(nova_conf, instance, image['id'], 'undefined'))
+    test_child.kill9(test_child.run_until(nova_conf, instance, image['id'],
+                                          'undefined'))
     assert not instance.is_persistent()
 
     from tests.testbed import nova_env
@@ -226,7 +196,8 @@ def test_stale_record_leaves_a_snapshot_in_flight_alone(
     Then the new snapshot is killed too, and one recover ends it all.
     """
     stale_image = make_image(instance, 'stale')
-    kill9(run_until(nova_conf, instance, stale_image['id'], stale_at))
+    test_child.kill9(test_child.run_until(nova_conf, instance,
+                                          stale_image['id'], stale_at))
     stale = os.path.join(journal.directory(), stale_image['id'] + '.json')
     stale_dir = journal.load(stale).data['work_dir']
     assert os.path.isdir(stale_dir)
@@ -238,7 +209,8 @@ def test_stale_record_leaves_a_snapshot_in_flight_alone(
     hold = journal.try_lock(stale)
     try:
         new_image = make_image(instance, 'new')
-        child = run_until(nova_conf, instance, new_image['id'], 'copying')
+        child = test_child.run_until(nova_conf, instance, new_image['id'],
+                                     'copying')
     finally:
         os.close(hold)
     try:
@@ -279,7 +251,7 @@ def test_stale_record_leaves_a_snapshot_in_flight_alone(
             assert stale_image['id'] + ': recovered' in out, out
             assert not os.path.exists(stale)
     finally:
-        kill9(child)
+        test_child.kill9(child)
 
     # Let go: the new snapshot is interrupted too.  One recover undoes
     # both, the newer first: its job, then the domain's definition.

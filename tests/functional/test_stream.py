@@ -19,7 +19,9 @@ import pytest
 
 from nova_snapdriver import exception
 from nova_snapdriver import journal
+from nova_snapdriver import recovery
 from tests.testbed import checks
+from tests.testbed import child as test_child
 from tests.testbed import guest as test_guest
 
 MiB = 1024 * 1024
@@ -165,4 +167,28 @@ def test_glance_killed_mid_stream_fails_cleanly(
 
     assert killed, 'the stream ended before Glance was killed'
     assert 'onnection' in str(err.value), err.value
+    assert_instance_as_before(inst, snapshots_dir)
+
+
+def test_nova_compute_killed_mid_stream_is_repaired_by_recover(
+        nova_conf, make_instance, make_image, glance_client, image_api,
+        context, libvirt_conn, snapshots_dir):
+    """SIGKILLed right after backupBegin: recovery ends the pull backup."""
+    inst = make_instance(disk_mib=256)
+    image = make_image(inst)
+    child = test_child.run_until(
+        nova_conf, inst, image['id'], 'streaming',
+        options={'snapdriver': {'capture_method': 'stream'}})
+    work_dir = os.path.join(snapshots_dir, image['id'])
+    assert inst.lookup().jobStats().get('operation') == \
+        libvirt.VIR_DOMAIN_JOB_OPERATION_BACKUP
+    assert sorted(os.listdir(work_dir)) == ['nbd.sock', 'scratch.qcow2']
+
+    test_child.kill9(child)
+    reports = recovery.recover(libvirt_conn, image_api, context)
+
+    assert [r['state'] for r in reports] == ['recovered'], reports
+    assert any('deleted image' in a for a in reports[0]['actions'])
+    with pytest.raises(Exception):
+        glance_client.images.get(image['id'])
     assert_instance_as_before(inst, snapshots_dir)

@@ -2,6 +2,10 @@
 
     python -m tests.testbed.child NOVA_CONF INSTANCE_JSON IMAGE_ID STOP_AT
 
+``run_until`` and ``kill9`` are the parent's side.  Options the parent
+overrides for the test reach the child as JSON in SNAPDRIVER_CHILD_OPTIONS
+({group: {option: value}}).
+
 The child configures nova from NOVA_CONF exactly as the tests' own process
 did, loads the driver by name (init_host included) and snapshots the
 instance described by INSTANCE_JSON.  When the snapshot reaches STOP_AT, a
@@ -11,6 +15,10 @@ journal step ('overlay', 'undefined', 'copying', 'extracting',
 """
 
 import json
+import os
+import select
+import signal
+import subprocess
 import sys
 import time
 
@@ -20,8 +28,50 @@ from nova_snapdriver import progress  # noqa: E402
 from tests.testbed import instance as test_instance  # noqa: E402
 
 
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))))
+
+
+def run_until(nova_conf, inst, image_id, stop_at, timeout=120,
+              options=None):
+    """Start a snapshot in a child; return it once it reached ``stop_at``.
+
+    Within ``timeout`` seconds: a child whose snapshot failed may hang on
+    its way out (nova's threads), its stdout never closed.
+    """
+    env = dict(os.environ, SNAPDRIVER_CHILD_OPTIONS=json.dumps(options or {}))
+    child = subprocess.Popen(
+        [sys.executable, '-m', 'tests.testbed.child', nova_conf,
+         inst.ref_json(), image_id, stop_at],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+        env=env, bufsize=0)  # unbuffered: no line waits where select misses
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([child.stdout], [], [], 1)
+        if not ready:
+            continue
+        line = child.stdout.readline().decode()
+        if line.strip() == 'REACHED %s' % stop_at:
+            return child
+        if not line or line.strip() == 'FINISHED':
+            break
+    kill9(child)
+    raise AssertionError('the snapshot never reached %s' % stop_at)
+
+
+def kill9(child):
+    """SIGKILL the child, as an OOM kill of nova-compute: no cleanup runs."""
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    child.stdout.close()
+
+
 def main(conf_path, instance_json, image_id, stop_at):
     nova_env.configure_from(conf_path)
+    options = json.loads(os.environ.get('SNAPDRIVER_CHILD_OPTIONS') or '{}')
+    for group, values in options.items():
+        for name, value in values.items():
+            nova_env.CONF.set_override(name, value, group)
     driver = nova_env.load_driver()
     inst = test_instance.InstanceRef(**json.loads(instance_json))
     obj = test_instance.make_instance_object(inst)

@@ -9,7 +9,6 @@ import json
 import os
 import stat
 import threading
-import unittest
 from unittest import mock
 
 import fixtures
@@ -839,12 +838,9 @@ class InitHostTestCase(base.TestCase):
 
         self.assertNotIn('interrupted snapshot', self.logs.output)
 
-    @unittest.expectedFailure
     def test_unreadable_journal_never_fails_the_start(self):
-        # BUG: _recover calls journal.paths() outside its try, so a
-        # journal_path that is not a directory (or not readable) makes
-        # init_host raise and nova-compute fail to start, and kills the
-        # periodic recovery thread.
+        # A journal_path that is not a directory (or not readable) must not
+        # keep nova-compute from starting, nor kill the periodic recovery.
         with open(self.journal_dir, 'w') as f:
             f.write('a file where the journal directory should be')
 
