@@ -52,7 +52,7 @@ class SnapLibvirtDriver(libvirt_driver.LibvirtDriver):
         snapshot.
         """
         super(SnapLibvirtDriver, self).init_host(host)
-        self._recover('start-up')
+        self._recover('start-up', always=True)
         self._stop_recovery = threading.Event()
         interval = CONF.snapdriver.recovery_interval
         if interval:
@@ -69,16 +69,19 @@ class SnapLibvirtDriver(libvirt_driver.LibvirtDriver):
 
     def _recover_periodically(self, interval):
         while not self._stop_recovery.wait(interval):
-            self._recover('periodic')
+            self._recover('periodic', always=True)
 
-    def _recover(self, why):
+    def _recover(self, why, always=False):
         """Repair what interrupted snapshots left; never raises.
 
         Snapshots in flight (their record locked by a live process,
-        this one included) are left alone.
+        this one included) are left alone.  Before a snapshot it runs only
+        when the journal has records; at start-up and periodically
+        (``always``) also to clean files of no record (saved XML, stray
+        journal temp files).
         """
         try:
-            if not journal.paths():
+            if not always and not journal.paths():
                 return
             reports = recovery.recover(self._host.get_connection(),
                                        self._image_api,
@@ -88,7 +91,8 @@ class SnapLibvirtDriver(libvirt_driver.LibvirtDriver):
                           'run "nova-snapdriver-manage recover" to retry',
                           why)
             return
-        reports = [r for r in reports if r['state'] != 'in flight']
+        reports = [r for r in reports
+                   if r.get('record') and r['state'] != 'in flight']
         if reports:
             LOG.info('Looked at %(n)d interrupted snapshot(s) (%(why)s): '
                      '%(states)s',

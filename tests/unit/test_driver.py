@@ -684,7 +684,7 @@ class SnapshotTestCase(base.TestCase):
         recover = self._patch_recover(
             side_effect=lambda *a: seen.append(
                 (list(self.qemu_img.commands), self._domain_changes())) or [
-                    {'state': 'recovered'}])
+                    {'record': 'r.json', 'state': 'recovered'}])
 
         self._snapshot()
 
@@ -819,14 +819,18 @@ class InitHostTestCase(base.TestCase):
         self.conn.mock.defineXML.assert_not_called()
         self.assertTrue(os.path.exists(self.record_path))
 
-    def test_empty_journal_skips_recovery(self):
+    def test_start_up_recovers_with_an_empty_journal_too(self):
+        # Files of no record (saved XML, journal temp files) are cleaned.
         recover = self.useFixture(fixtures.MockPatchObject(
-            driver.recovery, 'recover', autospec=True)).mock
+            driver.recovery, 'recover', autospec=True,
+            return_value=[{'record': None, 'file': 'x.xml',
+                           'state': 'deleted'}])).mock
 
         self.driver.init_host('compute1')
 
-        recover.assert_not_called()
-        self.driver._host.get_connection.assert_not_called()
+        recover.assert_called_once()
+        # A file of no record is not an interrupted snapshot.
+        self.assertNotIn('interrupted snapshot(s)', self.logs.output)
 
     def test_snapshots_in_flight_are_not_logged(self):
         self._write_dead_record()
@@ -891,7 +895,8 @@ class InitHostTestCase(base.TestCase):
         return rec
 
     def test_periodic_recovery_runs_every_interval_until_stopped(self):
-        recover = self._periodic(2, return_value=[{'state': 'recovered'}])
+        recover = self._periodic(2, return_value=[
+            {'record': 'r.json', 'state': 'recovered'}])
 
         self.assertEqual(2, recover.call_count)
         self.assertEqual(2, self.logs.output.count(
