@@ -2,14 +2,19 @@
 """Benchmark the capture methods against nova 34's in-tree snapshot.
 
 Real libvirtd + QEMU, a real glance-api on loopback (the functional test
-bed, tests/testbed), one running instance per (disk size, data kind) and,
-on that same domain in the same run: our driver with each capture method,
-nova's in-tree ``LibvirtDriver.snapshot``, and the floor, Glance ingesting
-the same final image alone.  Per snapshot: wall time and phases, seconds
+bed, tests/testbed), one running instance per (disk size, data kind,
+data layout) and, on that same domain in the same run: our driver with
+each capture method, nova's in-tree ``LibvirtDriver.snapshot``, and the
+floor, Glance ingesting the same final image alone.  Per snapshot: wall time and phases, seconds
 the domain was transient, peak temp space, bytes uploaded; and the guest's
-write throughput during a snapshot ÷ idle.  Images are not compressed
+write throughput during a snapshot ÷ idle.  The data layout is where the
+disk's data is: all in the instance's base image (``base``), or mostly in
+the instance's own qcow2 layer (``instance``), as a guest that wrote it
+leaves it; bench_measure.py says more.  Images are not compressed
 unless --compression says so (then nova's in-tree driver compresses with
-zlib, as [libvirt] snapshot_compression makes it).
+zlib, as [libvirt] snapshot_compression makes it; ``stream`` is then left
+out: a stream is never compressed, the driver would run copy or rebase in
+its place).
 
 This file is the entry point: the arguments, and the run.  What is
 measured and how: tools/bench_measure.py.  The tables, the plot and the
@@ -20,12 +25,18 @@ and bench.png (needs matplotlib, bench-requirements.txt) into --out.  Not
 part of the test suite.  Needs root, like the functional tests.  Quote
 ratios of one run, never absolute times.
 
-The full run, about 50 minutes on 2 cores with Glance at ~100 MiB/s
-(8 GiB: ~30, 4 GiB: ~15, 1 GiB: ~4); its work directory, under $TMPDIR,
-peaks at about 4x the largest disk (32 GiB at 8 GiB: the base, the image
-in Glance, its local copy and the floor's upload of it):
+The full run, both layouts, about 2 hours on 2 cores with Glance at ~100
+MiB/s (one layout of the four methods and in-tree took 43 minutes, quiet;
+stream adds a fifth driver, the instance layout a second of everything);
+its work directory, under $TMPDIR, peaks at about 4x the largest disk (32
+GiB at 8 GiB: the base or the instance's layer, the image in Glance, its
+local copy and the floor's upload of it), and the snapshots directory
+another 2x for rebase and copy in the instance layout:
 
     tox -e bench -- --sizes 1,4,8 --data random,compressible
+
+A short try: ``--sizes 1 --layout instance`` (about 5 minutes quiet, 10
+on a busy machine; ``--sizes 0.25`` both layouts, about 6 busy).
 
 ``--replot BENCH_JSON`` rewrites bench.md and bench.png from an earlier
 run's figures, without the test bed.
@@ -47,6 +58,10 @@ def parse_args():
     parser.add_argument('--data', default='random',
                         help='random,compressible (comma separated)')
     parser.add_argument('--methods', default=','.join(bench_measure.METHODS))
+    parser.add_argument('--layout', default=','.join(bench_measure.LAYOUTS),
+                        help='where the data is: base (the instance\'s base '
+                        'image), instance (its own qcow2 layer; 64 MiB in '
+                        'the base); comma separated')
     parser.add_argument('--skip-intree', action='store_true')
     parser.add_argument('--bandwidth', type=int, default=100,
                         help='[snapdriver] block_job_bandwidth (MiB/s) of '
@@ -68,7 +83,16 @@ def parse_args():
     args.data = [k for k in args.data.split(',') if k]
     for kind in args.data:
         bench_measure.data_chunk(kind)  # an unknown kind fails now
+    args.layout = [k for k in args.layout.split(',') if k]
+    for layout in args.layout:
+        if layout not in bench_measure.LAYOUTS:
+            parser.error('unknown layout %r (%s)' % (
+                layout, ', '.join(bench_measure.LAYOUTS)))
     args.methods = [m for m in args.methods.split(',') if m]
+    if args.compression != 'none' and 'stream' in args.methods:
+        # The driver never compresses a stream: it would time copy.
+        print('--compression: stream left out (a stream is never compressed)')
+        args.methods.remove('stream')
     return args
 
 
@@ -78,6 +102,8 @@ def main():
     if args.replot:
         with open(args.replot) as f:
             earlier = json.load(f)
+        # Runs from before --layout measured the base layout only.
+        args.__dict__.update(layout=['base'])
         args.__dict__.update(earlier['args'], out=args.out)
         bench_report.report(earlier['cases'], args)
         return

@@ -5,37 +5,54 @@ pollers (``Watcher``: transient seconds and peak temp space), the guest's
 writes (``GuestWriter``), the timing of nova's in-tree phases from outside,
 one snapshot and the Glance-only floor, the timing and guest-write runs of
 one case, and ``measure()``, which sets the test bed up, runs every case
-and takes it all down again.  The figures it returns are turned into
-tables and a plot by tools/bench_report.py.
+(disk size x data kind x data layout) and takes it all down again.  The
+figures it returns become tables and a plot in tools/bench_report.py.
 
 Per snapshot: wall time and its phases (ours from the driver's progress
 events; the in-tree driver's by timing its ``_live_snapshot``,
 ``libvirt_utils.extract_snapshot`` and ``_image_api.update`` from here,
 nova itself unchanged), seconds the domain was transient (isPersistent
 polled every 20 ms), peak space used in the snapshots directory (polled),
-bytes uploaded.
+bytes uploaded.  For ``stream`` the phases are plan and stream (capture
+and upload are one), and its peak temp space is the pull backup's scratch
+file and whatever else its work dir holds (the work dir is in the
+snapshots directory the poller walks).
 
-Guest writes: on the first data kind of each size, for each driver (and
-for rebase and copy once more with ``[snapdriver] block_job_bandwidth``
-= --bandwidth), 4 MiB writes are injected back to back through the QEMU
-monitor (HMP ``qemu-io -d <the virtio disk's QOM path>``, which goes
-through the device's own block backend and so through every filter a
-block job puts above the disk) for --write-seconds, once with nothing else
-running and once from the start of a snapshot (stopping early if the
-snapshot ends first).  The ratio of the two throughputs is reported (the
-target is >= 0.70 with the limit).  These snapshots are separate from the
-timed ones, whose times they would spoil.  What the ratio also holds: the
-writes share the cores with everything the snapshot runs (qemu-img,
-Glance), and each one is a libvirt API call, serialized with the driver's
-own calls on the domain (job polls, undefine, define), which a real
-guest's writes are not.
+Guest writes: on the first data kind of each size and layout, for each
+driver (and for rebase and copy once more with ``[snapdriver]
+block_job_bandwidth`` = --bandwidth; backup and stream have no limit,
+libvirt's backup API has no rate), 4 MiB writes are injected back to back
+through the QEMU monitor (HMP ``qemu-io -d <the virtio disk's QOM path>``,
+which goes through the device's own block backend and so through every
+filter a block job or backup puts above the disk) for --write-seconds,
+once with nothing else running and once from the start of a snapshot
+(stopping early if the snapshot ends first).  The ratio of the two
+throughputs is reported (targets: >= 0.70 with the limit, >= 0.50 for
+stream with none), with that snapshot's peak temp space and the bytes the
+guest overwrote (the writes cycle over one 64 MiB window, so at most 64
+MiB).  These snapshots are separate from the timed ones, whose times they
+would spoil.  What the ratio also holds: the writes share the cores with
+everything the snapshot runs (qemu-img, Glance), and each one is a
+libvirt API call, serialized with the driver's own calls on the domain
+(job polls, undefine, define), which a real guest's writes are not.
 
 Block jobs are polled every [snapdriver] block_job_poll_interval as
 shipped (0.5 s, as nova's in-tree driver sleeps), not the test bed's 0.1 s.
 
 Data kinds: ``random`` (incompressible) and ``compressible`` (each MiB half
 random, half a repeated text: about 2:1 for zlib).  The disk is filled
-from 32 MiB to its end, in the instance's base image.
+from 32 MiB to its end (the same image either way) in one of two layouts:
+
+- ``base``: all of it in the instance's base image; the disk's own qcow2
+  layer holds only the test bed's few MiB of patterns, as if the guest had
+  written next to nothing since it booted.  A shallow capture (rebase,
+  copy) then copies almost nothing, and its temp space is the image.
+- ``instance``: 64 MiB of it in the base (32 to 96 MiB, the window the
+  guest-write runs write over), the rest in the instance's own qcow2
+  layer, written there before the domain starts (qemu-nbd, through
+  libnbd), as a guest that wrote its data itself leaves it.  The shallow
+  captures then copy that layer first: temp space of about the layer plus
+  the image, and rebase's transient window as long as that copy.
 """
 
 import contextlib
@@ -67,10 +84,14 @@ from tests.testbed import libvirtd  # noqa: E402
 
 GiB = 1024 ** 3
 MiB = 1024 ** 2
-METHODS = ('rebase', 'copy', 'backup')
+METHODS = ('rebase', 'copy', 'backup', 'stream')
 # Methods that honour [snapdriver] block_job_bandwidth (libvirt has no
-# bandwidth for a backup; nova's in-tree driver has no such option).
+# bandwidth for a backup, pull (stream) or push; nova's in-tree driver has
+# no such option).
 LIMITED = ('rebase', 'copy')
+# Where the data is (see above); with 'instance', how much stays in the base.
+LAYOUTS = ('base', 'instance')
+BASE_DATA_IN_INSTANCE_LAYOUT = 64 * MiB
 TEXT = b'nova-snapdriver compressible data. '
 WRITE_SIZE = 4 * MiB
 WRITE_WINDOW = 64 * MiB
@@ -90,22 +111,63 @@ def data_chunk(kind):
     raise ValueError('unknown data kind %r (random, compressible)' % kind)
 
 
-class DataInstance(test_instance.NovaInstance):
-    """A test instance whose base holds ``kind`` data up to its end."""
+def fill(pwrite, start, end, kind):
+    """``pwrite(data, offset)`` ``kind`` data from ``start`` to ``end``."""
+    offset = start
+    while offset < end:
+        n = min(MiB, end - offset)
+        pwrite(data_chunk(kind)[:n], offset)
+        offset += n
 
-    def __init__(self, *args, kind='random', **kwargs):
+
+def fill_qcow2_layer(path, start, end, kind):
+    """Write ``kind`` data into the qcow2 ``path`` itself, not its backing.
+
+    qemu-nbd serves the image to libnbd over a socket libnbd hands it
+    (systemd socket activation); it exits when libnbd disconnects, and
+    libnbd reaps it when the handle is freed (the binding has no close()),
+    so no process is left behind.
+    """
+    import nbd  # libnbd's binding, linked into the venv: tools/link-libnbd
+    handle = nbd.NBD()
+    try:
+        handle.connect_systemd_socket_activation(
+            ['qemu-nbd', '-f', 'qcow2', path])
+        fill(lambda data, offset: handle.pwrite(data, offset), start, end,
+             kind)
+        handle.flush()
+        handle.shutdown()
+    finally:
+        handle = None  # the last reference: libnbd closes and reaps
+
+
+class DataInstance(test_instance.NovaInstance):
+    """A test instance filled with ``kind`` data from 32 MiB to its end.
+
+    ``layout`` 'base': all of it in the base image; 'instance': the first
+    BASE_DATA_IN_INSTANCE_LAYOUT of it in the base, the rest in the
+    instance's own qcow2 layer.
+    """
+
+    def __init__(self, *args, kind='random', layout='base', **kwargs):
         super(DataInstance, self).__init__(*args, **kwargs)
+        if layout not in LAYOUTS:
+            raise ValueError('unknown layout %r (%s)'
+                             % (layout, ', '.join(LAYOUTS)))
         self.kind = kind
+        self.layout = layout
 
     def create_disks(self):
         super(DataInstance, self).create_disks()
         start = test_guest.MARKER_BASE
+        split = self.disk_size
+        if self.layout == 'instance':
+            split = min(start + BASE_DATA_IN_INSTANCE_LAYOUT, self.disk_size)
         with open(self.base_path, 'r+b') as f:
-            f.seek(start)
-            left = self.disk_size - start
-            while left > 0:
-                f.write(data_chunk(self.kind)[:min(MiB, left)])
-                left -= MiB
+            fill(lambda data, offset: os.pwrite(f.fileno(), data, offset),
+                 start, split, self.kind)
+        if split < self.disk_size:
+            fill_qcow2_layer(self.disk_path, split, self.disk_size, self.kind)
 
 
 # -- what is measured -----------------------------------------------------
@@ -391,21 +453,25 @@ def write_runs(bench, inst, args):
             runs.append({'driver': name, 'bandwidth': bandwidth,
                          'idle': idle, 'during': writer.throughput,
                          'ratio': writer.throughput / idle,
-                         'wall': result['wall']})
+                         'wall': result['wall'],
+                         'peak_temp': result['peak_temp'],
+                         'uploaded': result['uploaded'],
+                         'overwritten': min(writer.written, WRITE_WINDOW)})
     return runs
 
 
-def run_case(bench, size_gib, kind, args, with_writes):
+def run_case(bench, size_gib, kind, layout, args, with_writes):
     inst = DataInstance(bench.conn, bench.boot, disk_mib=int(size_gib * 1024),
-                        kind=kind)
-    inst.start()
+                        kind=kind, layout=layout)
     try:
+        # Inside the try: a guest that never comes up is still destroyed.
+        inst.start()
         results = timing_runs(bench, inst, args)
         writes = write_runs(bench, inst, args) if with_writes else []
     finally:
         inst.cleanup()
-    return {'size_gib': size_gib, 'kind': kind, 'results': results,
-            'writes': writes}
+    return {'size_gib': size_gib, 'kind': kind, 'layout': layout,
+            'results': results, 'writes': writes}
 
 
 # -- the test bed ---------------------------------------------------------
@@ -464,9 +530,12 @@ def measure(args):
                       args.compression)
         for size in args.sizes:
             for kind in args.data:
-                print('case: %g GiB %s' % (size, kind), flush=True)
                 with_writes = args.write_seconds > 0 and kind == args.data[0]
-                cases.append(run_case(bench, size, kind, args, with_writes))
+                for layout in args.layout:
+                    print('case: %g GiB %s, data in the %s layer'
+                          % (size, kind, layout), flush=True)
+                    cases.append(run_case(bench, size, kind, layout, args,
+                                          with_writes))
     finally:
         if bench:
             bench.close()

@@ -7,18 +7,38 @@ run's arguments and every figure), bench.md and bench.png into --out and
 prints the tables.  It works on the figures alone (``--replot`` of an
 earlier run's bench.json needs no test bed).  Quote ratios of one run,
 never absolute times.
+
+Every row says its data layout: ``base`` (the data in the instance's base
+image) or ``instance`` (in the instance's own qcow2 layer), see
+bench_measure.py.  A bench.json from before layouts were measured has
+none: its rows are ``base``, which is what it measured.
 """
 
 import json
 import os
 
-PHASES = ('plan', 'capture', 'extract', 'upload')
+PHASES = ('plan', 'capture', 'extract', 'upload', 'stream')
+# The targets drawn on the plot (issue 13's for stream; 0.70: the guest's
+# writes with block_job_bandwidth).
+TARGET_TIME = 1.03
+TARGET_WRITES_LIMITED = 0.70
+TARGET_WRITES_STREAM = 0.50
+LAYOUT_COLOURS = {'base': 'tab:blue', 'instance': 'tab:orange'}
+
+
+def layout(case):
+    """The case's data layout; runs from before layouts measured 'base'."""
+    return case.get('layout', 'base')
+
+
+def mib(nbytes):
+    return '-' if nbytes is None else '%.0f' % (nbytes / 1024 ** 2)
 
 
 def timing_table(cases):
-    rows = ['| disk | data | method | wall s | ÷ glance-only | ÷ in-tree | '
-            'transient s | peak temp ÷ image | phases s |',
-            '|---|---|---|---|---|---|---|---|---|']
+    rows = ['| disk | data | layout | method | wall s | ÷ glance-only | '
+            '÷ in-tree | transient s | peak temp ÷ image | phases s |',
+            '|---|---|---|---|---|---|---|---|---|---|']
     for case in cases:
         res = case['results']
         floor = res['glance-only']['wall']
@@ -28,9 +48,10 @@ def timing_table(cases):
                 continue
             phases = ', '.join('%s %.1f' % (p, r['phases'][p])
                                for p in PHASES if p in r['phases'])
-            rows.append('| %g GiB | %s | %s | %.1f | %.2f | %s | %.2f | %.2f '
-                        '| %s |'
-                        % (case['size_gib'], case['kind'], name, r['wall'],
+            rows.append('| %g GiB | %s | %s | %s | %.1f | %.2f | %s | %.2f '
+                        '| %.2f | %s |'
+                        % (case['size_gib'], case['kind'], layout(case),
+                           name, r['wall'],
                            r['wall'] / floor,
                            '%.2f' % (r['wall'] / intree) if intree else '-',
                            r['transient'],
@@ -40,14 +61,17 @@ def timing_table(cases):
 
 
 def writes_table(cases):
-    rows = ['| disk | method | block_job_bandwidth | guest writes during '
-            '÷ idle |', '|---|---|---|---|']
+    rows = ['| disk | layout | method | block_job_bandwidth | guest writes '
+            'during ÷ idle | guest overwrote MiB | peak temp MiB |',
+            '|---|---|---|---|---|---|---|']
     for case in cases:
         for w in case['writes']:
-            rows.append('| %g GiB | %s | %s | %.2f |'
-                        % (case['size_gib'], w['driver'],
+            rows.append('| %g GiB | %s | %s | %s | %.2f | %s | %s |'
+                        % (case['size_gib'], layout(case), w['driver'],
                            '%d MiB/s' % w['bandwidth'] if w['bandwidth']
-                           else 'none', w['ratio']))
+                           else 'none', w['ratio'],
+                           mib(w.get('overwritten')),
+                           mib(w.get('peak_temp'))))
     return '\n'.join(rows) + '\n'
 
 
@@ -59,7 +83,7 @@ def plot(cases, path):
     except ImportError:
         print('matplotlib is not installed (bench-requirements.txt): no plot')
         return
-    fig, (times, writes) = pyplot.subplots(2, 1, figsize=(11, 11))
+    fig, (times, writes) = pyplot.subplots(2, 1, figsize=(14, 11))
     plot_times(times, cases)
     plot_writes(writes, cases)
     fig.tight_layout()
@@ -69,35 +93,52 @@ def plot(cases, path):
 
 def plot_times(ax, cases):
     """Snapshot time ÷ the Glance-only floor, per case and driver."""
-    labels, ratios = [], []
+    labels, ratios, colours = [], [], []
     for case in cases:
         floor = case['results']['glance-only']['wall']
         for name, r in case['results'].items():
             if name != 'glance-only':
-                labels.append('%gG %s %s' % (case['size_gib'],
-                                             case['kind'], name))
+                labels.append('%gG %s %s %s' % (case['size_gib'],
+                                                case['kind'], layout(case),
+                                                name))
                 ratios.append(r['wall'] / floor)
-    ax.bar(range(len(labels)), ratios, color='tab:blue')
+                colours.append(LAYOUT_COLOURS[layout(case)])
+    ax.bar(range(len(labels)), ratios, color=colours)
     ax.axhline(1.0, color='tab:red', label='Glance alone (the floor)')
-    ax.axhline(1.05, color='tab:red', linestyle=':', label='target 1.05')
+    ax.axhline(TARGET_TIME, color='tab:red', linestyle=':',
+               label='target %.2f' % TARGET_TIME)
+    legend_layouts(ax, cases)
     ax.set_xticks(range(len(labels)))
     ax.set_xticklabels(labels, fontsize=7, rotation=90)
     ax.set_ylabel('snapshot time ÷ Glance alone')
     ax.legend(fontsize=8)
 
 
+def legend_layouts(ax, cases):
+    """Empty bars that name the colour of each layout in the legend."""
+    for name in sorted({layout(case) for case in cases}):
+        ax.bar([0], [0], width=0, color=LAYOUT_COLOURS[name],
+               label='data in the %s layer' % name)
+
+
 def plot_writes(ax, cases):
     """Guest write throughput during the snapshot ÷ idle."""
-    labels, ratios = [], []
+    labels, ratios, colours = [], [], []
     for case in cases:
         for w in case['writes']:
-            labels.append('%gG %s %s' % (
-                case['size_gib'], w['driver'],
+            labels.append('%gG %s %s %s' % (
+                case['size_gib'], layout(case), w['driver'],
                 '%d MiB/s' % w['bandwidth'] if w['bandwidth'] else
                 'no limit'))
             ratios.append(w['ratio'])
-    ax.bar(range(len(labels)), ratios, color='tab:green')
-    ax.axhline(0.70, color='tab:red', linestyle=':', label='target 0.70')
+            colours.append(LAYOUT_COLOURS[layout(case)])
+    ax.bar(range(len(labels)), ratios, color=colours)
+    ax.axhline(TARGET_WRITES_LIMITED, color='tab:red', linestyle=':',
+               label='target %.2f (with block_job_bandwidth)'
+               % TARGET_WRITES_LIMITED)
+    ax.axhline(TARGET_WRITES_STREAM, color='tab:purple', linestyle=':',
+               label='target %.2f (stream, no limit)' % TARGET_WRITES_STREAM)
+    legend_layouts(ax, [case for case in cases if case['writes']])
     ax.set_xticks(range(len(labels)))
     ax.set_xticklabels(labels, fontsize=7, rotation=90)
     ax.set_ylim(0, max(ratios + [1.0]) * 1.1)
