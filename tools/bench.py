@@ -5,16 +5,17 @@ Real libvirtd + QEMU, a real glance-api on loopback (the functional test
 bed, tests/testbed), one running instance per (disk size, data kind,
 data layout) and, on that same domain in the same run: our driver with
 each capture method, nova's in-tree ``LibvirtDriver.snapshot``, and the
-floor, Glance ingesting the same final image alone.  Per snapshot: wall time and phases, seconds
-the domain was transient, peak temp space, bytes uploaded; and the guest's
-write throughput during a snapshot ÷ idle.  The data layout is where the
-disk's data is: all in the instance's base image (``base``), or mostly in
-the instance's own qcow2 layer (``instance``), as a guest that wrote it
-leaves it; bench_measure.py says more.  Images are not compressed
-unless --compression says so (then nova's in-tree driver compresses with
-zlib, as [libvirt] snapshot_compression makes it; ``stream`` is then left
-out: a stream is never compressed, the driver would run copy or rebase in
-its place).
+floor, Glance ingesting the same final image alone.  Per snapshot: wall
+time and phases, seconds the domain was transient, peak temp space, bytes
+uploaded; and the guest's write throughput during a snapshot ÷ idle.
+
+The data layout is where the disk's data is: all in the instance's base
+image (``base``), or mostly in the instance's own qcow2 layer
+(``instance``), as a guest that wrote it leaves it; bench_measure.py says
+more.  Images are not compressed unless --compression says so (then
+nova's in-tree driver compresses with zlib, as [libvirt]
+snapshot_compression makes it; ``stream`` is then left out: a stream is
+never compressed, the driver would run copy or rebase in its place).
 
 This file is the entry point: the arguments, and the run.  What is
 measured and how: tools/bench_measure.py.  The tables, the plot and the
@@ -29,9 +30,9 @@ The full run, both layouts, about 2 hours on 2 cores with Glance at ~100
 MiB/s (one layout of the four methods and in-tree took 43 minutes, quiet;
 stream adds a fifth driver, the instance layout a second of everything);
 its work directory, under $TMPDIR, peaks at about 4x the largest disk (32
-GiB at 8 GiB: the base or the instance's layer, the image in Glance, its
-local copy and the floor's upload of it), and the snapshots directory
-another 2x for rebase and copy in the instance layout:
+GiB at 8 GiB: the data, in the base or the instance's layer, the image in
+Glance, its local copy and the floor's upload of it; or, in the instance
+layout, the layer, rebase's or copy's copy of it, the image and Glance's):
 
     tox -e bench -- --sizes 1,4,8 --data random,compressible
 
