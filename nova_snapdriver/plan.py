@@ -226,7 +226,8 @@ def capture_method(driver, guest, compress=False):
     if compress and transient_copy:
         return 'copy'
     if backup_supported(driver._host.get_connection(), guest):
-        return 'stream' if libnbd_available() else 'backup'
+        # A stream is never compressed.
+        return 'stream' if libnbd_available() and not compress else 'backup'
     if transient_copy:
         return 'copy'
     return 'rebase'

@@ -2,7 +2,8 @@
 
 rebase (the classic sequence), copy (a transient blockCopy job, no
 undefine), backup (push-mode virDomainBackupBegin, no undefine, written
-as the final image) and auto (which must pick backup on this host).  For
+as the final image), stream (a pull backup streamed to Glance) and auto
+(which must pick stream on this host).  For
 each: the image is flat and equal to the disk, the domain persistent and
 running, nothing is left in the snapshots directory and the journal is
 empty; and a job aborted from outside, or a backup that outlasts
@@ -53,7 +54,8 @@ def download(glance_client, image_id, workdir):
                            os.path.join(workdir, image_id + '.img'))
 
 
-@pytest.mark.parametrize('method', ['rebase', 'copy', 'backup', 'auto'])
+@pytest.mark.parametrize('method', ['rebase', 'copy', 'backup', 'stream',
+                                    'auto'])
 def test_method_gives_a_flat_equal_image_and_leaves_nothing(
         method, driver, context, conf, make_instance, make_image,
         glance_client, snapshots_dir, workdir, recorded):
@@ -63,7 +65,8 @@ def test_method_gives_a_flat_equal_image_and_leaves_nothing(
 
     driver.snapshot(context, inst.obj, image['id'], lambda **kw: None)
 
-    expected = 'backup' if method == 'auto' else method
+    # auto: stream on this host (backup API and libnbd are there).
+    expected = 'stream' if method == 'auto' else method
     assert [r['capture_method'] for r in recorded] == [expected]
     # Only rebase undefines the domain, so only its record may redefine it.
     assert recorded[0]['persistent'] == (expected == 'rebase')

@@ -6,6 +6,8 @@ tests (tests/functional/test_capture_methods.py) run each method for real.
 
 from unittest import mock
 
+import fixtures
+
 import libvirt
 
 from nova_snapdriver import blockjob
@@ -121,13 +123,32 @@ class CaptureMethodTestCase(base.TestCase):
                 self.driver, self.guest))
         self.conn.getDomainCapabilities.assert_not_called()
 
-    def test_auto_picks_backup_when_supported(self):
+    def _libnbd(self, available):
+        self.useFixture(fixtures.MockPatchObject(
+            snapshot_plan, 'libnbd_available', return_value=available))
+
+    def test_auto_picks_stream_when_backup_and_libnbd_are_there(self):
         self.flags(capture_method='auto', group='snapdriver')
         self._caps('yes')
-        self.assertEqual('backup', snapshot_plan.capture_method(
+        self._libnbd(True)
+        self.assertEqual('stream', snapshot_plan.capture_method(
             self.driver, self.guest))
         self.conn.getDomainCapabilities.assert_called_once_with(
             None, 'x86_64', None, 'kvm', 0)
+
+    def test_auto_picks_backup_when_supported_without_libnbd(self):
+        self.flags(capture_method='auto', group='snapdriver')
+        self._caps('yes')
+        self._libnbd(False)
+        self.assertEqual('backup', snapshot_plan.capture_method(
+            self.driver, self.guest))
+
+    def test_stream_asked_for_a_compressed_image_uses_copy(self):
+        self.flags(capture_method='stream', group='snapdriver')
+        self.assertEqual('copy', snapshot_plan.capture_method(
+            self.driver, self.guest, compress=True))
+        self.assertEqual('stream', snapshot_plan.capture_method(
+            self.driver, self.guest, compress=False))
 
     def test_auto_picks_copy_without_backup(self):
         self.flags(capture_method='auto', group='snapdriver')
@@ -152,12 +173,15 @@ class CaptureMethodTestCase(base.TestCase):
     def test_auto_picks_copy_over_backup_for_a_compressed_image(self):
         self.flags(capture_method='auto', group='snapdriver')
         self._caps('yes')
+        self._libnbd(False)
         self.assertEqual('copy', snapshot_plan.capture_method(
             self.driver, self.guest, compress=True))
         self.assertEqual('backup', snapshot_plan.capture_method(
             self.driver, self.guest, compress=False))
 
     def test_auto_compressed_without_transient_copy_still_backs_up(self):
+        # Never a stream, even with libnbd: a stream is not compressed.
+        self._libnbd(True)
         self.assertEqual('backup', self._auto_without_transient_copy(
             'yes', compress=True))
 
