@@ -505,6 +505,11 @@ discover_hosts_in_cells_interval = -1
 [libvirt]
 virt_type = qemu
 cpu_mode = none
+[snapdriver]
+# The driver's own way: the running disk streamed to Glance (a pull-mode
+# backup read over NBD), no temp image.  MINICLOUD_CAPTURE_METHOD picks
+# another for a run.
+capture_method = {capture_method}
 [vnc]
 enabled = false
 [spice]
@@ -515,6 +520,8 @@ lock_path = {lock_path}
 heartbeat_timeout_threshold = 0
 {authtoken}{placement}{neutron}{service_user}send_service_user_token = true
 """.format(host=COMPUTE_HOST, ip=HOST, state=STATE, rabbit=rabbit,
+           capture_method=os.environ.get('MINICLOUD_CAPTURE_METHOD',
+                                         'stream'),
            lock_path=lock_path, api_db=db_url('nova_api'), db=db_url('nova'),
            authtoken=authtoken('nova'),
            placement=service_auth('placement', 'placement'),

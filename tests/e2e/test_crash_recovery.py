@@ -76,9 +76,14 @@ def start_compute(*extra_config_files):
 
 @pytest.fixture
 def slow_copy(tmp_path):
-    """nova-compute with a 1 MiB/s block copy, for the test's duration."""
+    """nova-compute with a 1 MiB/s rebase copy, for the test's duration.
+
+    rebase, whatever the cloud's capture_method: the test kills
+    nova-compute while the domain is transient.
+    """
     conf = tmp_path / 'slow-copy.conf'
-    conf.write_text('[snapdriver]\nblock_job_bandwidth = 1\n')
+    conf.write_text('[snapdriver]\ncapture_method = rebase\n'
+                    'block_job_bandwidth = 1\n')
     kill_compute()
     start_compute(str(conf))
     yield
