@@ -90,7 +90,9 @@ class Export(object):
 
     def extents(self):
         """The allocation map: ``imagestream.Extent`` covering the disk."""
-        hole_or_zero = self._nbd.STATE_ZERO
+        # Ranges that read as zeros are never read; a hole that does not
+        # (no STATE_ZERO) is data.
+        zero = self._nbd.STATE_ZERO
         found = []
         offset = 0
         while offset < self.size:
@@ -106,7 +108,7 @@ class Export(object):
                 length = min(length, self.size - offset)
                 if length <= 0:
                     break
-                data = not flags & hole_or_zero
+                data = not flags & zero
                 if found and found[-1].data == data:
                     last = found.pop()
                     found.append(imagestream.Extent(
@@ -177,7 +179,8 @@ def reader(export, plan, guard):
         layout = imagestream.qcow2_layout(export.size, extents)
     else:
         layout = imagestream.raw_layout(export.size, extents)
-    data = sum(e.length for e in extents if e.data)
+    # What will be read from the export: whole clusters for qcow2.
+    data = layout.guest_bytes
     LOG.info('Streaming a %(fmt)s image of %(size)s from %(data)s of data '
              'in %(n)d extent(s) of %(vsize)s',
              {'fmt': plan.image_format,
