@@ -57,10 +57,12 @@ def workdir():
 def compute_host_ready():
     """This machine set up as a non-root compute host; the nova venv.
 
-    Before libvirtd is first used: the set-up may change libvirtd's socket
-    permissions, and restarting libvirtd would cut this session's
+    libvirtd runs first, as the test bed wants it (on a fresh machine
+    nothing has started it yet).  The set-up then may change its socket
+    permissions and restart it, so it comes before this session's first
     connection.
     """
+    libvirtd.ensure_running()
     return test_compute_host.prepare()
 
 
