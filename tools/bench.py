@@ -40,7 +40,8 @@ A short try: ``--sizes 1 --layout instance`` (about 5 minutes quiet, 10
 on a busy machine; ``--sizes 0.25`` both layouts, about 6 busy).
 
 ``--replot BENCH_JSON`` rewrites bench.md and bench.png from an earlier
-run's figures, without the test bed.
+run's figures, without the test bed; bench.json is saved after every
+case, so this works on an interrupted run too.
 """
 
 import argparse
@@ -108,7 +109,10 @@ def main():
         args.__dict__.update(earlier['args'], out=args.out)
         bench_report.report(earlier['cases'], args)
         return
-    cases = bench_measure.measure(args)
+    # bench.json is saved after every case: an interrupted run keeps what
+    # it measured, and --replot turns that into tables and a plot.
+    cases = bench_measure.measure(
+        args, on_case=lambda cases: bench_report.save_json(cases, args))
     bench_report.report(cases, args)
 
 

@@ -516,8 +516,12 @@ class Bench(object):
 
 # -- the whole run --------------------------------------------------------
 
-def measure(args):
-    """Set up the test bed, run every case, take it down: the cases."""
+def measure(args, on_case=None):
+    """Set up the test bed, run every case, take it down: the cases.
+
+    ``on_case(cases)``, if given, is called after each case with the cases
+    so far (bench.py saves them, so an interrupted run keeps its figures).
+    """
     args.workdir = tempfile.mkdtemp(prefix='snapdriver-bench-')
     libvirtd.ensure_running()
     glance = test_glance.GlanceServer(os.path.join(args.workdir, 'glance'))
@@ -536,6 +540,8 @@ def measure(args):
                           % (size, kind, layout), flush=True)
                     cases.append(run_case(bench, size, kind, layout, args,
                                           with_writes))
+                    if on_case:
+                        on_case(cases)
     finally:
         if bench:
             bench.close()

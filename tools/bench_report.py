@@ -146,10 +146,17 @@ def plot_writes(ax, cases):
     ax.legend(fontsize=8)
 
 
+def save_json(cases, args):
+    """bench.json in --out: the arguments and every case measured so far."""
+    path = os.path.join(args.out, 'bench.json')
+    with open(path + '.new', 'w') as f:
+        json.dump({'args': vars(args), 'cases': cases}, f, indent=1)
+    os.replace(path + '.new', path)
+
+
 def report(cases, args):
     out = args.out
-    with open(os.path.join(out, 'bench.json'), 'w') as f:
-        json.dump({'args': vars(args), 'cases': cases}, f, indent=1)
+    save_json(cases, args)
     md = timing_table(cases) + '\n' + writes_table(cases)
     with open(os.path.join(out, 'bench.md'), 'w') as f:
         f.write(md)
