@@ -3,7 +3,8 @@
 What this holds: the markdown tables of ratios (pasteable in the README),
 the plot (needs matplotlib, bench-requirements.txt; without it the rest is
 written and a line says so) and ``report()``, which writes bench.json (the
-run's arguments and every figure), bench.md and bench.png into --out and
+run's arguments and every figure), bench.md, bench.rst (the same tables as
+RST list-tables, which the docs include) and bench.png into --out and
 prints the tables.  It works on the figures alone (``--replot`` of an
 earlier run's bench.json needs no test bed).  Quote ratios of one run,
 never absolute times.
@@ -73,6 +74,24 @@ def writes_table(cases):
                            mib(w.get('overwritten')),
                            mib(w.get('peak_temp'))))
     return '\n'.join(rows) + '\n'
+
+
+def rst_table(md):
+    """A markdown table of timing_table/writes_table as an RST list-table.
+
+    The docs include bench.rst, so their tables are the run's figures as
+    written, not copied by hand.
+    """
+    lines = [line for line in md.splitlines() if line.startswith('|')]
+    rows = [[cell.strip() for cell in line.strip('|').split('|')]
+            for line in lines if not line.startswith('|---')]
+    # A cell "-" (no figure) would start a bullet list: escape it.
+    rows = [['\\-' if cell == '-' else cell for cell in row] for row in rows]
+    out = ['.. list-table::', '   :header-rows: 1', '']
+    for row in rows:
+        out.append('   * - %s' % row[0])
+        out.extend('     - %s' % cell for cell in row[1:])
+    return '\n'.join(out) + '\n'
 
 
 def plot(cases, path):
@@ -157,8 +176,13 @@ def save_json(cases, args):
 def report(cases, args):
     out = args.out
     save_json(cases, args)
-    md = timing_table(cases) + '\n' + writes_table(cases)
+    timings, writes = timing_table(cases), writes_table(cases)
+    md = timings + '\n' + writes
     with open(os.path.join(out, 'bench.md'), 'w') as f:
         f.write(md)
+    with open(os.path.join(out, 'bench.rst'), 'w') as f:
+        f.write('.. Written by tools/bench_report.py from bench.json.\n\n'
+                'Snapshot times\n\n' + rst_table(timings) +
+                '\nGuest writes during a snapshot\n\n' + rst_table(writes))
     plot(cases, os.path.join(out, 'bench.png'))
     print(md)
