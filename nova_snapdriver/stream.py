@@ -27,6 +27,7 @@ stream_scratch_max_mb``.
 """
 
 import os
+import threading
 import time
 from xml.etree import ElementTree
 
@@ -69,6 +70,9 @@ def backup_xml(guest, plan):
     ElementTree.SubElement(root, 'server', transport='unix',
                            socket=socket_path(plan))
     disk = capture.backup_disks(root, guest, plan)
+    if disk is None:
+        raise exception.SnapshotError(
+            reason='the domain has no disk %s to stream' % plan.disk_dev)
     ElementTree.SubElement(disk, 'scratch', file=scratch_path(plan))
     return ElementTree.tostring(root, encoding='unicode')
 
@@ -79,14 +83,20 @@ class Export(object):
     def __init__(self, path, name):
         import nbd  # libnbd's binding: only hosts that stream need it
         self._nbd = nbd
+        self.name = name
         self.handle = nbd.NBD()
-        self.handle.add_meta_context('base:allocation')
-        self.handle.set_export_name(name)
-        self.handle.connect_unix(path)
-        if not self.handle.can_meta_context('base:allocation'):
-            raise exception.SnapshotError(
-                reason='the NBD export of %s has no allocation map' % name)
-        self.size = self.handle.get_size()
+        try:
+            self.handle.add_meta_context('base:allocation')
+            self.handle.set_export_name(name)
+            self.handle.connect_unix(path)
+            if not self.handle.can_meta_context('base:allocation'):
+                raise exception.SnapshotError(
+                    reason='the NBD export of %s has no allocation map'
+                    % name)
+            self.size = self.handle.get_size()
+        except Exception:
+            self.close()
+            raise
 
     def extents(self):
         """The allocation map: ``imagestream.Extent`` covering the disk."""
@@ -104,6 +114,12 @@ class Export(object):
                 return 0
             self.handle.block_status(min(self.size - offset, STATUS_SPAN),
                                      offset, collect)
+            if not got or got[0][0] <= 0:
+                # QEMU always answers with progress; a server that does
+                # not would be asked the same question forever.
+                raise exception.SnapshotError(
+                    reason='the NBD export of %s gave no allocation for '
+                    'offset %d' % (self.name, offset))
             for length, flags in got:
                 length = min(length, self.size - offset)
                 if length <= 0:
@@ -131,21 +147,30 @@ class Export(object):
 class ScratchGuard(object):
     """Ends the backup before its scratch file fills the filesystem.
 
-    ``check()`` runs on every read of the export, at most every
-    GUARD_INTERVAL s: if the scratch passed ``stream_scratch_max_mb``, or
-    free space fell to ``reserved_space_mb``, the backup is aborted (the
-    guest's copy-before-write then stops, and its writes go on) and
-    ``ScratchSpaceExhausted`` is raised.
+    The scratch grows with the guest's writes, whether or not the export
+    is being read: an upload stalled on Glance, or a long run of zeros
+    that the image gets without a read, reads nothing for a while.  So a
+    watcher thread (``start``/``stop``) checks every GUARD_INTERVAL s, and
+    every read of the export checks too (at most as often).  If the
+    scratch passed ``stream_scratch_max_mb``, or free space fell to
+    ``reserved_space_mb``, the backup is aborted (the guest's
+    copy-before-write then stops, and its writes go on) and
+    ``ScratchSpaceExhausted`` is kept in ``error`` and raised, on the next
+    read at the latest.
     """
 
     def __init__(self, plan, domain, clock=time.monotonic):
         self.plan = plan
         self.domain = domain
         self.clock = clock
-        self.last = 0
+        self.last = None
         self.peak = 0
+        self.error = None
         self.reserve = CONF.snapdriver.reserved_space_mb * MiB
         self.cap = scratch_cap()
+        self._lock = threading.Lock()
+        self._stopped = threading.Event()
+        self._thread = None
 
     def scratch_size(self):
         try:
@@ -155,21 +180,52 @@ class ScratchGuard(object):
         return st.st_blocks * 512
 
     def check(self):
-        now = self.clock()
-        if now - self.last < GUARD_INTERVAL:
-            return
-        self.last = now
-        used = self.scratch_size()
-        self.peak = max(self.peak, used)
-        st = os.statvfs(self.plan.work_dir)
-        free = st.f_bavail * st.f_frsize
-        if (self.cap and used > self.cap) or free <= self.reserve:
-            blockjob.abort_backup(self.domain)
-            raise exception.ScratchSpaceExhausted(
+        """Abort the backup and raise if the scratch is too big."""
+        with self._lock:
+            if self.error is not None:
+                raise self.error
+            now = self.clock()
+            if self.last is not None and now - self.last < GUARD_INTERVAL:
+                return
+            self.last = now
+            used = self.scratch_size()
+            self.peak = max(self.peak, used)
+            st = os.statvfs(self.plan.work_dir)
+            free = st.f_bavail * st.f_frsize
+            if not ((self.cap and used > self.cap) or free <= self.reserve):
+                return
+            self.error = exception.ScratchSpaceExhausted(
                 path=scratch_path(self.plan), used=used,
                 used_h=progress.human_size(used),
                 free_h=progress.human_size(free),
                 cap_h=progress.human_size(self.cap) if self.cap else 'none')
+            LOG.warning('Ending the pull backup: %s', self.error)
+            try:
+                blockjob.abort_backup(self.domain)
+            except Exception as e:
+                # end() tries again, on a fresh connection if need be.
+                LOG.warning('Aborting the pull backup failed: %s', e)
+            raise self.error
+
+    def _watch(self):
+        while not self._stopped.wait(GUARD_INTERVAL):
+            try:
+                self.check()
+            except exception.ScratchSpaceExhausted:
+                return
+            except Exception:
+                LOG.exception('Checking the scratch file %s failed',
+                              scratch_path(self.plan))
+
+    def start(self):
+        self._thread = threading.Thread(target=self._watch, daemon=True,
+                                        name='snapdriver-scratch-guard')
+        self._thread.start()
+
+    def stop(self):
+        self._stopped.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10 * GUARD_INTERVAL)
 
 
 def reader(export, plan, guard):
@@ -190,19 +246,45 @@ def reader(export, plan, guard):
 
     def pread(offset, length):
         guard.check()
-        return export.pread(offset, length)
+        try:
+            return export.pread(offset, length)
+        except Exception as e:
+            # The guard ended the backup under this read: say why.
+            if guard.error is not None:
+                raise guard.error from e
+            raise
     return imagestream.StreamReader(layout, pread), layout.size
 
 
 def end(driver, instance, guest, plan):
-    """Abort the pull backup (on a fresh lookup if need be); remove files."""
+    """Abort the pull backup, then remove its scratch file and socket.
+
+    Never raises: it runs while an error may be on its way out, and the
+    driver checks afterwards, on a fresh connection, whether a backup
+    still runs (then it keeps the work dir and the journal record for
+    recovery).  The files stay while the backup may still hold them.
+    """
     try:
-        aborted = blockjob.abort_backup(guest._domain)
+        domain = guest._domain
+        try:
+            aborted = blockjob.abort_backup(domain)
+        except Exception as e:
+            LOG.warning('Ending the pull backup failed (%(error)s); looking '
+                        'the domain up again', {'error': e},
+                        instance=instance)
+            fresh = capture.lookup_guest(driver, instance)
+            domain = fresh and fresh._domain
+            aborted = bool(domain) and blockjob.abort_backup(domain)
+        if domain is not None and blockjob.backup_running(domain):
+            LOG.warning('The pull backup of %(disk)s still runs after its '
+                        'abort; its scratch file is kept for recovery',
+                        {'disk': plan.disk_dev}, instance=instance)
+            return
     except Exception as e:
-        LOG.warning('Ending the pull backup failed (%(error)s); looking the '
-                    'domain up again', {'error': e}, instance=instance)
-        fresh = capture.lookup_guest(driver, instance)
-        aborted = bool(fresh) and blockjob.abort_backup(fresh._domain)
+        LOG.warning('Could not end the pull backup of %(disk)s (%(error)s); '
+                    'its scratch file is kept for recovery',
+                    {'disk': plan.disk_dev, 'error': e}, instance=instance)
+        return
     if aborted:
         LOG.debug('Ended the pull backup of %(disk)s',
                   {'disk': plan.disk_dev}, instance=instance)
@@ -221,7 +303,7 @@ def stream(driver, context, instance, guest, plan, step, upload):
     os.chmod(plan.work_dir, 0o701)  # QEMU (not root) creates files here
     quiesced = False
     started = False
-    export = None
+    export = guard = None
     try:
         if plan.quiesce:
             quiesced = capture._freeze(driver, context, instance, plan)
@@ -231,20 +313,31 @@ def stream(driver, context, instance, guest, plan, step, upload):
         finally:
             if quiesced:
                 capture._thaw(driver, context, instance)
+        # The scratch grows from now on, read or not.
+        guard = ScratchGuard(plan, guest._domain)
+        guard.start()
         # The phase stays 'streaming' to the end: the backup job runs until
         # the upload is done, and recovery must know to end it.
         step('streaming')
         export = Export(socket_path(plan), plan.disk_dev)
-        guard = ScratchGuard(plan, guest._domain)
         image, size = reader(export, plan, guard)
         step('streaming', size=size)
-        upload(image, size)
+        try:
+            upload(image, size)
+        except Exception as e:
+            # The image API may wrap what a read raised: the guard's
+            # error names the option that bounds the scratch.
+            if guard.error is not None and e is not guard.error:
+                raise guard.error from e
+            raise
         LOG.info('Streamed %(size)s; the scratch file peaked at %(peak)s',
                  {'size': progress.human_size(size),
                   'peak': progress.human_size(guard.peak)},
                  instance=instance)
         return size
     finally:
+        if guard is not None:
+            guard.stop()
         if export is not None:
             export.close()
         if started:

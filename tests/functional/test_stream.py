@@ -7,7 +7,8 @@ proves it), pass ``qemu-img check`` and compare equal to the disk, in raw
 and qcow2, and be accepted by Glance's format inspector.  Afterwards the
 domain is persistent and running with no job, and nothing is left in the
 snapshots directory or the journal.  A scratch file that grows past its
-cap ends the backup, not the guest's writes.
+cap ends the backup, not the guest's writes, even while nothing reads the
+export.
 """
 
 import os
@@ -139,6 +140,46 @@ def test_scratch_over_its_cap_ends_the_backup_not_the_guest(
     assert 'stream_scratch_max_mb' in str(err.value)
     assert glance_client.images.get(image['id']).status != 'active'
     # The guest's writes went on: it prints new marks after the abort.
+    mark = test_guest.last_console_mark(inst.console_log)
+    test_guest.wait_for_console(inst.console_log, 'MARK %d\n' % (mark + 5),
+                                timeout=60)
+    assert_instance_as_before(inst, snapshots_dir)
+
+
+def test_a_stalled_upload_still_ends_the_backup_before_the_scratch_fills(
+        driver, context, conf, make_instance, make_image, glance_client,
+        snapshots_dir, listener):
+    """Nothing reads the export while Glance stalls; the guest writes on.
+
+    The scratch is watched on its own, not only when the export is read:
+    the backup ends during the stall, not after it.
+    """
+    conf('snapdriver', capture_method='stream', stream_scratch_max_mb=1)
+    inst = make_instance(mode='markers', disk_mib=256, prefill_markers_mib=64)
+    test_guest.wait_for_console(inst.console_log, 'MARK 5', timeout=60)
+    stall = {}
+
+    def stall_once(uuid, phase, done, total):
+        if uuid != inst.uuid or phase != 'upload' or stall:
+            return
+        stall['at'] = done
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            stats = inst.lookup().jobStats()
+            if stats.get('type') == libvirt.VIR_DOMAIN_JOB_NONE:
+                stall['ended_after'] = 30 - (deadline - time.monotonic())
+                return
+            time.sleep(0.2)
+    listener(stall_once)
+    image = make_image(inst)
+
+    with pytest.raises(exception.ScratchSpaceExhausted) as err:
+        driver.snapshot(context, inst.obj, image['id'], lambda **kw: None)
+
+    assert 'ended_after' in stall, (
+        'the backup ran on through a 30 s stall: %s' % stall)
+    assert 'stream_scratch_max_mb' in str(err.value)
+    assert glance_client.images.get(image['id']).status != 'active'
     mark = test_guest.last_console_mark(inst.console_log)
     test_guest.wait_for_console(inst.console_log, 'MARK %d\n' % (mark + 5),
                                 timeout=60)
