@@ -38,6 +38,18 @@ def assert_instance_as_before(inst, snapshots_dir):
     assert journal.paths() == []
 
 
+def assert_backup_ended_not_the_guest(error, glance_client, image, inst,
+                                      snapshots_dir):
+    """The scratch guard's outcome: no image, and the guest writes on."""
+    assert 'stream_scratch_max_mb' in str(error)
+    assert glance_client.images.get(image['id']).status != 'active'
+    # The guest's writes went on: it prints new marks after the abort.
+    mark = test_guest.last_console_mark(inst.console_log)
+    test_guest.wait_for_console(inst.console_log, 'MARK %d\n' % (mark + 5),
+                                timeout=60)
+    assert_instance_as_before(inst, snapshots_dir)
+
+
 def download(glance_client, image_id, workdir):
     return checks.download(glance_client, image_id,
                            os.path.join(workdir, image_id + '.img'))
@@ -137,13 +149,8 @@ def test_scratch_over_its_cap_ends_the_backup_not_the_guest(
     with pytest.raises(exception.ScratchSpaceExhausted) as err:
         driver.snapshot(context, inst.obj, image['id'], lambda **kw: None)
 
-    assert 'stream_scratch_max_mb' in str(err.value)
-    assert glance_client.images.get(image['id']).status != 'active'
-    # The guest's writes went on: it prints new marks after the abort.
-    mark = test_guest.last_console_mark(inst.console_log)
-    test_guest.wait_for_console(inst.console_log, 'MARK %d\n' % (mark + 5),
-                                timeout=60)
-    assert_instance_as_before(inst, snapshots_dir)
+    assert_backup_ended_not_the_guest(err.value, glance_client, image, inst,
+                                      snapshots_dir)
 
 
 def test_a_stalled_upload_still_ends_the_backup_before_the_scratch_fills(
@@ -178,12 +185,8 @@ def test_a_stalled_upload_still_ends_the_backup_before_the_scratch_fills(
 
     assert 'ended_after' in stall, (
         'the backup ran on through a 30 s stall: %s' % stall)
-    assert 'stream_scratch_max_mb' in str(err.value)
-    assert glance_client.images.get(image['id']).status != 'active'
-    mark = test_guest.last_console_mark(inst.console_log)
-    test_guest.wait_for_console(inst.console_log, 'MARK %d\n' % (mark + 5),
-                                timeout=60)
-    assert_instance_as_before(inst, snapshots_dir)
+    assert_backup_ended_not_the_guest(err.value, glance_client, image, inst,
+                                      snapshots_dir)
 
 
 def test_glance_killed_mid_stream_fails_cleanly(
