@@ -26,9 +26,9 @@ and bench.png (needs matplotlib, bench-requirements.txt) into --out.  Not
 part of the test suite.  Needs root, like the functional tests.  Quote
 ratios of one run, never absolute times.
 
-The full run, both layouts, about 2 hours on 2 cores with Glance at ~100
-MiB/s (one layout of the four methods and in-tree took 43 minutes, quiet;
-stream adds a fifth driver, the instance layout a second of everything);
+The full run, both layouts, takes about 3 hours on 2 cores, quiet (the
+two 8 GiB random cases took 83 minutes in session 4, with Glance at ~77
+MiB/s);
 its work directory, under $TMPDIR, peaks at about 4x the largest disk (32
 GiB at 8 GiB: the data, in the base or the instance's layer, the image in
 Glance, its local copy and the floor's upload of it; or, in the instance
