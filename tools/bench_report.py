@@ -58,6 +58,15 @@ def timing_table(cases):
                            r['transient'],
                            r['peak_temp'] / max(r['uploaded'] or 1, 1),
                            phases))
+        walls = res['glance-only'].get('walls')
+        if walls:
+            # Runs from before the floor was measured twice have no walls.
+            rows.append('| %g GiB | %s | %s | glance-only | %.1f | 1.00 | '
+                        '%s | - | - | uploads %s |'
+                        % (case['size_gib'], case['kind'], layout(case),
+                           floor,
+                           '%.2f' % (floor / intree) if intree else '-',
+                           ', '.join('%.1f' % w for w in walls)))
     return '\n'.join(rows) + '\n'
 
 
