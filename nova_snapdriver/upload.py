@@ -50,7 +50,7 @@ class Hasher(object):
     image and sends it, that time adds to the upload; hashlib releases the
     GIL while it hashes, so on a thread of its own it overlaps the reads
     and sends.  (Under eventlet the thread is a green one: the same hashes,
-    no overlap.)
+    no overlap; nova-compute runs native threads by default since nova 34.)
 
     ``finish()`` waits until every byte given is hashed; ``sha512`` and
     ``md5`` do that before they return the hash objects.  ``update`` after
