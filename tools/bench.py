@@ -35,6 +35,7 @@ Glance, its local copy and the floor's upload of it; or, in the instance
 layout, the layer, rebase's or copy's copy of it, the image and Glance's):
 
     tox -e bench -- --sizes 1,4,8 --data random,compressible
+    tox -e bench -- --sizes 1 --methods stream --repeat 5   (medians)
 
 A short try: ``--sizes 1 --layout instance`` (about 5 minutes quiet, 10
 on a busy machine; ``--sizes 0.25`` both layouts, about 6 busy).
@@ -65,6 +66,11 @@ def parse_args():
                         'image), instance (its own qcow2 layer; 64 MiB in '
                         'the base); comma separated')
     parser.add_argument('--skip-intree', action='store_true')
+    parser.add_argument('--repeat', type=int, default=1,
+                        help='time each driver and the Glance floor this '
+                        'many times per case, in turn; the tables show '
+                        'medians (one upload alone varies by 10-30 %% '
+                        'at 1 GiB)')
     parser.add_argument('--bandwidth', type=int, default=100,
                         help='[snapdriver] block_job_bandwidth (MiB/s) of '
                         'the limited guest-write runs; 0: none')
@@ -91,6 +97,8 @@ def parse_args():
             parser.error('unknown layout %r (%s)' % (
                 layout, ', '.join(bench_measure.LAYOUTS)))
     args.methods = [m for m in args.methods.split(',') if m]
+    if args.repeat < 1:
+        parser.error('--repeat must be at least 1')
     if args.compression != 'none' and 'stream' in args.methods:
         # The driver never compresses a stream: it would time copy.
         print('--compression: stream left out (a stream is never compressed)')
@@ -105,7 +113,7 @@ def main():
         with open(args.replot) as f:
             earlier = json.load(f)
         # Runs from before --layout measured the base layout only.
-        args.__dict__.update(layout=['base'])
+        args.__dict__.update(layout=['base'], repeat=1)
         args.__dict__.update(earlier['args'], out=args.out)
         bench_report.report(earlier['cases'], args)
         return

@@ -428,32 +428,54 @@ def run_snapshot(bench, name, inst, bandwidth=0, writer=None):
         return snapshot(bench, name, inst, writer)
 
 
-def timing_runs(bench, inst, args):
-    """Each driver once, nothing else running, and the Glance floor.
+def median(values):
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    if len(ordered) % 2:
+        return ordered[middle]
+    return (ordered[middle - 1] + ordered[middle]) / 2
 
-    The floor re-uploads the first snapshot's image twice: right after
-    that snapshot and after the last one.  Its figure is the mean of the
-    two (both are kept): one upload alone varied by up to 10 % between
-    cases of the same run.  Each snapshot's image is deleted as soon as it
-    is measured, so at most one is stored at a time.
+
+def timing_runs(bench, inst, args):
+    """Each driver, nothing else running, and the Glance floor; --repeat.
+
+    The floor re-uploads the first snapshot's image: right after that
+    snapshot, and after the last driver of every round.  One upload alone
+    varied by 10 % at 8 GiB and by up to 30 % at 1 GiB between cases of
+    the same run, so with ``--repeat N`` every driver runs N times, in
+    turn with the others and the floor, and each figure is the median
+    (all walls are kept).  A driver's other figures (phases, transient,
+    peak temp) are those of its median run.  Without --repeat the floor
+    is the mean of its two uploads.  Each snapshot's image is deleted as
+    soon as it is measured, so at most one is stored at a time.
     """
-    results = {}
+    runs = {name: [] for name in drivers_to_run(args)}
     floor = []
     path = None
     try:
-        for name in drivers_to_run(args):
-            result = results[name] = run_snapshot(bench, name, inst)
-            if path is None:
-                path = download(bench.glance, result['image_id'],
-                                args.workdir)
-                floor.append(glance_only(bench.glance, path))
-            bench.glance.images.delete(result.pop('image_id'))
-        floor.append(glance_only(bench.glance, path))
+        for _round in range(args.repeat):
+            for name in drivers_to_run(args):
+                result = run_snapshot(bench, name, inst)
+                runs[name].append(result)
+                if path is None:
+                    path = download(bench.glance, result['image_id'],
+                                    args.workdir)
+                    floor.append(glance_only(bench.glance, path))
+                bench.glance.images.delete(result.pop('image_id'))
+            floor.append(glance_only(bench.glance, path))
     finally:
         if path is not None:
             os.unlink(path)
-    results['glance-only'] = {'wall': sum(floor) / len(floor),
-                              'walls': floor}
+    results = {}
+    for name, done in runs.items():
+        walls = [r['wall'] for r in done]
+        results[name] = dict(min(done, key=lambda r: abs(
+            r['wall'] - median(walls))), walls=walls)
+        if len(done) > 1:
+            results[name]['wall'] = median(walls)
+    results['glance-only'] = {
+        'wall': median(floor) if args.repeat > 1
+        else sum(floor) / len(floor), 'walls': floor}
     return results
 
 

@@ -49,6 +49,10 @@ def timing_table(cases):
                 continue
             phases = ', '.join('%s %.1f' % (p, r['phases'][p])
                                for p in PHASES if p in r['phases'])
+            if len(r.get('walls', ())) > 1:
+                # --repeat: the wall is the median; phases of that run.
+                phases += '; runs ' + ', '.join('%.1f' % w
+                                                for w in r['walls'])
             rows.append('| %g GiB | %s | %s | %s | %.1f | %.2f | %s | %.2f '
                         '| %.2f | %s |'
                         % (case['size_gib'], case['kind'], layout(case),
@@ -60,7 +64,8 @@ def timing_table(cases):
                            phases))
         walls = res['glance-only'].get('walls')
         if walls:
-            # Runs from before the floor was measured twice have no walls.
+            # Runs from before the floor was measured twice have no walls;
+            # the floor is their mean, or with --repeat their median.
             rows.append('| %g GiB | %s | %s | glance-only | %.1f | 1.00 | '
                         '%s | - | - | uploads %s |'
                         % (case['size_gib'], case['kind'], layout(case),
