@@ -10,9 +10,7 @@ a corrupt one active.  nova's in-tree driver does not look.
 import hashlib
 import inspect
 import io
-import queue
 import sys
-import threading
 
 from nova.compute import utils as compute_utils
 from oslo_config import cfg
@@ -26,10 +24,6 @@ LOG = logging.getLogger(__name__)
 
 CHUNK = 64 * 1024
 
-# Reads waiting to be hashed (glanceclient reads 64 KiB at a time, the image
-# stream at most 1 MiB): at most 32 MiB held.
-HASH_QUEUE_DEPTH = 32
-
 
 _GENERATOR_FLAGS = (inspect.CO_GENERATOR | inspect.CO_COROUTINE |
                     inspect.CO_ASYNC_GENERATOR)
@@ -40,61 +34,6 @@ def _reading_generator(frame):
     if frame is not None and frame.f_code.co_flags & _GENERATOR_FLAGS:
         return frame
     return None
-
-
-class Hasher(object):
-    """sha512 and md5 of the bytes passed to ``update``, on their own thread.
-
-    Both hashes of an 8 GiB image take about 30 s of one core here (sha512
-    about 500 MiB/s, md5 about 560 MiB/s).  On the thread that reads the
-    image and sends it, that time adds to the upload; hashlib releases the
-    GIL while it hashes, so on a thread of its own it overlaps the reads
-    and sends.  (Under eventlet the thread is a green one: the same hashes,
-    no overlap; nova-compute runs native threads by default since nova 34.)
-
-    ``finish()`` waits until every byte given is hashed; ``sha512`` and
-    ``md5`` do that before they return the hash objects.  ``update`` after
-    ``finish`` goes on where it stopped.
-    """
-
-    def __init__(self):
-        self._sha512 = hashlib.sha512()
-        self._md5 = hashlib.md5(usedforsecurity=False)
-        self._queue = queue.Queue(maxsize=HASH_QUEUE_DEPTH)
-        self._thread = None
-
-    def update(self, data):
-        if self._thread is None:
-            self._thread = threading.Thread(
-                target=self._run, name='snapdriver-upload-hash', daemon=True)
-            self._thread.start()
-        # Only immutable bytes: the reader may reuse a buffer it returned.
-        self._queue.put(data if isinstance(data, bytes) else bytes(data))
-
-    def _run(self):
-        while True:
-            data = self._queue.get()
-            if data is None:
-                return
-            self._sha512.update(data)
-            self._md5.update(data)
-
-    def finish(self):
-        """Wait until everything given to ``update`` is hashed."""
-        if self._thread is not None:
-            self._queue.put(None)
-            self._thread.join()
-            self._thread = None
-
-    @property
-    def sha512(self):
-        self.finish()
-        return self._sha512
-
-    @property
-    def md5(self):
-        self.finish()
-        return self._md5
 
 
 class HashingReader(object):
@@ -132,20 +71,9 @@ class HashingReader(object):
         self._reset()
 
     def _reset(self):
-        if getattr(self, '_hasher', None) is not None:
-            self._hasher.finish()
-        self._hasher = Hasher()
+        self.sha512 = hashlib.sha512()
+        self.md5 = hashlib.md5(usedforsecurity=False)
         self.sent = 0
-
-    @property
-    def sha512(self):
-        """The sha512 of the bytes read so far in this pass."""
-        return self._hasher.sha512
-
-    @property
-    def md5(self):
-        """The md5 of the bytes read so far in this pass."""
-        return self._hasher.md5
 
     def seekable(self):
         try:
@@ -212,7 +140,8 @@ class HashingReader(object):
             raise self._broken
         data = self._file.read(size if size is not None else -1)
         if data:
-            self._hasher.update(data)
+            self.sha512.update(data)
+            self.md5.update(data)
             self.sent += len(data)
             self._meter.update(self.sent)
         return data
@@ -225,12 +154,8 @@ class HashingReader(object):
             yield data
 
     def close(self):
-        """Forget the last reader and stop hashing (the hashes stay).
-
-        The file is its opener's to close.
-        """
+        """Forget the last reader; the file is its opener's to close."""
         self._consumer = None
-        self._hasher.finish()
 
 
 def _stored(image, key):

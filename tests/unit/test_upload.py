@@ -4,7 +4,6 @@ import hashlib
 import io
 import itertools
 import os
-import threading
 from unittest import mock
 
 import fixtures
@@ -34,91 +33,7 @@ def reader_for(data):
     return reader
 
 
-class BlockingHash(object):
-    """A hash object whose update waits for ``release``."""
-
-    def __init__(self):
-        self.release = threading.Event()
-        self.seen = []
-
-    def update(self, data):
-        self.release.wait(10)
-        self.seen.append(data)
-
-
-class HasherTestCase(base.TestCase):
-
-    def test_hashes_equal_hashlib_over_many_updates(self):
-        hasher = upload.Hasher()
-        for i in range(upload.HASH_QUEUE_DEPTH * 3):
-            hasher.update(BIG[i:i + 5000])
-        expected = b''.join(BIG[i:i + 5000]
-                            for i in range(upload.HASH_QUEUE_DEPTH * 3))
-        self.assertEqual(hashlib.sha512(expected).hexdigest(),
-                         hasher.sha512.hexdigest())
-        self.assertEqual(hashlib.md5(expected).hexdigest(),
-                         hasher.md5.hexdigest())
-        self.assertIsNone(hasher._thread)
-
-    def test_update_returns_before_the_bytes_are_hashed(self):
-        hasher = upload.Hasher()
-        blocking = hasher._sha512 = BlockingHash()
-        hasher.update(b'first')
-        hasher.update(b'second')
-        # Both updates returned while the hash thread is still held.
-        self.assertEqual([], blocking.seen)
-        blocking.release.set()
-        hasher.finish()
-        self.assertEqual([b'first', b'second'], blocking.seen)
-
-    def test_a_buffer_changed_after_update_is_hashed_as_given(self):
-        hasher = upload.Hasher()
-        blocking = hasher._sha512 = BlockingHash()
-        buf = bytearray(b'as given')
-        hasher.update(buf)
-        buf[:] = b'changed!'
-        blocking.release.set()
-        hasher.finish()
-        self.assertEqual([b'as given'], blocking.seen)
-
-    def test_update_after_finish_goes_on(self):
-        hasher = upload.Hasher()
-        hasher.update(b'one ')
-        hasher.finish()
-        hasher.update(b'two')
-        self.assertEqual(hashlib.sha512(b'one two').hexdigest(),
-                         hasher.sha512.hexdigest())
-
-    def test_nothing_given_no_thread_and_empty_hashes(self):
-        hasher = upload.Hasher()
-        self.assertEqual(hashlib.md5(b'').hexdigest(), hasher.md5.hexdigest())
-        self.assertIsNone(hasher._thread)
-
-
 class HashingReaderTestCase(base.TestCase):
-
-    def test_close_stops_the_hash_thread_and_keeps_the_hashes(self):
-        reader = upload.HashingReader(io.BytesIO(BIG),
-                                      mock.Mock(spec=['update']))
-        reader.read(GC_CHUNK)
-        thread = reader._hasher._thread
-        self.assertEqual('snapdriver-upload-hash', thread.name)
-        self.assertTrue(thread.is_alive())
-        reader.close()
-        self.assertFalse(thread.is_alive())
-        self.assertEqual(hashlib.sha512(BIG[:GC_CHUNK]).hexdigest(),
-                         reader.sha512.hexdigest())
-
-    def test_rewind_hashes_only_the_new_pass(self):
-        reader = upload.HashingReader(io.BytesIO(BIG),
-                                      mock.Mock(spec=['update']))
-        reader.read(1000)
-        reader.seek(0)
-        self.assertEqual(BIG[:2000], reader.read(2000))
-        self.assertEqual(hashlib.sha512(BIG[:2000]).hexdigest(),
-                         reader.sha512.hexdigest())
-        self.assertEqual(2, reader.passes)
-        reader.close()
 
     def _read_all(self, data, how):
         meter = mock.Mock(spec=['update'])
