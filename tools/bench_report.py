@@ -196,7 +196,10 @@ def report(cases, args):
         f.write(md)
     with open(os.path.join(out, 'bench.rst'), 'w') as f:
         f.write('.. Written by tools/bench_report.py from bench.json.\n\n'
-                'Snapshot times\n\n' + rst_table(timings) +
-                '\nGuest writes during a snapshot\n\n' + rst_table(writes))
+                'Snapshot times\n\n' + rst_table(timings))
+        if any(case['writes'] for case in cases):
+            # --write-seconds 0: no rows, and RST has no empty tables.
+            f.write('\nGuest writes during a snapshot\n\n' +
+                    rst_table(writes))
     plot(cases, os.path.join(out, 'bench.png'))
     print(md)
