@@ -113,7 +113,7 @@ def main():
         with open(args.replot) as f:
             earlier = json.load(f)
         # Runs from before --layout measured the base layout only.
-        args.__dict__.update(layout=['base'], repeat=1)
+        args.__dict__.update(layout=['base'])
         args.__dict__.update(earlier['args'], out=args.out)
         bench_report.report(earlier['cases'], args)
         return

@@ -3,10 +3,11 @@
 What this holds: the instance filled with data (``DataInstance``), the
 pollers (``Watcher``: transient seconds and peak temp space), the guest's
 writes (``GuestWriter``), the timing of nova's in-tree phases from outside,
-one snapshot and the Glance-only floor (the mean of an upload after the
-first snapshot and one after the last), the timing and guest-write runs of
-one case, and ``measure()``, which sets the test bed up, runs every case
-(disk size x data kind x data layout) and takes it all down again.  The
+one snapshot and the Glance-only floor (the median of uploads after the
+first snapshot and after each round of drivers), the timing and
+guest-write runs of one case, and ``measure()``, which sets the test bed
+up, runs every case (disk size x data kind x data layout) and takes it
+all down again.  The
 figures it returns become tables and a plot in tools/bench_report.py.
 
 Per snapshot: wall time and its phases (ours from the driver's progress
@@ -59,6 +60,7 @@ from 32 MiB to its end (the same image either way) in one of two layouts:
 import contextlib
 import os
 import shutil
+import statistics
 import sys
 import tempfile
 import threading
@@ -428,14 +430,6 @@ def run_snapshot(bench, name, inst, bandwidth=0, writer=None):
         return snapshot(bench, name, inst, writer)
 
 
-def median(values):
-    ordered = sorted(values)
-    middle = len(ordered) // 2
-    if len(ordered) % 2:
-        return ordered[middle]
-    return (ordered[middle - 1] + ordered[middle]) / 2
-
-
 def timing_runs(bench, inst, args):
     """Each driver, nothing else running, and the Glance floor; --repeat.
 
@@ -445,9 +439,10 @@ def timing_runs(bench, inst, args):
     the same run, so with ``--repeat N`` every driver runs N times, in
     turn with the others and the floor, and each figure is the median
     (all walls are kept).  A driver's other figures (phases, transient,
-    peak temp) are those of its median run.  Without --repeat the floor
-    is the mean of its two uploads.  Each snapshot's image is deleted as
-    soon as it is measured, so at most one is stored at a time.
+    peak temp) are those of its median run; with one round the floor is
+    the median, i.e. the mean, of its two uploads.  Each snapshot's image
+    is deleted as soon as it is measured, so at most one is stored at a
+    time.
     """
     runs = {name: [] for name in drivers_to_run(args)}
     floor = []
@@ -469,13 +464,11 @@ def timing_runs(bench, inst, args):
     results = {}
     for name, done in runs.items():
         walls = [r['wall'] for r in done]
-        results[name] = dict(min(done, key=lambda r: abs(
-            r['wall'] - median(walls))), walls=walls)
-        if len(done) > 1:
-            results[name]['wall'] = median(walls)
-    results['glance-only'] = {
-        'wall': median(floor) if args.repeat > 1
-        else sum(floor) / len(floor), 'walls': floor}
+        wall = statistics.median(walls)
+        results[name] = dict(min(done, key=lambda r: abs(r['wall'] - wall)),
+                             wall=wall, walls=walls)
+    results['glance-only'] = {'wall': statistics.median(floor),
+                              'walls': floor}
     return results
 
 

@@ -65,7 +65,7 @@ def timing_table(cases):
         walls = res['glance-only'].get('walls')
         if walls:
             # Runs from before the floor was measured twice have no walls;
-            # the floor is their mean, or with --repeat their median.
+            # the floor is their median.
             rows.append('| %g GiB | %s | %s | glance-only | %.1f | 1.00 | '
                         '%s | - | - | uploads %s |'
                         % (case['size_gib'], case['kind'], layout(case),
