@@ -156,6 +156,10 @@ class Layout(object):
     def segments(self):
         raise NotImplementedError()
 
+    def reads(self):
+        """The ``(guest_offset, length)`` ranges of ``segments()``, alone."""
+        raise NotImplementedError()
+
 
 class RawLayout(Layout):
     """The disk as it is: data extents read, zero extents as zero bytes."""
@@ -166,6 +170,11 @@ class RawLayout(Layout):
         self.virtual_size = self.size = virtual_size
         self._extents = _checked_extents(virtual_size, extents)
         self.guest_bytes = sum(e.length for e in self._extents if e.data)
+
+    def reads(self):
+        for extent in self._extents:
+            if extent.data:
+                yield (extent.offset, extent.length)
 
     def segments(self):
         for extent in self._extents:
@@ -379,14 +388,18 @@ class Qcow2Layout(Layout):
                 run += 1
             yield bytes(table)
 
-    def _data(self):
-        """The allocated clusters, read whole, the last one zero-padded."""
+    def reads(self):
+        """The allocated clusters' runs, the last cut at the disk's end."""
         for first, count, _ in self._runs:
             offset = self._offset(first)
-            length = min(count * self.cluster_size,
-                         self.virtual_size - offset)
+            yield (offset, min(count * self.cluster_size,
+                               self.virtual_size - offset))
+
+    def _data(self):
+        """The allocated clusters, read whole, the last one zero-padded."""
+        for offset, length in self.reads():
             yield (offset, length)
-            padding = count * self.cluster_size - length
+            padding = -(offset + length) % self.cluster_size
             if padding:
                 yield bytes(padding)
 

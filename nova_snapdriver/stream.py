@@ -39,6 +39,7 @@ from nova_snapdriver import capture
 from nova_snapdriver import exception
 from nova_snapdriver import imagestream
 from nova_snapdriver import progress
+from nova_snapdriver import readahead
 
 CONF = cfg.CONF
 LOG = logging.getLogger(__name__)
@@ -83,6 +84,7 @@ class Export(object):
     def __init__(self, path, name):
         import nbd  # libnbd's binding: only hosts that stream need it
         self._nbd = nbd
+        self._ahead = None
         self.name = name
         self.handle = nbd.NBD()
         try:
@@ -134,10 +136,30 @@ class Export(object):
                 offset += length
         return found
 
-    def pread(self, offset, length):
-        return bytes(self.handle.pread(length, offset))
+    def read_ahead(self, ranges):
+        """A ReadAhead of ``ranges``, ended by ``close()``."""
+        self._ahead = readahead.ReadAhead(self, ranges)
+        return self._ahead
+
+    def start_read(self, offset, length):
+        """Ask for ``length`` bytes at ``offset``: see ``finish_read``.
+
+        Called by the ReadAhead's thread only, as ``finish_read`` is.
+        """
+        buf = self._nbd.Buffer(length)
+        return buf, self.handle.aio_pread(buf, offset)
+
+    def finish_read(self, read):
+        """Wait for a read ``start_read`` asked for; return its bytes."""
+        buf, cookie = read
+        # Raises what the server answered if the read failed.
+        while not self.handle.aio_command_completed(cookie):
+            self.handle.poll(-1)
+        return buf.to_bytearray()
 
     def close(self):
+        if self._ahead is not None:
+            self._ahead.close()
         try:
             self.handle.shutdown()
         except Exception:
@@ -244,10 +266,12 @@ def reader(export, plan, guard):
               'data': progress.human_size(data), 'n': len(extents),
               'vsize': progress.human_size(export.size)})
 
+    ahead = export.read_ahead(layout.reads())
+
     def pread(offset, length):
         guard.check()
         try:
-            return export.pread(offset, length)
+            return ahead.read(offset, length)
         except Exception as e:
             # The guard ended the backup under this read: say why.
             if guard.error is not None:

@@ -65,6 +65,7 @@ import sys
 import tempfile
 import threading
 import time
+from unittest import mock
 from xml.etree import ElementTree
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(
@@ -72,6 +73,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(
 
 from tests.testbed import nova_env  # noqa: E402,I100 (nova.tests first)
 
+from glanceclient.common import http as glanceclient_http  # noqa: E402
 import libvirt  # noqa: E402
 import libvirt_qemu  # noqa: E402
 from nova.compute import utils as compute_utils  # noqa: E402
@@ -80,6 +82,7 @@ from nova.virt.libvirt import utils as libvirt_utils  # noqa: E402
 
 from nova_snapdriver import conf as snap_conf  # noqa: E402
 from nova_snapdriver import progress  # noqa: E402
+from nova_snapdriver import upload  # noqa: E402
 from tests.testbed import glance as test_glance  # noqa: E402
 from tests.testbed import guest as test_guest  # noqa: E402
 from tests.testbed import instance as test_instance  # noqa: E402
@@ -92,6 +95,11 @@ METHODS = ('rebase', 'copy', 'backup', 'stream')
 # bandwidth for a backup, pull (stream) or push; nova's in-tree driver has
 # no such option).
 LIMITED = ('rebase', 'copy')
+# A timing row, not a driver: a stream snapshot whose image is read (and
+# hashed) to nowhere instead of sent to Glance.  Its wall is what the disk
+# and the NBD export cost; ÷ glance-only well under 1 means Glance, not the
+# read, bounds the stream.
+READ_ALONE = 'stream (read alone)'
 # Where the data is (see above); with 'instance', how much stays in the base.
 LAYOUTS = ('base', 'instance')
 BASE_DATA_IN_INSTANCE_LAYOUT = 64 * MiB
@@ -421,12 +429,41 @@ def drivers_to_run(args):
     return list(args.methods) + ([] if args.skip_intree else ['in-tree'])
 
 
+def timed_drivers(args):
+    """The drivers timed, and with stream its read alone (READ_ALONE)."""
+    names = drivers_to_run(args)
+    if 'stream' in names:
+        names.insert(names.index('stream') + 1, READ_ALONE)
+    return names
+
+
+def read_to_nowhere(image_api, context, image_id, metadata, fileobj, size,
+                    instance):
+    """upload.upload_file that reads and hashes the stream, sends nothing."""
+    reader = upload.HashingReader(fileobj, progress.Progress(
+        instance, 'upload', size,
+        nova_env.CONF.snapdriver.progress_log_interval),
+        image_id=image_id, instance=instance)
+    while reader.read(upload_chunk()):
+        pass
+    reader.close()
+
+
+def upload_chunk():
+    """What glanceclient reads from the image at a time."""
+    return glanceclient_http.CHUNKSIZE
+
+
 def run_snapshot(bench, name, inst, bandwidth=0, writer=None):
     """One snapshot with driver ``name`` and the given bandwidth limit."""
     options = {'block_job_bandwidth': bandwidth}
-    if name != 'in-tree':
+    if name == READ_ALONE:
+        options['capture_method'] = 'stream'
+    elif name != 'in-tree':
         options['capture_method'] = name
-    with snapdriver_options(**options):
+    with snapdriver_options(**options), (
+            mock.patch.object(upload, 'upload_file', read_to_nowhere)
+            if name == READ_ALONE else contextlib.nullcontext()):
         return snapshot(bench, name, inst, writer)
 
 
@@ -444,15 +481,15 @@ def timing_runs(bench, inst, args):
     is deleted as soon as it is measured, so at most one is stored at a
     time.
     """
-    runs = {name: [] for name in drivers_to_run(args)}
+    runs = {name: [] for name in timed_drivers(args)}
     floor = []
     path = None
     try:
         for _round in range(args.repeat):
-            for name in drivers_to_run(args):
+            for name in timed_drivers(args):
                 result = run_snapshot(bench, name, inst)
                 runs[name].append(result)
-                if path is None:
+                if path is None and name != READ_ALONE:
                     path = download(bench.glance, result['image_id'],
                                     args.workdir)
                     floor.append(glance_only(bench.glance, path))

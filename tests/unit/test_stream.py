@@ -28,6 +28,7 @@ from nova_snapdriver import chain
 from nova_snapdriver import exception
 from nova_snapdriver import imagestream
 from nova_snapdriver import plan as snapshot_plan
+from nova_snapdriver import readahead
 from nova_snapdriver import stream
 from tests.unit import base
 
@@ -76,6 +77,16 @@ class NBDError(Exception):
     """nbd.Error."""
 
 
+class Buffer(object):
+    """nbd.Buffer: ``length`` bytes that an aio_pread fills."""
+
+    def __init__(self, length):
+        self.data = bytearray(length)
+
+    def to_bytearray(self):
+        return bytearray(self.data)
+
+
 class FakeNBD(object):
     """A libnbd handle on an export whose disk is ``data``.
 
@@ -98,6 +109,9 @@ class FakeNBD(object):
         self.status_calls = []
         self.shutdown_error = None
         self.shut_down = False
+        self.in_flight = {}
+        self.polled = set()
+        self.read_error = None
 
     def add_meta_context(self, name):
         self.contexts.append(name)
@@ -132,11 +146,28 @@ class FakeNBD(object):
         extent('base:allocation', offset, flat, 0)
         return 0
 
-    def pread(self, count, offset, flags=0):
+    def aio_pread(self, buf, offset, completion=None, flags=0):
+        count = len(buf.data)
         assert 0 < count and offset + count <= len(self.data), (
             offset, count)
         self.log.append(('pread', offset, count))
-        return bytearray(self.data[offset:offset + count])
+        self.in_flight[id(buf)] = (buf, offset)
+        return id(buf)
+
+    def aio_command_completed(self, cookie):
+        # Done after one poll, as a read that has to wait for the server.
+        if cookie not in self.polled:
+            return False
+        buf, offset = self.in_flight.pop(cookie)
+        if self.read_error is not None:
+            raise self.read_error
+        buf.data[:] = self.data[offset:offset + len(buf.data)]
+        return True
+
+    def poll(self, timeout):
+        assert timeout == -1
+        self.polled.update(self.in_flight)
+        return 1
 
     def shutdown(self, flags=0):
         self.shut_down = True
@@ -165,6 +196,7 @@ class NBDTestCase(WorkDirTestCase):
         module = types.ModuleType('nbd')
         module.NBD = lambda: self.handle
         module.Error = NBDError
+        module.Buffer = Buffer
         module.STATE_HOLE = STATE_HOLE
         module.STATE_ZERO = STATE_ZERO
         patcher = mock.patch.dict(sys.modules, nbd=module)
@@ -271,14 +303,26 @@ class ExportTestCase(NBDTestCase):
 
         self.assertTrue(self.handle.shut_down)
 
-    def test_pread_returns_bytes_of_the_disk(self):
+    def test_a_read_started_returns_the_disk_when_finished(self):
         export = self.export([(8 * KiB, 0)])
 
-        data = export.pread(100, 300)
+        first = export.start_read(100, 300)
+        second = export.start_read(4 * KiB, 10)
 
-        self.assertIsInstance(data, bytes)
-        self.assertEqual(self.handle.data[100:400], data)
-        self.assertEqual([('pread', 100, 300)], self.handle.log)
+        # Both asked for before either is waited for.
+        self.assertEqual([('pread', 100, 300), ('pread', 4 * KiB, 10)],
+                         self.handle.log)
+        self.assertEqual(self.handle.data[4 * KiB:4 * KiB + 10],
+                         export.finish_read(second))
+        self.assertEqual(self.handle.data[100:400], export.finish_read(first))
+        self.assertEqual({}, self.handle.in_flight)
+
+    def test_a_failed_read_raises_when_finished(self):
+        export = self.export([(8 * KiB, 0)])
+        read = export.start_read(0, 100)
+        self.handle.read_error = NBDError('server gone')
+
+        self.assertRaises(NBDError, export.finish_read, read)
 
     def test_close_shuts_the_connection_down(self):
         export = self.export([(4 * KiB, 0)])
@@ -341,13 +385,12 @@ class ReaderTestCase(NBDTestCase):
         self.assertEqual(size, image.size)
         data = read_all(image)
         self.assertEqual(size, len(data))
-        # Every read of the export came right after a check of the scratch.
+        # The scratch was checked before the export was first read, and
+        # once for every range the stream read (the export itself is
+        # asked ahead, so its reads are not one for one with the checks).
         reads = [entry for entry in log if entry != 'check']
-        self.assertTrue(reads)
-        self.assertEqual(len(reads), log.count('check'))
-        self.assertEqual(['check'] * len(reads),
-                         [log[i - 1] for i, entry in enumerate(log)
-                          if entry != 'check'])
+        self.assertEqual('check', log[0])
+        self.assertEqual(3, log.count('check'))
         return data, reads
 
     def test_raw_image_is_the_disk_and_reads_only_its_data(self):
@@ -392,7 +435,7 @@ class ReaderGuardTestCase(NBDTestCase):
         guard.error = exception.ScratchSpaceExhausted(
             path=self.scratch, used=2 * MiB, used_h='2.0 MiB',
             free_h='1.0 GiB', cap_h='1.0 MiB')
-        self.handle.pread = mock.Mock(side_effect=NBDError('server gone'))
+        self.handle.read_error = NBDError('server gone')
 
         exc = self.assertRaises(exception.ScratchSpaceExhausted,
                                 image.read, KiB)
@@ -403,7 +446,7 @@ class ReaderGuardTestCase(NBDTestCase):
     def test_a_read_that_fails_otherwise_raises_its_own_error(self):
         export = self.export([(4 * KiB, 0)])
         image, _size = stream.reader(export, self.plan, FakeGuard([]))
-        self.handle.pread = mock.Mock(side_effect=NBDError('server gone'))
+        self.handle.read_error = NBDError('server gone')
 
         self.assertRaises(NBDError, image.read, KiB)
 
@@ -749,14 +792,25 @@ class FakeExport(object):
         self.data = data
         self.size = len(data)
         self.calls = calls
+        self.ahead = None
 
     def extents(self):
         return [imagestream.Extent(0, self.size, True)]
 
-    def pread(self, offset, length):
+    def read_ahead(self, ranges):
+        self.ahead = readahead.ReadAhead(self, ranges)
+        return self.ahead
+
+    def start_read(self, offset, length):
+        return offset, length
+
+    def finish_read(self, read):
+        offset, length = read
         return self.data[offset:offset + length]
 
     def close(self):
+        if self.ahead is not None:
+            self.ahead.close()
         self.calls.close()
 
 

@@ -1,0 +1,206 @@
+"""Reading a disk ahead of the image stream, a few requests in flight.
+
+A streamed image reads the disk in the order its layout says
+(``Layout.reads()``), one piece per ``read()`` of the upload.  Asked one
+request at a time, the NBD server reads the disk only while the upload
+waits for it: at 1 MiB a request, QEMU's export of a 2 GiB qcow2 on this
+project's test host read at 134-160 MiB/s, and at 400 MiB/s with four
+requests in flight (eight were no faster).  ``ReadAhead`` reads on a
+thread of its own, ``depth`` requests ahead of the stream, so the disk is
+read while the previous pieces are being sent.
+
+Why a thread, and why ``depth`` bounds what is read *and* not yet taken:
+when the upload stalls (Glance is slow, or gone), nothing may be left in
+flight.  QEMU cannot end a pull backup while a reply to one of its NBD
+requests waits for its client to read it, and ending the backup is how
+the scratch guard stops the copy-before-write from filling the disk.  The
+thread finishes every request it starts, and starts one only while fewer
+than ``depth`` are in flight or read and waiting; so in a stall it holds
+at most ``depth`` pieces and QEMU has nothing left to answer.
+
+The export only has to start a read and finish it later, both on the
+reading thread:
+
+- ``start_read(offset, length)`` returns a handle on a read in flight;
+- ``finish_read(handle)`` waits for it and returns its bytes (any
+  bytes-like object), or raises what the read failed with.
+
+Nothing here knows libnbd; ``stream.Export`` does.
+"""
+
+import collections
+import queue
+import threading
+
+# Requests read ahead of the stream (see the module docstring).
+DEPTH = 4
+# The size of one request: what the image API reads at a time.
+CHUNK = 1024 * 1024
+
+# What the reading thread queues after the last piece.
+_END = object()
+
+
+class ReadAhead(object):
+    """``read(offset, length)`` for a stream that reads ``ranges`` in order.
+
+    ``ranges``: the ``(offset, length)`` pieces of the disk the stream
+    reads, in the order it reads them.  A thread asks for them in requests
+    of at most ``chunk`` bytes, at most ``depth`` of them in flight, read
+    and waiting, or being handed out.  ``read`` serves the pieces in that
+    order, in whatever sizes it is called with; a read anywhere else (a
+    rewind, for an upload retry) stops the thread and starts one from
+    there.  ``close()`` stops the thread; the export may be closed then.
+    """
+
+    def __init__(self, export, ranges, depth=DEPTH, chunk=CHUNK):
+        if depth < 1 or chunk < 1:
+            raise ValueError('depth and chunk must be at least 1, not %r '
+                             'and %r' % (depth, chunk))
+        self._export = export
+        self._ranges = list(ranges)
+        self._depth = depth
+        self._chunk = chunk
+        self._reader = None
+        # The piece being handed out: (offset, length, data or error), or
+        # _END; and how many of its bytes were.
+        self._head = None
+        self._used = 0
+
+    def _split(self, offset):
+        """Requests from ``offset``, in its range, to the last range's end."""
+        found = False
+        for start, length in self._ranges:
+            end = start + length
+            if not found:
+                if not start <= offset < end:
+                    continue
+                found = True
+                start = offset
+            while start < end:
+                size = min(self._chunk, end - start)
+                yield start, size
+                start += size
+
+    def _position(self):
+        """The disk offset the next ``read`` is expected at, or None."""
+        if self._reader is None:
+            return None
+        if self._head is None:
+            self._head = self._reader.ready.get()
+            self._used = 0
+        if self._head is _END:
+            return None
+        if self._head[0] is None:
+            raise self._head[2]  # the thread failed, not a read
+        return self._head[0] + self._used
+
+    def _restart(self, offset):
+        self.close()
+        if not any(start <= offset < start + length
+                   for start, length in self._ranges):
+            raise IOError('reading the disk at %d: the stream reads no '
+                          'range there' % offset)
+        self._reader = _Reader(self._export, self._split(offset),
+                               self._depth)
+
+    def close(self):
+        """Stop reading ahead: every request started is finished first."""
+        if self._reader is not None:
+            self._reader.stop()
+        self._reader = None
+        self._head = None
+        self._used = 0
+
+    def read(self, offset, length):
+        """``length`` bytes of the disk at ``offset``, bytes-like."""
+        if self._position() != offset:
+            self._restart(offset)
+        pieces = []
+        at, end = offset, offset + length
+        while at < end:
+            if self._position() != at:
+                # A read never spans two ranges, nor runs past the last.
+                raise IOError('reading the disk at %d: %d bytes asked, but '
+                              'the range read there ends at %d'
+                              % (offset, length, at))
+            start, size, data = self._head
+            if isinstance(data, Exception):
+                raise data
+            if len(data) != size:
+                raise IOError('reading the disk at %d: %d bytes asked, %d '
+                              'returned' % (start, size, len(data)))
+            take = min(end - at, size - self._used)
+            if take == size:
+                pieces.append(data)
+            else:
+                pieces.append(memoryview(data)[self._used:self._used + take])
+            self._used += take
+            at += take
+            if self._used == size:
+                self._head = None
+                self._reader.done_with_one()
+        return pieces[0] if len(pieces) == 1 else b''.join(pieces)
+
+
+class _Reader(object):
+    """The thread that reads ``requests`` ahead of the stream.
+
+    ``ready`` gets ``(offset, length, data)`` for each request in order,
+    then ``_END``; or ``(offset, length, error)`` for the first that
+    failed, and nothing after it.  A request is started only while fewer
+    than ``depth`` were started and not yet handed out (``done_with_one``
+    says one was).
+    """
+
+    def __init__(self, export, requests, depth):
+        self.ready = queue.Queue()
+        self._export = export
+        self._slots = threading.Semaphore(depth)
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(
+            target=self._run, args=(requests,), daemon=True,
+            name='snapdriver-read-ahead')
+        self._thread.start()
+
+    def done_with_one(self):
+        self._slots.release()
+
+    def stop(self):
+        self._stopped.set()
+        self._slots.release()  # if it waits for a slot
+        self._thread.join()
+
+    def _run(self, requests):
+        pending = collections.deque()
+        # The request the next failure is reported at.
+        at = (None, 0)
+        try:
+            for offset, length in requests:
+                # Take a slot; while none is free, finish what is in
+                # flight (the stream frees one by taking the oldest).
+                while not self._slots.acquire(blocking=not pending):
+                    at = pending[0][:2]
+                    self._finish(pending.popleft())
+                if self._stopped.is_set():
+                    return
+                at = (offset, length)
+                pending.append((offset, length,
+                                self._export.start_read(offset, length)))
+            while pending and not self._stopped.is_set():
+                at = pending[0][:2]
+                self._finish(pending.popleft())
+            self.ready.put(_END)
+        except Exception as e:
+            self.ready.put(at + (e,))
+        finally:
+            # QEMU cannot end the backup while a reply waits to be read.
+            for _, _, handle in pending:
+                try:
+                    self._export.finish_read(handle)
+                except Exception:
+                    pass  # nobody wants these bytes any more
+
+    def _finish(self, request):
+        offset, length, handle = request
+        self.ready.put((offset, length, self._export.finish_read(handle)))
