@@ -54,13 +54,15 @@ def timing_table(cases):
                 phases += '; runs ' + ', '.join('%.1f' % w
                                                 for w in r['walls'])
             rows.append('| %g GiB | %s | %s | %s | %.1f | %.2f | %s | %.2f '
-                        '| %.2f | %s |'
+                        '| %s | %s |'
                         % (case['size_gib'], case['kind'], layout(case),
                            name, r['wall'],
                            r['wall'] / floor,
                            '%.2f' % (r['wall'] / intree) if intree else '-',
                            r['transient'],
-                           r['peak_temp'] / max(r['uploaded'] or 1, 1),
+                           # Nothing uploaded: the read-alone row.
+                           '%.2f' % (r['peak_temp'] / r['uploaded'])
+                           if r['uploaded'] else '-',
                            phases))
         walls = res['glance-only'].get('walls')
         if walls:
