@@ -1,38 +1,34 @@
-"""Reading a disk ahead of the image stream, a few requests in flight.
+"""Reading a disk ahead of the image stream, on a thread of its own.
 
 A streamed image reads the disk in the order its layout says
-(``Layout.reads()``), one piece per ``read()`` of the upload.  Asked one
-request at a time, the NBD server reads the disk only while the upload
-waits for it: at 1 MiB a request, QEMU's export of a 2 GiB qcow2 on this
-project's test host read at 134-160 MiB/s, and at 400 MiB/s with four
-requests in flight (eight were no faster).  ``ReadAhead`` reads on a
-thread of its own, ``depth`` requests ahead of the stream, so the disk is
-read while the previous pieces are being sent.
+(``Layout.reads()``), one piece per ``read()`` of the upload.  Read on the
+upload's own thread, each piece waits for the disk and then for Glance:
+the two never overlap.  ``ReadAhead`` reads on a thread of its own, up to
+``depth`` pieces ahead of the stream, so that the disk is read while
+Glance takes the pieces before.
 
-Why a thread, and why ``depth`` bounds what is read *and* not yet taken:
-when the upload stalls (Glance is slow, or gone), nothing may be left in
-flight.  QEMU cannot end a pull backup while a reply to one of its NBD
-requests waits for its client to read it, and ending the backup is how
-the scratch guard stops the copy-before-write from filling the disk.  The
-thread finishes every request it starts, and starts one only while fewer
-than ``depth`` are in flight or read and waiting; so in a stall it holds
-at most ``depth`` pieces and QEMU has nothing left to answer.
+One NBD request at a time, synchronously (``export.pread``).  libnbd's
+asynchronous reads would keep more than one in flight (four read QEMU's
+export at 400 MiB/s here, one at 134-160 MiB/s, which is still faster than
+Glance takes it), but Debian 12's binding (libnbd 1.14) never frees an
+``aio_pread`` buffer: reading 512 MiB that way grew the process by 512 MiB.
 
-The export only has to start a read and finish it later, both on the
-reading thread:
-
-- ``start_read(offset, length)`` returns a handle on a read in flight;
-- ``finish_read(handle)`` waits for it and returns its bytes (any
-  bytes-like object), or raises what the read failed with.
+Why ``depth`` bounds what is read *and* not yet taken: when the upload
+stalls (Glance is slow, or gone), nothing may be left in flight.  QEMU
+cannot end a pull backup while a reply to one of its NBD requests waits
+for its client to read it, and ending the backup is how the scratch guard
+stops the copy-before-write from filling the disk.  The thread reads a
+piece only while fewer than ``depth`` are read and not yet handed out; so
+in a stall it holds at most ``depth`` pieces, and its last request has
+been answered.
 
 Nothing here knows libnbd; ``stream.Export`` does.
 """
 
-import collections
 import queue
 import threading
 
-# Requests read ahead of the stream (see the module docstring).
+# Pieces read ahead of the stream (see the module docstring).
 DEPTH = 4
 # The size of one request: what the image API reads at a time.
 CHUNK = 1024 * 1024
@@ -45,9 +41,9 @@ class ReadAhead(object):
     """``read(offset, length)`` for a stream that reads ``ranges`` in order.
 
     ``ranges``: the ``(offset, length)`` pieces of the disk the stream
-    reads, in the order it reads them.  A thread asks for them in requests
-    of at most ``chunk`` bytes, at most ``depth`` of them in flight, read
-    and waiting, or being handed out.  ``read`` serves the pieces in that
+    reads, in the order it reads them.  A thread reads them in requests of
+    at most ``chunk`` bytes, at most ``depth`` of them read and waiting, or
+    being handed out.  ``read`` serves the pieces in that
     order, in whatever sizes it is called with; a read anywhere else (a
     rewind, for an upload retry) stops the thread and starts one from
     there.  ``close()`` stops the thread; the export may be closed then.
@@ -105,7 +101,7 @@ class ReadAhead(object):
                                self._depth)
 
     def close(self):
-        """Stop reading ahead: every request started is finished first."""
+        """Stop reading ahead, once the request being read is answered."""
         if self._reader is not None:
             self._reader.stop()
         self._reader = None
@@ -148,9 +144,9 @@ class _Reader(object):
 
     ``ready`` gets ``(offset, length, data)`` for each request in order,
     then ``_END``; or ``(offset, length, error)`` for the first that
-    failed, and nothing after it.  A request is started only while fewer
-    than ``depth`` were started and not yet handed out (``done_with_one``
-    says one was).
+    failed, and nothing after it.  A request is read only while fewer than
+    ``depth`` were read and not yet handed out (``done_with_one`` says one
+    was).
     """
 
     def __init__(self, export, requests, depth):
@@ -172,35 +168,16 @@ class _Reader(object):
         self._thread.join()
 
     def _run(self, requests):
-        pending = collections.deque()
         # The request the next failure is reported at.
         at = (None, 0)
         try:
             for offset, length in requests:
-                # Take a slot; while none is free, finish what is in
-                # flight (the stream frees one by taking the oldest).
-                while not self._slots.acquire(blocking=not pending):
-                    at = pending[0][:2]
-                    self._finish(pending.popleft())
+                self._slots.acquire()
                 if self._stopped.is_set():
                     return
                 at = (offset, length)
-                pending.append((offset, length,
-                                self._export.start_read(offset, length)))
-            while pending and not self._stopped.is_set():
-                at = pending[0][:2]
-                self._finish(pending.popleft())
+                self.ready.put((offset, length,
+                                self._export.pread(offset, length)))
             self.ready.put(_END)
         except Exception as e:
             self.ready.put(at + (e,))
-        finally:
-            # QEMU cannot end the backup while a reply waits to be read.
-            for _, _, handle in pending:
-                try:
-                    self._export.finish_read(handle)
-                except Exception:
-                    pass  # nobody wants these bytes any more
-
-    def _finish(self, request):
-        offset, length, handle = request
-        self.ready.put((offset, length, self._export.finish_read(handle)))

@@ -141,21 +141,9 @@ class Export(object):
         self._ahead = readahead.ReadAhead(self, ranges)
         return self._ahead
 
-    def start_read(self, offset, length):
-        """Ask for ``length`` bytes at ``offset``: see ``finish_read``.
-
-        Called by the ReadAhead's thread only, as ``finish_read`` is.
-        """
-        buf = self._nbd.Buffer(length)
-        return buf, self.handle.aio_pread(buf, offset)
-
-    def finish_read(self, read):
-        """Wait for a read ``start_read`` asked for; return its bytes."""
-        buf, cookie = read
-        # Raises what the server answered if the read failed.
-        while not self.handle.aio_command_completed(cookie):
-            self.handle.poll(-1)
-        return buf.to_bytearray()
+    def pread(self, offset, length):
+        """``length`` bytes at ``offset`` (called by the ReadAhead thread)."""
+        return self.handle.pread(length, offset)
 
     def close(self):
         if self._ahead is not None:

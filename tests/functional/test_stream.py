@@ -90,6 +90,35 @@ def test_stream_gives_the_disk_and_leaves_nothing(
     os.unlink(reference)
 
 
+def _rss():
+    """This process's resident memory, in bytes."""
+    with open('/proc/self/status') as f:
+        for line in f:
+            if line.startswith('VmRSS:'):
+                return int(line.split()[1]) * 1024
+    raise AssertionError('no VmRSS in /proc/self/status')
+
+
+def test_stream_holds_a_few_mib_of_the_disk_not_all_of_it(
+        driver, context, conf, make_instance, make_image, glance_client):
+    """nova-compute must not grow by the image with every snapshot.
+
+    Debian 12's libnbd binding never frees a buffer given to aio_pread:
+    reading a disk that way grew the process by all it read.  512 MiB of
+    data are streamed here; the stream holds at most a few MiB at a time.
+    """
+    conf('snapdriver', capture_method='stream')
+    inst = make_instance(disk_mib=700, prefill_markers_mib=512)
+    image = make_image(inst)
+    before = _rss()
+
+    driver.snapshot(context, inst.obj, image['id'], lambda **kw: None)
+
+    grown = _rss() - before
+    assert glance_client.images.get(image['id']).size > 512 * MiB
+    assert grown < 96 * MiB, 'the process grew by %d MiB' % (grown // MiB)
+
+
 def test_stream_is_point_in_time_at_its_start(
         driver, context, conf, make_instance, make_image, glance_client,
         snapshots_dir, workdir, listener):

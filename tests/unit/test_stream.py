@@ -77,16 +77,6 @@ class NBDError(Exception):
     """nbd.Error."""
 
 
-class Buffer(object):
-    """nbd.Buffer: ``length`` bytes that an aio_pread fills."""
-
-    def __init__(self, length):
-        self.data = bytearray(length)
-
-    def to_bytearray(self):
-        return bytearray(self.data)
-
-
 class FakeNBD(object):
     """A libnbd handle on an export whose disk is ``data``.
 
@@ -109,8 +99,6 @@ class FakeNBD(object):
         self.status_calls = []
         self.shutdown_error = None
         self.shut_down = False
-        self.in_flight = {}
-        self.polled = set()
         self.read_error = None
 
     def add_meta_context(self, name):
@@ -146,28 +134,13 @@ class FakeNBD(object):
         extent('base:allocation', offset, flat, 0)
         return 0
 
-    def aio_pread(self, buf, offset, completion=None, flags=0):
-        count = len(buf.data)
+    def pread(self, count, offset, flags=0):
         assert 0 < count and offset + count <= len(self.data), (
             offset, count)
         self.log.append(('pread', offset, count))
-        self.in_flight[id(buf)] = (buf, offset)
-        return id(buf)
-
-    def aio_command_completed(self, cookie):
-        # Done after one poll, as a read that has to wait for the server.
-        if cookie not in self.polled:
-            return False
-        buf, offset = self.in_flight.pop(cookie)
         if self.read_error is not None:
             raise self.read_error
-        buf.data[:] = self.data[offset:offset + len(buf.data)]
-        return True
-
-    def poll(self, timeout):
-        assert timeout == -1
-        self.polled.update(self.in_flight)
-        return 1
+        return bytearray(self.data[offset:offset + count])
 
     def shutdown(self, flags=0):
         self.shut_down = True
@@ -196,7 +169,6 @@ class NBDTestCase(WorkDirTestCase):
         module = types.ModuleType('nbd')
         module.NBD = lambda: self.handle
         module.Error = NBDError
-        module.Buffer = Buffer
         module.STATE_HOLE = STATE_HOLE
         module.STATE_ZERO = STATE_ZERO
         patcher = mock.patch.dict(sys.modules, nbd=module)
@@ -303,26 +275,26 @@ class ExportTestCase(NBDTestCase):
 
         self.assertTrue(self.handle.shut_down)
 
-    def test_a_read_started_returns_the_disk_when_finished(self):
+    def test_pread_returns_the_disk(self):
         export = self.export([(8 * KiB, 0)])
 
-        first = export.start_read(100, 300)
-        second = export.start_read(4 * KiB, 10)
+        self.assertEqual(self.handle.data[100:400], export.pread(100, 300))
+        self.assertEqual([('pread', 100, 300)], self.handle.log)
 
-        # Both asked for before either is waited for.
-        self.assertEqual([('pread', 100, 300), ('pread', 4 * KiB, 10)],
-                         self.handle.log)
-        self.assertEqual(self.handle.data[4 * KiB:4 * KiB + 10],
-                         export.finish_read(second))
-        self.assertEqual(self.handle.data[100:400], export.finish_read(first))
-        self.assertEqual({}, self.handle.in_flight)
-
-    def test_a_failed_read_raises_when_finished(self):
+    def test_close_stops_the_read_ahead_first(self):
         export = self.export([(8 * KiB, 0)])
-        read = export.start_read(0, 100)
-        self.handle.read_error = NBDError('server gone')
+        ahead = export.read_ahead([(0, 8 * KiB)])
+        ahead.read(0, KiB)
+        calls = mock.Mock()
+        calls.attach_mock(mock.Mock(wraps=ahead.close), 'close')
+        calls.attach_mock(mock.Mock(wraps=self.handle.shutdown), 'shutdown')
+        ahead.close = calls.close
+        self.handle.shutdown = calls.shutdown
 
-        self.assertRaises(NBDError, export.finish_read, read)
+        export.close()
+
+        self.assertEqual([mock.call.close(), mock.call.shutdown()],
+                         calls.mock_calls)
 
     def test_close_shuts_the_connection_down(self):
         export = self.export([(4 * KiB, 0)])
@@ -801,11 +773,7 @@ class FakeExport(object):
         self.ahead = readahead.ReadAhead(self, ranges)
         return self.ahead
 
-    def start_read(self, offset, length):
-        return offset, length
-
-    def finish_read(self, read):
-        offset, length = read
+    def pread(self, offset, length):
         return self.data[offset:offset + length]
 
     def close(self):
