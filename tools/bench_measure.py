@@ -1,14 +1,15 @@
 """The measuring half of the benchmark (tools/bench.py): test bed, runs.
 
 What this holds: the instance filled with data (``DataInstance``), the
-pollers (``Watcher``: transient seconds and peak temp space), the guest's
-writes (``GuestWriter``), the timing of nova's in-tree phases from outside,
-one snapshot and the Glance-only floor (the median of uploads after the
-first snapshot and after each round of drivers), the timing and
-guest-write runs of one case, and ``measure()``, which sets the test bed
-up, runs every case (disk size x data kind x data layout) and takes it
-all down again.  The
-figures it returns become tables and a plot in tools/bench_report.py.
+pollers (``Watcher``: transient seconds and peak temp space), the CPU
+seconds Glance, QEMU and this process use per run (``CpuMeter``), the
+guest's writes (``GuestWriter``), the timing of nova's in-tree phases
+from outside, one snapshot and the Glance-only floor (the median of
+uploads after the first snapshot and after each round of drivers), the
+timing and guest-write runs of one case, and ``measure()``, which sets
+the test bed up, runs every case (disk size x data kind x data layout)
+and takes it all down again.  The figures it returns become tables and a
+plot in tools/bench_report.py.
 
 Per snapshot: wall time and its phases (ours from the driver's progress
 events; the in-tree driver's by timing its ``_live_snapshot``,
@@ -179,6 +180,11 @@ class DataInstance(test_instance.NovaInstance):
                  start, split, self.kind)
         if split < self.disk_size:
             fill_qcow2_layer(self.disk_path, split, self.disk_size, self.kind)
+
+    def qemu_pid(self):
+        """The pid of the domain's QEMU, from libvirtd's pid file."""
+        with open('/run/libvirt/qemu/%s.pid' % self.name) as f:
+            return int(f.read())
 
 
 # -- what is measured -----------------------------------------------------
@@ -357,6 +363,65 @@ def our_phases(uuid, phases):
 
 # -- one snapshot, and the floor ------------------------------------------
 
+def _proc_stat(pid):
+    """The fields of /proc/<pid>/stat after the command name, or None."""
+    try:
+        with open('/proc/%d/stat' % pid) as f:
+            return f.read().rsplit(')', 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+
+
+def group_pids(pgid):
+    """The pids of the processes in process group ``pgid``."""
+    pids = []
+    for name in os.listdir('/proc'):
+        if name.isdigit():
+            fields = _proc_stat(int(name))
+            if fields and int(fields[2]) == pgid:
+                pids.append(int(name))
+    return pids
+
+
+def cpu_seconds(pids):
+    """CPU seconds (user + system) the processes ``pids`` used so far."""
+    ticks = 0
+    for pid in pids:
+        fields = _proc_stat(pid)
+        if fields:
+            ticks += int(fields[11]) + int(fields[12])  # utime, stime
+    return ticks / os.sysconf('SC_CLK_TCK')
+
+
+class CpuMeter(object):
+    """CPU seconds used between start() and stop(), per party.
+
+    ``glance``: glance-api's process group; ``qemu``: the instance's QEMU
+    (reading the disk for the NBD export, and the idle guest); ``ours``:
+    this process (the driver, its reading thread and hashing, or
+    glanceclient sending the floor's file).  On two cores these share the
+    machine with Glance's worker, which sets the pace of every upload.
+    """
+
+    def __init__(self, bench, inst=None):
+        self._glance = group_pids(bench.glance_pgid)
+        self._qemu = [inst.qemu_pid()] if inst is not None else []
+        self.used = None
+
+    def _now(self):
+        times = os.times()
+        return {'glance': cpu_seconds(self._glance),
+                'qemu': cpu_seconds(self._qemu),
+                'ours': times.user + times.system}
+
+    def start(self):
+        self._start = self._now()
+
+    def stop(self):
+        end = self._now()
+        self.used = {k: end[k] - self._start[k] for k in end}
+
+
 def snapshot(bench, name, inst, writer=None):
     """Snapshot ``inst`` with driver ``name`` ('in-tree' or a method).
 
@@ -374,6 +439,8 @@ def snapshot(bench, name, inst, writer=None):
     watcher.start()
     if writer:
         writer.start()
+    cpu = CpuMeter(bench, inst)
+    cpu.start()
     start = time.monotonic()
     try:
         with (intree_phases(driver, phases) if name == 'in-tree'
@@ -382,6 +449,7 @@ def snapshot(bench, name, inst, writer=None):
                             lambda **kw: None)
     finally:
         wall = time.monotonic() - start
+        cpu.stop()
         if writer:
             writer.stop()
         watcher.stop()
@@ -389,7 +457,7 @@ def snapshot(bench, name, inst, writer=None):
     size = bench.glance.images.get(image['id']).size
     return {'wall': wall, 'phases': phases, 'transient': watcher.transient,
             'peak_temp': watcher.peak, 'uploaded': size,
-            'image_id': image['id']}
+            'image_id': image['id'], 'cpu': cpu.used}
 
 
 def download(glance_client, image_id, workdir):
@@ -401,16 +469,22 @@ def download(glance_client, image_id, workdir):
     return path
 
 
-def glance_only(glance_client, path):
-    """The floor: upload the file to a new image, nothing else; seconds."""
-    image = glance_client.images.create(name='floor', disk_format='qcow2',
-                                        container_format='bare')
+def glance_only(bench, path):
+    """The floor: upload the file to a new image, nothing else.
+
+    Returns the seconds it took and the CPU seconds used (CpuMeter).
+    """
+    image = bench.glance.images.create(name='floor', disk_format='qcow2',
+                                       container_format='bare')
+    cpu = CpuMeter(bench)
+    cpu.start()
     start = time.monotonic()
     with open(path, 'rb') as f:
-        glance_client.images.upload(image['id'], f)
+        bench.glance.images.upload(image['id'], f)
     wall = time.monotonic() - start
-    glance_client.images.delete(image['id'])
-    return wall
+    cpu.stop()
+    bench.glance.images.delete(image['id'])
+    return wall, cpu.used
 
 
 @contextlib.contextmanager
@@ -492,9 +566,9 @@ def timing_runs(bench, inst, args):
                 if path is None and name != READ_ALONE:
                     path = download(bench.glance, result['image_id'],
                                     args.workdir)
-                    floor.append(glance_only(bench.glance, path))
+                    floor.append(glance_only(bench, path))
                 bench.glance.images.delete(result.pop('image_id'))
-            floor.append(glance_only(bench.glance, path))
+            floor.append(glance_only(bench, path))
     finally:
         if path is not None:
             os.unlink(path)
@@ -504,8 +578,12 @@ def timing_runs(bench, inst, args):
         wall = statistics.median(walls)
         results[name] = dict(min(done, key=lambda r: abs(r['wall'] - wall)),
                              wall=wall, walls=walls)
-    results['glance-only'] = {'wall': statistics.median(floor),
-                              'walls': floor}
+    walls = [wall for wall, _cpu in floor]
+    wall = statistics.median(walls)
+    results['glance-only'] = {
+        'wall': wall, 'walls': walls,
+        # Those of the upload nearest the median.
+        'cpu': min(floor, key=lambda f: abs(f[0] - wall))[1]}
     return results
 
 
@@ -602,6 +680,7 @@ def measure(args, on_case=None):
         test_instance.NovaInstance._next_id = 0x6000000 + os.getpid()
         bench = Bench(args.workdir, glance.url, not args.skip_intree,
                       args.compression)
+        bench.glance_pgid = glance.pid
         for size in args.sizes:
             for kind in args.data:
                 with_writes = args.write_seconds > 0 and kind == args.data[0]

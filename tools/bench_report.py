@@ -36,6 +36,16 @@ def mib(nbytes):
     return '-' if nbytes is None else '%.0f' % (nbytes / 1024 ** 2)
 
 
+def cpu_text(result):
+    """'; cpu s glance G, qemu Q, ours O' of a run, if it was measured."""
+    cpu = result.get('cpu')
+    if not cpu:
+        return ''  # runs from before CPU seconds were measured
+    return '; cpu s ' + ', '.join('%s %.1f' % (who, cpu[who])
+                                  for who in ('glance', 'qemu', 'ours')
+                                  if who in cpu)
+
+
 def timing_table(cases):
     rows = ['| disk | data | layout | method | wall s | ÷ glance-only | '
             '÷ in-tree | transient s | peak temp ÷ image | phases s |',
@@ -53,6 +63,7 @@ def timing_table(cases):
                 # --repeat: the wall is the median; phases of that run.
                 phases += '; runs ' + ', '.join('%.1f' % w
                                                 for w in r['walls'])
+            phases += cpu_text(r)
             rows.append('| %g GiB | %s | %s | %s | %.1f | %.2f | %s | %.2f '
                         '| %s | %s |'
                         % (case['size_gib'], case['kind'], layout(case),
@@ -69,11 +80,12 @@ def timing_table(cases):
             # Runs from before the floor was measured twice have no walls;
             # the floor is their median.
             rows.append('| %g GiB | %s | %s | glance-only | %.1f | 1.00 | '
-                        '%s | - | - | uploads %s |'
+                        '%s | - | - | uploads %s%s |'
                         % (case['size_gib'], case['kind'], layout(case),
                            floor,
                            '%.2f' % (floor / intree) if intree else '-',
-                           ', '.join('%.1f' % w for w in walls)))
+                           ', '.join('%.1f' % w for w in walls),
+                           cpu_text(res['glance-only'])))
     return '\n'.join(rows) + '\n'
 
 

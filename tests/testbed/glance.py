@@ -114,6 +114,11 @@ class GlanceServer(object):
     def url(self):
         return 'http://127.0.0.1:%d' % self.port
 
+    @property
+    def pid(self):
+        """glance-api's pid, which is also its process group's id."""
+        return self._proc.pid if self._proc is not None else None
+
     def is_running(self):
         return self._proc is not None and self._proc.poll() is None
 
