@@ -18,9 +18,9 @@ stalls (Glance is slow, or gone), nothing may be left in flight.  QEMU
 cannot end a pull backup while a reply to one of its NBD requests waits
 for its client to read it, and ending the backup is how the scratch guard
 stops the copy-before-write from filling the disk.  The thread reads a
-piece only while fewer than ``depth`` are read and not yet handed out; so
-in a stall it holds at most ``depth`` pieces, and its last request has
-been answered.
+piece only while fewer than ``depth`` are being read, read and waiting, or
+being handed out; so in a stall it holds at most ``depth`` pieces, and
+its last request has been answered.
 
 Nothing here knows libnbd; ``stream.Export`` does.
 """
@@ -28,13 +28,21 @@ Nothing here knows libnbd; ``stream.Export`` does.
 import queue
 import threading
 
+from oslo_log import log as logging
+
+LOG = logging.getLogger(__name__)
+
 # Pieces read ahead of the stream (see the module docstring).
 DEPTH = 4
 # The size of one request: what the image API reads at a time.
 CHUNK = 1024 * 1024
 
-# What the reading thread queues after the last piece.
+# How long close() waits for the request being read (a hung export).
+STOP_TIMEOUT = 60
+
+# What the reading thread queues after the last piece, and when stopped.
 _END = object()
+_STOPPED = object()
 
 
 class ReadAhead(object):
@@ -42,11 +50,13 @@ class ReadAhead(object):
 
     ``ranges``: the ``(offset, length)`` pieces of the disk the stream
     reads, in the order it reads them.  A thread reads them in requests of
-    at most ``chunk`` bytes, at most ``depth`` of them read and waiting, or
-    being handed out.  ``read`` serves the pieces in that
+    at most ``chunk`` bytes, at most ``depth`` of them being read, read and
+    waiting, or being handed out.  ``read`` serves the pieces in that
     order, in whatever sizes it is called with; a read anywhere else (a
-    rewind, for an upload retry) stops the thread and starts one from
-    there.  ``close()`` stops the thread; the export may be closed then.
+    rewind, for an upload retry), or the next read after one that raised,
+    stops the thread and starts one from there.  ``close()`` stops the
+    thread; the export may be closed then.  Meant for native threads (nova
+    34's nova-compute runs with them by default).
     """
 
     def __init__(self, export, ranges, depth=DEPTH, chunk=CHUNK):
@@ -80,16 +90,25 @@ class ReadAhead(object):
 
     def _position(self):
         """The disk offset the next ``read`` is expected at, or None."""
-        if self._reader is None:
+        reader = self._reader
+        if reader is None:
             return None
         if self._head is None:
-            self._head = self._reader.ready.get()
+            self._head = reader.ready.get()
             self._used = 0
         if self._head is _END:
             return None
+        if self._head is _STOPPED:
+            raise IOError('the read-ahead was closed under a read')
         if self._head[0] is None:
-            raise self._head[2]  # the thread failed, not a read
+            self._fail()  # the thread failed, not a read
         return self._head[0] + self._used
+
+    def _fail(self):
+        """Raise the error at the head; the next read starts afresh."""
+        error = self._head[2]
+        self.close()  # the thread ended after queuing it
+        raise error
 
     def _restart(self, offset):
         self.close()
@@ -112,6 +131,7 @@ class ReadAhead(object):
         """``length`` bytes of the disk at ``offset``, bytes-like."""
         if self._position() != offset:
             self._restart(offset)
+        reader = self._reader
         pieces = []
         at, end = offset, offset + length
         while at < end:
@@ -122,7 +142,7 @@ class ReadAhead(object):
                               % (offset, length, at))
             start, size, data = self._head
             if isinstance(data, Exception):
-                raise data
+                self._fail()
             if len(data) != size:
                 raise IOError('reading the disk at %d: %d bytes asked, %d '
                               'returned' % (start, size, len(data)))
@@ -135,7 +155,7 @@ class ReadAhead(object):
             at += take
             if self._used == size:
                 self._head = None
-                self._reader.done_with_one()
+                reader.done_with_one()
         return pieces[0] if len(pieces) == 1 else b''.join(pieces)
 
 
@@ -143,10 +163,11 @@ class _Reader(object):
     """The thread that reads ``requests`` ahead of the stream.
 
     ``ready`` gets ``(offset, length, data)`` for each request in order,
-    then ``_END``; or ``(offset, length, error)`` for the first that
-    failed, and nothing after it.  A request is read only while fewer than
-    ``depth`` were read and not yet handed out (``done_with_one`` says one
-    was).
+    then ``_END``; or, at the first failure, ``(offset, length, error)``
+    (``offset`` None if no read failed) and nothing after it; or, stopped,
+    ``_STOPPED``.  A request is read only while fewer than ``depth`` are
+    being read, read and waiting, or being handed out (``done_with_one``
+    says one was handed out).
     """
 
     def __init__(self, export, requests, depth):
@@ -165,19 +186,27 @@ class _Reader(object):
     def stop(self):
         self._stopped.set()
         self._slots.release()  # if it waits for a slot
-        self._thread.join()
+        self._thread.join(STOP_TIMEOUT)
+        if self._thread.is_alive():
+            LOG.warning('The read-ahead of the NBD export is still waiting '
+                        'for a read after %d s; going on without it',
+                        STOP_TIMEOUT)
 
     def _run(self, requests):
-        # The request the next failure is reported at.
-        at = (None, 0)
+        at = (None, 0)  # the request being read
         try:
             for offset, length in requests:
                 self._slots.acquire()
                 if self._stopped.is_set():
                     return
                 at = (offset, length)
-                self.ready.put((offset, length,
-                                self._export.pread(offset, length)))
+                data = self._export.pread(offset, length)
+                at = (None, 0)
+                self.ready.put((offset, length, data))
             self.ready.put(_END)
         except Exception as e:
             self.ready.put(at + (e,))
+        finally:
+            if self._stopped.is_set():
+                # Whoever waits for a piece learns there will be none.
+                self.ready.put(_STOPPED)

@@ -46,7 +46,7 @@ LOG = logging.getLogger(__name__)
 
 SOCKET_NAME = 'nbd.sock'
 SCRATCH_NAME = 'scratch.qcow2'
-# NBD requests: block status over at most this much, reads of MAX_READ.
+# NBD block status over at most this much per request (reads: readahead).
 STATUS_SPAN = 1 << 30
 GUARD_INTERVAL = 0.5
 MiB = 1024 * 1024
@@ -161,7 +161,7 @@ class ScratchGuard(object):
     is being read: an upload stalled on Glance, or a long run of zeros
     that the image gets without a read, reads nothing for a while.  So a
     watcher thread (``start``/``stop``) checks every GUARD_INTERVAL s, and
-    every read of the export checks too (at most as often).  If the
+    every read of the stream checks too (at most as often).  If the
     scratch passed ``stream_scratch_max_mb``, or free space fell to
     ``reserved_space_mb``, the backup is aborted (the guest's
     copy-before-write then stops, and its writes go on) and

@@ -34,8 +34,9 @@ class Export(object):
 
     ``started``: every ``(offset, length)`` asked for, in order, and
     ``threads`` the thread that asked for each.  ``reading``: reads begun
-    and not yet answered.  A read whose offset is in ``fail_at`` raises
-    ReadFailed, one in ``short_at`` returns a byte less.  Reads are
+    and not yet answered; ``answered``: reads that returned or raised.  A
+    read whose offset is in ``fail_at`` raises ReadFailed, one in
+    ``short_at`` returns a byte less.  Reads are
     answered only while ``gate`` is set.
     """
 
@@ -44,6 +45,7 @@ class Export(object):
         self.started = []
         self.threads = []
         self.reading = 0
+        self.answered = 0
         self.fail_at = set()
         self.short_at = set()
         self.gate = threading.Event()
@@ -52,9 +54,9 @@ class Export(object):
     def pread(self, offset, length):
         assert 0 < length and 0 <= offset and offset + length <= len(
             self.data), (offset, length)
+        self.reading += 1
         self.started.append((offset, length))
         self.threads.append(threading.current_thread())
-        self.reading += 1
         try:
             assert self.gate.wait(10)
             if offset in self.fail_at:
@@ -63,18 +65,24 @@ class Export(object):
                 length -= 1
             return bytearray(self.data[offset:offset + length])
         finally:
+            self.answered += 1
             self.reading -= 1
 
     def settled(self, count):
-        """Wait for ``count`` reads answered and none more, for a while."""
+        """Wait for ``count`` reads answered; fail if more are asked for.
+
+        The thread is then waiting for the stream (or done): a read it
+        would ask for now would show within the next 0.2 s.
+        """
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            if len(self.started) >= count and not self.reading:
-                time.sleep(0.2)
-                return
+        while self.answered < count and time.monotonic() < deadline:
             time.sleep(0.01)
-        raise AssertionError('%d reads started, %d unanswered'
-                             % (len(self.started), self.reading))
+        assert self.answered >= count, (
+            '%d reads answered of %d' % (self.answered, count))
+        time.sleep(0.2)
+        assert (len(self.started), self.answered) == (count, count), (
+            'asked for %d reads, %d answered; %d expected'
+            % (len(self.started), self.answered, count))
 
 
 def disk(size, seed=1):
@@ -117,6 +125,57 @@ def test_a_stalled_stream_leaves_no_read_unanswered():
     export.settled(4)
     assert export.started[3:] == [(3 * MiB, MiB)]
     ahead.close()
+
+
+def test_the_thread_stays_depth_pieces_ahead_to_the_end():
+    export = Export(disk(8 * MiB))
+    ahead = readahead.ReadAhead(export, [(0, 8 * MiB)], depth=3)
+
+    for piece in range(8):
+        ahead.read(piece * MiB, MiB)
+        # Handed out: piece + 1; ahead of the stream: 3, or what is left.
+        export.settled(min(piece + 1 + 3, 8))
+    ahead.close()
+
+
+def test_a_read_after_a_failed_one_reads_again():
+    """An upload retry rewinds to the first byte, which failed before."""
+    data = disk(4 * MiB)
+    export = Export(data)
+    export.fail_at = {0}
+    ahead = readahead.ReadAhead(export, [(0, 4 * MiB)])
+    with pytest.raises(ReadFailed):
+        ahead.read(0, 100)
+    export.fail_at = set()
+
+    assert ahead.read(0, 100) == data[:100]
+    assert export.started.count((0, MiB)) == 2
+    ahead.close()
+
+
+def test_close_from_another_thread_never_leaves_a_read_waiting():
+    export = Export(disk(4 * MiB))
+    ahead = readahead.ReadAhead(export, [(0, 4 * MiB)], depth=1)
+    ahead.read(0, MiB)
+    export.gate.clear()  # the next piece is being read, and waits
+    got = []
+
+    def read_next():
+        try:
+            got.append(ahead.read(MiB, MiB))
+        except IOError as e:
+            got.append(e)
+    reading = threading.Thread(target=read_next)
+    reading.start()
+    closing = threading.Thread(target=ahead.close)
+    closing.start()
+    time.sleep(0.2)
+    export.gate.set()
+    closing.join(10)
+    reading.join(10)
+
+    assert not closing.is_alive() and not reading.is_alive()
+    assert len(got) == 1
 
 
 def test_close_waits_for_the_read_being_answered():
@@ -252,9 +311,8 @@ def test_a_stream_through_readahead_equals_one_reading_directly(
     # After the rewind, each byte of the ranges was asked for once, in
     # order, in requests of at most ``chunk``.
     assert all(0 < length <= chunk for _, length in export.started)
-    asked = [(o, n) for o, n in export.started]
     merged = []
-    for offset, length in asked:
+    for offset, length in export.started:
         if merged and merged[-1][0] + merged[-1][1] == offset:
             merged[-1] = (merged[-1][0], merged[-1][1] + length)
         else:

@@ -15,6 +15,7 @@ import os
 import stat
 import subprocess
 import sys
+import threading
 import time
 import types
 from unittest import mock
@@ -143,6 +144,9 @@ class FakeNBD(object):
         return bytearray(self.data[offset:offset + count])
 
     def shutdown(self, flags=0):
+        # The read-ahead thread is gone before its handle is shut down.
+        assert not [t for t in threading.enumerate()
+                    if t.name == 'snapdriver-read-ahead']
         self.shut_down = True
         if self.shutdown_error is not None:
             raise self.shutdown_error
