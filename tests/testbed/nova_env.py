@@ -66,6 +66,11 @@ def write_conf(workdir, glance_url, virt_type='qemu', extra=None):
             'block_job_poll_interval': '0.1',
             'progress_log_interval': '1',
             'reserved_space_mb': '0',
+            # No periodic recovery in the test process: the crash tests run
+            # "nova-snapdriver-manage recover" on a killed child's snapshot
+            # themselves, and a periodic run (every 300 s by default) that
+            # fell between the kill and theirs repaired it first.
+            'recovery_interval': '0',
         },
         'oslo_concurrency': {'lock_path': os.path.join(workdir, 'locks')},
         # Recovery talks to Glance as nova's service user; the test Glance
