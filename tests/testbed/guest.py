@@ -15,6 +15,17 @@ at MARKER_BASE itself stays unused, and tests may keep their own data
 below MARKER_BASE.  The guest stops at the end of the disk or at the
 snapmarks= cap, whichever comes first, and prints "MARK k" on the
 serial console after marker k is written.
+
+A guest booted with a NIC (a virtio network card, as a tempest server
+has) also comes up as a small cloud image, in the background so that
+the markers never wait for it: busybox udhcpc configures eth0, the
+user's public key comes from the metadata service (the EC2 path that
+CirrOS reads too), and Debian's dropbear serves SSH as root.  "SNAPGUEST
+SSH READY ip=<address>" on the serial console says it is up.  The kernel
+command line flag snapdata=1 mounts the ext4 file system on the disk's
+first partition (/dev/vda1, below MARKER_BASE) on /root, so that what a
+test writes in root's home over SSH is in the disk and its snapshots.
+A guest without a NIC or the flag boots exactly as before.
 """
 
 import glob
@@ -34,11 +45,26 @@ MARKER_BASE = 32 * 1024 * 1024
 MARKER_SIZE = 4096
 MARKER_MAGIC = b'SNAPMARK'
 READY = 'SNAPGUEST READY'
-DEBIAN_PACKAGES = ('linux-image-cloud-amd64', 'busybox-static', 'cpio')
+SSH_READY = 'SNAPGUEST SSH READY'
+DEBIAN_PACKAGES = ('linux-image-cloud-amd64', 'busybox-static', 'cpio',
+                   'dropbear-bin')
 # insmod does not resolve dependencies, so this order matters.
 MODULES = ('virtio_ring', 'virtio', 'virtio_pci_modern_dev',
            'virtio_pci_legacy_dev', 'virtio_pci', 'virtio_blk')
+# Loaded after MODULES, and only if the guest has a virtio NIC.
+NET_MODULES = ('failover', 'net_failover', 'virtio_net')
 BUSYBOX = '/bin/busybox'
+# From Debian's dropbear-bin (never the 'dropbear' package: that one
+# also installs and starts an SSH server on the host).  They go into the
+# initramfs at these paths, with the shared libraries they load.
+DROPBEAR = '/usr/sbin/dropbear'
+DROPBEARKEY = '/usr/bin/dropbearkey'
+# Where the libraries go: on the dynamic loader's default search path,
+# so the guest needs no ld.so.cache.
+LIBDIR = 'lib/x86_64-linux-gnu'
+# The EC2-style metadata path: nova serves it, CirrOS reads it.
+KEY_URL = ('http://169.254.169.254/2009-04-04/meta-data/public-keys/0/'
+           'openssh-key')
 
 INIT_SCRIPT = r"""#!/bin/busybox sh
 # PID 1 of the snapshot test guest; see tests/testbed/guest.py.
@@ -47,15 +73,98 @@ export PATH=/bin
 mount -t proc proc /proc
 mount -t sysfs sysfs /sys
 mount -t devtmpfs devtmpfs /dev
+
+# load MODULE [PARAM=VALUE...]: insmod does not resolve dependencies, so
+# the order of the calls matters.
+load() {
+    m=$1
+    shift
+    insmod /lib/modules/$m.ko "$@" || echo "SNAPGUEST insmod $m failed"
+}
+
+# Networking and SSH, as a cloud image has them: a DHCP lease, the
+# user's public key from the metadata service, dropbear.  Only a guest
+# with a NIC runs this, in the background: the markers never wait for it.
+net_and_ssh() {
+    mkdir -p /dev/pts /root/.ssh
+    mount -t devpts devpts /dev/pts
+    ip link set dev lo up
+    # ed25519: generated in well under a second even under TCG (RSA is
+    # slow there).  A new host key at every boot, as CirrOS does.
+    /usr/bin/dropbearkey -t ed25519 \
+        -f /etc/dropbear/dropbear_ed25519_host_key >/dev/null ||
+        echo "SNAPGUEST SSH HOST KEY FAILED"
+    # -O staticroutes asks for DHCP option 121, which carries the route
+    # to the metadata service: dnsmasq sends it only when asked.
+    # /etc/udhcpc/default.script applies the lease; -q: udhcpc exits once
+    # it has one, no daemon stays.  Up to 5 rounds of 20 tries 1 s apart.
+    n=0
+    until udhcpc -i eth0 -s /etc/udhcpc/default.script -O staticroutes \
+            -O mtu -t 20 -T 1 -n -q -f; do
+        n=$((n + 1))
+        if [ $n -ge 5 ]; then
+            echo "SNAPGUEST NO DHCP LEASE"
+            return 1
+        fi
+    done
+    addr=$(ip -o -4 addr show dev eth0 |
+           sed -n 's,.* inet \([0-9.]*\)/.*,\1,p')
+    # The user's key, as cloud-init and CirrOS take it.  Retried: the
+    # metadata proxy may answer a little after the lease is given.
+    n=0
+    until wget -q -T 5 -O /run/key %(key_url)s 2>/dev/null &&
+            [ -s /run/key ]; do
+        n=$((n + 1))
+        if [ $n -ge 60 ]; then
+            echo "SNAPGUEST NO PUBLIC KEY"
+            break
+        fi
+        sleep 1
+    done
+    # dropbear refuses keys in a directory or file others may write.
+    chmod 700 /root/.ssh
+    if [ -s /run/key ]; then
+        # This server's key only; echo ends the line if the key did not.
+        { cat /run/key; echo; } > /root/.ssh/authorized_keys
+        chmod 600 /root/.ssh/authorized_keys
+    fi
+    # -s: keys only, no passwords; -E: log to the console.  dropbear
+    # puts itself in the background.
+    /usr/sbin/dropbear -s -E -p 22 -P /run/dropbear.pid \
+        -r /etc/dropbear/dropbear_ed25519_host_key
+    i=0
+    until netstat -ltn | grep -q ':22 '; do
+        i=$((i + 1))
+        if [ $i -ge 100 ]; then
+            echo "SNAPGUEST SSH FAILED"
+            return 1
+        fi
+        sleep 0.1
+    done
+    echo "%(ssh_ready)s ip=$addr"
+}
+
 for m in %(modules)s; do
-    insmod /lib/modules/$m.ko || echo "SNAPGUEST insmod $m failed"
+    load $m
 done
+# A virtio NIC (virtio device id 1) gets its driver; a guest without one
+# loads nothing more.  csum=0 gso=0: no checksum or segmentation offload,
+# because the host end (Open vSwitch's userspace datapath) reads the tap
+# through an AF_PACKET socket and drops partly checksummed or unsegmented
+# frames.
+if grep -qx 0x0001 /sys/bus/virtio/devices/*/device 2>/dev/null; then
+    load failover
+    load net_failover
+    load virtio_net csum=0 gso=0
+fi
 mode=idle
 marks=100000
+data=0
 for arg in $(cat /proc/cmdline); do
     case $arg in
         snapmode=*) mode=${arg#snapmode=} ;;
         snapmarks=*) marks=${arg#snapmarks=} ;;
+        snapdata=*) data=${arg#snapdata=} ;;
     esac
 done
 i=0
@@ -64,6 +173,19 @@ while [ ! -b /dev/vda ] && [ $i -lt 300 ]; do
     i=$((i + 1))
 done
 [ -b /dev/vda ] || echo "SNAPGUEST NO DISK"
+if [ "$data" = 1 ]; then
+    # snapdata=1: root's home is the ext4 file system on the disk's first
+    # partition, which ends below the markers.
+    i=0
+    while [ ! -b /dev/vda1 ] && [ $i -lt 30 ]; do
+        sleep 0.1
+        i=$((i + 1))
+    done
+    mount -t ext4 /dev/vda1 /root || echo "SNAPGUEST NO DATA FS"
+fi
+if [ -e /sys/class/net/eth0 ]; then
+    net_and_ssh &
+fi
 base=$((%(base)d / %(size)d))
 room=$(($(cat /sys/block/vda/size) * 512 / %(size)d - base - 1))
 [ $room -lt $marks ] && marks=$room
@@ -87,7 +209,67 @@ while :; do
     sleep 3600
 done
 """ % {'modules': ' '.join(MODULES), 'base': MARKER_BASE,
-       'size': MARKER_SIZE, 'ready': READY}
+       'size': MARKER_SIZE, 'ready': READY, 'ssh_ready': SSH_READY,
+       'key_url': KEY_URL}
+
+# udhcpc runs this at each DHCP event ($1) with the lease in the
+# environment: $interface, $ip, $mask (a prefix length), $router,
+# $serverid, $mtu and $staticroutes (option 121: "net/len gateway" pairs).
+UDHCPC_SCRIPT = r"""#!/bin/sh
+# udhcpc's event script in the snapshot test guest (tests/testbed/guest.py).
+case $1 in
+    deconfig)
+        ip link set dev "$interface" up
+        ip -4 addr flush dev "$interface"
+        ;;
+    bound|renew)
+        ip -4 addr flush dev "$interface"
+        ip addr add "$ip/${mask:-24}" dev "$interface"
+        [ -n "$mtu" ] && ip link set dev "$interface" mtu "$mtu"
+        # Option 121 routes; a gateway 0.0.0.0 means on the link.  With
+        # them the router option is ignored (RFC 3442): neutron lists
+        # the default route among them.
+        metadata=
+        set -- $staticroutes
+        while [ $# -ge 2 ]; do
+            if [ "$2" = 0.0.0.0 ]; then
+                ip route replace "$1" dev "$interface"
+            else
+                ip route replace "$1" via "$2" dev "$interface"
+            fi
+            [ "$1" = 169.254.169.254/32 ] && metadata=yes
+            shift 2
+        done
+        if [ -z "$staticroutes" ] && [ -n "$router" ]; then
+            set -- $router
+            ip route replace default via "$1" dev "$interface"
+        fi
+        # No route to the metadata service in option 121: ask the DHCP
+        # server, where neutron's isolated-network metadata proxy listens.
+        if [ -z "$metadata" ] && [ -n "$serverid" ]; then
+            ip route replace 169.254.169.254/32 via "$serverid" \
+                dev "$interface"
+        fi
+        ;;
+esac
+exit 0
+"""
+
+# tempest runs its commands as "sudo ..."; the guest has only root.
+SUDO_SCRIPT = r"""#!/bin/sh
+# sudo in the snapshot test guest: everyone is root already.
+exec "$@"
+"""
+
+# What dropbear needs to know root: a password field that is neither
+# empty nor locked ("!"), and a shell listed in /etc/shells.  glibc reads
+# these files itself (nss_files is part of libc.so.6).
+ETC_FILES = {
+    'etc/passwd': 'root:x:0:0:root:/root:/bin/sh\n',
+    'etc/group': 'root:x:0:\n',
+    'etc/shells': '/bin/sh\n',
+    'etc/nsswitch.conf': 'passwd: files\ngroup: files\nshadow: files\n',
+}
 
 
 def _missing(what):
@@ -123,58 +305,139 @@ def _module_paths(version):
             rel = line.split(':', 1)[0]
             name = re.sub(r'\.ko(\.xz)?$', '', os.path.basename(rel))
             paths[name.replace('-', '_')] = os.path.join(moddir, rel)
-    missing = [m for m in MODULES if m not in paths]
+    missing = [m for m in MODULES + NET_MODULES if m not in paths]
     if missing:
         raise RuntimeError('kernel %s lacks modules %s (want .ko or .ko.xz)'
                            % (version, ', '.join(missing)))
     return paths
 
 
+def parse_ldd(output):
+    """Return [(path in the initramfs, host path)] from ldd's output.
+
+    Libraries go to LIBDIR under their soname; the dynamic loader, which
+    ldd names by its absolute path (the binary's PT_INTERP), goes to that
+    same path.  The vDSO is the kernel's and has no file.
+    """
+    found = []
+    for line in output.splitlines():
+        line = re.sub(r'\s*\(0x[0-9a-f]+\)$', '', line.strip())
+        if not line:
+            continue
+        name, _, target = line.partition(' => ')
+        if target == 'not found':
+            raise RuntimeError('shared library %s not found' % name)
+        if name.startswith('/'):
+            found.append((name.lstrip('/'), target or name))
+        elif target:
+            found.append(('%s/%s' % (LIBDIR, name), target))
+    return found
+
+
+def _shared_libraries(binary):
+    """Return [(path in the initramfs, host path)] of what binary loads."""
+    out = subprocess.run(['ldd', binary], stdout=subprocess.PIPE,
+                         universal_newlines=True, check=True).stdout
+    return parse_ldd(out)
+
+
+def _read(path, opener=open):
+    with opener(path, 'rb') as f:
+        return f.read()
+
+
+def initramfs_files(version):
+    """Return {path: (mode, content)}: everything the initramfs holds.
+
+    content is bytes for a file and None for a directory.  The cache key
+    of build_boot_files is a hash of exactly this, so a changed script, a
+    package upgrade or a new module makes a new initramfs.
+    """
+    for what, path in (('Static busybox', BUSYBOX),
+                       ('Dropbear', DROPBEAR),
+                       ('dropbearkey', DROPBEARKEY)):
+        if not os.path.exists(path):
+            raise _missing('%s (%s)' % (what, path))
+    files = {
+        'init': (0o755, INIT_SCRIPT.encode()),
+        'bin/busybox': (0o755, _read(BUSYBOX)),
+        'bin/sudo': (0o755, SUDO_SCRIPT.encode()),
+        'etc/udhcpc/default.script': (0o755, UDHCPC_SCRIPT.encode()),
+        'root': (0o700, None),
+    }
+    for sub in ('dev', 'proc', 'sys', 'run', 'etc/dropbear'):
+        files[sub] = (0o755, None)
+    for name, text in ETC_FILES.items():
+        files[name] = (0o644, text.encode())
+    modules = _module_paths(version)
+    for name in MODULES + NET_MODULES:
+        src = modules[name]
+        opener = lzma.open if src.endswith('.xz') else open
+        files['lib/modules/%s.ko' % name] = (0o644, _read(src, opener))
+    # /init runs them as /usr/sbin/dropbear and /usr/bin/dropbearkey.
+    for binary, path in ((DROPBEAR, 'usr/sbin/dropbear'),
+                         (DROPBEARKEY, 'usr/bin/dropbearkey')):
+        files[path] = (0o755, _read(binary))
+        for lib, host_path in _shared_libraries(binary):
+            files[lib] = (0o755, _read(host_path))
+    return files
+
+
+def files_digest(files):
+    """Return a short hash of initramfs_files()'s paths, modes and bytes."""
+    h = hashlib.sha256()
+    for path in sorted(files):
+        mode, data = files[path]
+        content = (b'directory' if data is None
+                   else hashlib.sha256(data).hexdigest().encode())
+        h.update(b'%s %o %s\n' % (path.encode(), mode, content))
+    return h.hexdigest()[:12]
+
+
 def build_boot_files(cache_dir):
     """Return (kernel_path, initrd_path) for the marker guest.
 
-    The initramfs is built once per kernel version and /init script and
-    kept in cache_dir, so later calls only stat a file.
+    The initramfs is built once per kernel version and content and kept
+    in cache_dir, so later calls only read and hash its parts (a few MB)
+    and stat a file.
     """
     version, kernel = _find_kernel()
-    digest = hashlib.sha256(INIT_SCRIPT.encode()).hexdigest()[:12]
+    files = initramfs_files(version)
     initrd = os.path.join(cache_dir, 'snapguest-%s-%s.cpio.gz'
-                          % (version, digest))
+                          % (version, files_digest(files)))
     if os.path.exists(initrd):
         return kernel, initrd
-    if not os.path.exists(BUSYBOX):
-        raise _missing('Static busybox (%s)' % BUSYBOX)
     if not shutil.which('cpio'):
         raise _missing('cpio')
-    modules = _module_paths(version)
     os.makedirs(cache_dir, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=cache_dir) as root:
-        for sub in ('bin', 'dev', 'proc', 'sys', 'lib/modules'):
-            os.makedirs(os.path.join(root, sub))
-        shutil.copy(BUSYBOX, os.path.join(root, 'bin/busybox'))
-        for name in MODULES:
-            src = modules[name]
-            opener = lzma.open if src.endswith('.xz') else open
-            with opener(src, 'rb') as f:
-                data = f.read()
-            with open(os.path.join(root, 'lib/modules', name + '.ko'),
-                      'wb') as f:
-                f.write(data)
-        with open(os.path.join(root, 'init'), 'w') as f:
-            f.write(INIT_SCRIPT)
-        os.chmod(os.path.join(root, 'init'), 0o755)
+    with tempfile.TemporaryDirectory(dir=cache_dir) as tmp:
+        root = os.path.join(tmp, 'root')
+        for path, (mode, data) in files.items():
+            full = os.path.join(root, path)
+            if data is None:
+                os.makedirs(full, exist_ok=True)
+            else:
+                os.makedirs(os.path.dirname(full), exist_ok=True)
+                with open(full, 'wb') as f:
+                    f.write(data)
+        # Directories the files implied are 0755 whatever the umask.
+        for d, dirs, _files in os.walk(root):
+            for name in dirs:
+                os.chmod(os.path.join(d, name), 0o755)
+        for path, (mode, _data) in files.items():
+            os.chmod(os.path.join(root, path), mode)
         names = sorted(os.path.relpath(os.path.join(d, n), root)
-                       for d, dirs, files in os.walk(root)
-                       for n in dirs + files)
+                       for d, dirs, fnames in os.walk(root)
+                       for n in dirs + fnames)
         archive = subprocess.run(
             ['cpio', '--quiet', '-o', '-H', 'newc', '-R', '0:0'],
             cwd=root, input='\n'.join(names).encode(),
             stdout=subprocess.PIPE, check=True).stdout
         # Write then rename: concurrent test runs never see half a file.
-        tmp = os.path.join(root, 'initrd')
-        with open(tmp, 'wb') as f:
+        out = os.path.join(tmp, 'initrd')
+        with open(out, 'wb') as f:
             f.write(gzip.compress(archive, compresslevel=6))
-        os.replace(tmp, initrd)
+        os.replace(out, initrd)
     return kernel, initrd
 
 
