@@ -363,6 +363,7 @@ def initramfs_files(version):
         'bin/sudo': (0o755, SUDO_SCRIPT.encode()),
         'etc/udhcpc/default.script': (0o755, UDHCPC_SCRIPT.encode()),
         'root': (0o700, None),
+        'tmp': (0o1777, None),
     }
     for sub in ('dev', 'proc', 'sys', 'run', 'etc/dropbear'):
         files[sub] = (0o755, None)
