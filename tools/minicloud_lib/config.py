@@ -1,10 +1,11 @@
 """Where the minicloud lives and how its services are configured.
 
 The constants (state directory, venv, ports, passwords, flavors, the
-services in the order ``down`` stops them, timeouts, how nova-compute runs
-as the user nova), the error every step raises and the log line, the paths
-and URLs built from them, and the configuration files ``up`` writes: each
-service's under ``etc/<service>/``, nova-compute's
+guest networks and the names the cloud gives its namespaces, links and
+firewall chain, the services in the order ``down`` stops them, timeouts,
+how nova-compute runs as the user nova), the error every step raises and
+the log line, the paths and URLs built from them, and the configuration
+files ``up`` writes: each service's under ``etc/<service>/``, nova-compute's
 /etc/nova/minicloud-compute.conf (root:nova 0640) and ``clouds.yaml``.
 """
 
@@ -46,6 +47,21 @@ GUEST_CMDLINE = 'console=ttyS0 snapmode=%s'
 SERVICES = ('nova-compute', 'nova-scheduler', 'nova-conductor', 'nova-api',
             'neutron', 'placement', 'glance', 'keystone', 'rabbitmq',
             'mysql')
+# Guest networking (issue 15): guest traffic stays inside network
+# namespaces the minicloud creates; the root namespace gets no address and
+# no route in GUEST_NETS, and network.py shows that it never had one.
+PROVIDER_CIDR = '10.250.0.0/24'        # the shared flat provider network
+METADATA_CIDR = '169.254.169.254/32'   # served in neutron's qdhcp- netns
+GUEST_NETS = (PROVIDER_CIDR, METADATA_CIDR)
+NETNS_EXT = 'snapdriver-ext'   # the one non-guest address on the network
+VETH = ('snapext0', 'ext0')    # (br-ex's port in the root netns, its peer)
+OVS_BRIDGES = ('br-int', 'br-ex')
+DHCP_NETNS_PREFIX = 'qdhcp-'   # neutron's, + the network's id
+# Chain of ours in iptables, ip6tables and arptables: the root stack
+# drops what it sees on the guest-side L2 (OVS forwards through packet
+# sockets, which netfilter does not see).
+GUARD_CHAIN = 'MINICLOUD-GUARD'
+GUARD_INTERFACES = ('tap+', VETH[0]) + OVS_BRIDGES + ('ovs-netdev',)
 CALL_TIMEOUT = 120      # any one command or HTTP call
 START_TIMEOUT = 120     # a service answering after its start
 STOP_TIMEOUT = 10       # SIGTERM to SIGKILL
