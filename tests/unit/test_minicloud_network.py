@@ -477,6 +477,121 @@ class NetwatchTestCase(unittest.TestCase):
         self.assertTrue(found[1].startswith('netwatch: '))
 
 
+IPTABLES_HOST = """\
+-P INPUT ACCEPT
+-P FORWARD ACCEPT
+-P OUTPUT ACCEPT
+"""
+
+IPTABLES_GUARDED = """\
+-P INPUT ACCEPT
+-P FORWARD ACCEPT
+-P OUTPUT ACCEPT
+-N DOCKER
+-N MINICLOUD-GUARD
+-A INPUT -j MINICLOUD-GUARD
+-A INPUT -i tap+ -j ACCEPT
+-A FORWARD -j MINICLOUD-GUARD
+-A FORWARD -j DOCKER
+-A OUTPUT -j MINICLOUD-GUARD
+-A OUTPUT -j MINICLOUD-GUARD
+-A DOCKER -d 172.17.0.2/32 -j ACCEPT
+-A MINICLOUD-GUARD -i tap+ -j DROP
+-A MINICLOUD-GUARD -o tap+ -j DROP
+"""
+
+ARPTABLES_GUARDED = """\
+*filter
+:INPUT ACCEPT
+:OUTPUT ACCEPT
+:MINICLOUD-GUARD -
+-A INPUT -j MINICLOUD-GUARD --h-length 6 --h-type 1
+-A OUTPUT -j MINICLOUD-GUARD --h-length 6 --h-type 1
+-A MINICLOUD-GUARD -j DROP -i tap+ --h-length 6 --h-type 1
+"""
+
+
+class GuardTestCase(unittest.TestCase):
+
+    def test_each_tool_makes_the_chain_fills_it_then_jumps_to_it(self):
+        cmds = network.guard_commands(('tap+', 'br-ex'))
+        tools = [c[0] for c in cmds]
+        self.assertEqual(['iptables'] * 8 + ['ip6tables'] * 8 +
+                         ['arptables'] * 7, tools)
+        self.assertEqual([
+            ['iptables', '-w', '-N', 'MINICLOUD-GUARD'],
+            ['iptables', '-w', '-A', 'MINICLOUD-GUARD', '-i', 'tap+',
+             '-j', 'DROP'],
+            ['iptables', '-w', '-A', 'MINICLOUD-GUARD', '-o', 'tap+',
+             '-j', 'DROP'],
+            ['iptables', '-w', '-A', 'MINICLOUD-GUARD', '-i', 'br-ex',
+             '-j', 'DROP'],
+            ['iptables', '-w', '-A', 'MINICLOUD-GUARD', '-o', 'br-ex',
+             '-j', 'DROP'],
+            ['iptables', '-w', '-I', 'INPUT', '1', '-j', 'MINICLOUD-GUARD'],
+            ['iptables', '-w', '-I', 'OUTPUT', '1', '-j', 'MINICLOUD-GUARD'],
+            ['iptables', '-w', '-I', 'FORWARD', '1', '-j',
+             'MINICLOUD-GUARD']], cmds[:8])
+        self.assertEqual([['arptables', '-I', 'INPUT', '1', '-j',
+                           'MINICLOUD-GUARD'],
+                          ['arptables', '-I', 'OUTPUT', '1', '-j',
+                           'MINICLOUD-GUARD']], cmds[-2:])
+
+    def test_installing_changes_no_other_chain(self):
+        for cmd in network.guard_commands():
+            words = [w for w in cmd[1:] if w != '-w']
+            if words[0] == '-I':
+                self.assertEqual(['1', '-j', 'MINICLOUD-GUARD'], words[2:])
+            else:
+                self.assertIn(words[0], ('-N', '-A'))
+                self.assertEqual('MINICLOUD-GUARD', words[1])
+
+    def test_the_default_interfaces(self):
+        ifaces = {c[c.index('-i') + 1] for c in network.guard_commands()
+                  if '-i' in c}
+        self.assertEqual({'tap+', 'snapext0', 'br-int', 'br-ex',
+                          'ovs-netdev'}, ifaces)
+
+    def test_state_of_a_listing(self):
+        self.assertEqual((False, []), network.guard_state(IPTABLES_HOST))
+        exists, jumps = network.guard_state(IPTABLES_GUARDED)
+        self.assertTrue(exists)
+        self.assertEqual([['INPUT', '-j', 'MINICLOUD-GUARD'],
+                          ['FORWARD', '-j', 'MINICLOUD-GUARD'],
+                          ['OUTPUT', '-j', 'MINICLOUD-GUARD'],
+                          ['OUTPUT', '-j', 'MINICLOUD-GUARD']], jumps)
+
+    def test_removal_deletes_our_jumps_then_our_chain_only(self):
+        cmds = network.guard_removal_commands(
+            [IPTABLES_GUARDED, IPTABLES_HOST, ARPTABLES_GUARDED])
+        self.assertEqual([
+            ['iptables', '-w', '-D', 'INPUT', '-j', 'MINICLOUD-GUARD'],
+            ['iptables', '-w', '-D', 'FORWARD', '-j', 'MINICLOUD-GUARD'],
+            ['iptables', '-w', '-D', 'OUTPUT', '-j', 'MINICLOUD-GUARD'],
+            ['iptables', '-w', '-D', 'OUTPUT', '-j', 'MINICLOUD-GUARD'],
+            ['iptables', '-w', '-F', 'MINICLOUD-GUARD'],
+            ['iptables', '-w', '-X', 'MINICLOUD-GUARD'],
+            ['arptables', '-D', 'INPUT', '-j', 'MINICLOUD-GUARD',
+             '--h-length', '6', '--h-type', '1'],
+            ['arptables', '-D', 'OUTPUT', '-j', 'MINICLOUD-GUARD',
+             '--h-length', '6', '--h-type', '1'],
+            ['arptables', '-F', 'MINICLOUD-GUARD'],
+            ['arptables', '-X', 'MINICLOUD-GUARD']], cmds)
+
+    def test_nothing_to_remove_on_a_clean_host(self):
+        self.assertEqual([], network.guard_removal_commands(
+            [IPTABLES_HOST, IPTABLES_HOST, '']))
+        self.assertEqual([], network.guard_leftovers(
+            [IPTABLES_HOST, IPTABLES_HOST, '']))
+
+    def test_leftovers_name_the_tool(self):
+        self.assertEqual(
+            ['iptables chain MINICLOUD-GUARD (4 jump(s) to it)',
+             'arptables chain MINICLOUD-GUARD (2 jump(s) to it)'],
+            network.guard_leftovers(
+                [IPTABLES_GUARDED, IPTABLES_HOST, ARPTABLES_GUARDED]))
+
+
 class WrapperTestCase(unittest.TestCase):
     """take_baseline and root_ns_violations over canned command output."""
 

@@ -14,7 +14,10 @@ wrapper that runs the command:
   GUEST_NETS is a violation, whenever it was seen (a ``Deleted`` event is
   proof that the root namespace had it); the default route overlaps
   everything, so it counts only if it was not there at ``up`` (the
-  baseline), and ``up`` refuses to start where anything else overlaps.
+  baseline), and ``up`` refuses to start where anything else overlaps;
+- the guard: chain GUARD_CHAIN in iptables, ip6tables and arptables, as
+  the commands that install it and those that remove exactly what a
+  listing shows of it.
 
 Bringing OVS, neutron's agents and the namespaces up and down is not here.
 """
@@ -23,9 +26,11 @@ import collections
 import ipaddress
 import json
 import re
+import shlex
 import subprocess
 
 from minicloud_lib.config import CALL_TIMEOUT
+from minicloud_lib.config import GUARD_CHAIN
 from minicloud_lib.config import GUARD_INTERFACES
 from minicloud_lib.config import GUEST_NETS
 from minicloud_lib.config import MinicloudError
@@ -337,3 +342,78 @@ def root_ns_violations():
     return violations(root_ns_entries() +
                       netwatch_entries(_netwatch_lines()),
                       _baseline_routes())
+
+
+# (command prefix, built-in chains that jump to the guard)
+_GUARD_TOOLS = (
+    (('iptables', '-w'), ('INPUT', 'OUTPUT', 'FORWARD')),
+    (('ip6tables', '-w'), ('INPUT', 'OUTPUT', 'FORWARD')),
+    (('arptables',), ('INPUT', 'OUTPUT')),
+)
+# What lists each tool's filter table: ``-S`` lines, or arptables-save's
+# (arptables has no -S).  Both show a user chain (``-N NAME`` or ``:NAME
+# -``) and rules as ``-A CHAIN ...``.
+GUARD_LISTINGS = (('iptables', '-w', '-S'), ('ip6tables', '-w', '-S'),
+                  ('arptables-save',))
+
+
+def guard_commands(interfaces=GUARD_INTERFACES, chain=GUARD_CHAIN):
+    """The commands that install the guard, in order.
+
+    In each of iptables, ip6tables and arptables: a chain of ours that
+    drops whatever the root stack receives on or sends to ``interfaces``
+    (iptables' ``+`` wildcards), filled before the built-in chains jump to
+    it first thing.  arptables-nft has no FORWARD chain (ARP is forwarded
+    only by bridges).
+    """
+    cmds = []
+    for tool, hooks in _GUARD_TOOLS:
+        cmds.append(list(tool) + ['-N', chain])
+        for iface in interfaces:
+            for option in ('-i', '-o'):
+                cmds.append(list(tool) + ['-A', chain, option, iface,
+                                          '-j', 'DROP'])
+        for hook in hooks:
+            cmds.append(list(tool) + ['-I', hook, '1', '-j', chain])
+    return cmds
+
+
+def guard_state(listing, chain=GUARD_CHAIN):
+    """(chain exists, the ``-A`` rules of other chains that jump to it)."""
+    exists, jumps = False, []
+    for line in listing.splitlines():
+        words = shlex.split(line)
+        if words[:2] == ['-N', chain] or line.startswith(':%s ' % chain):
+            exists = True
+        elif (len(words) > 2 and words[0] == '-A' and
+              any(words[i] in ('-j', '--jump') and words[i + 1] == chain
+                  for i in range(len(words) - 1))):
+            jumps.append(words[1:])
+    return exists, jumps
+
+
+def guard_removal_commands(listings, chain=GUARD_CHAIN):
+    """The commands that remove what ``listings`` show of the guard.
+
+    ``listings`` are the outputs of GUARD_LISTINGS, in that order.  Only
+    rules jumping to our chain are deleted (as listed), then our chain is
+    flushed and deleted; nothing else is touched.
+    """
+    cmds = []
+    for (tool, _hooks), listing in zip(_GUARD_TOOLS, listings):
+        exists, jumps = guard_state(listing, chain)
+        cmds += [list(tool) + ['-D'] + rule for rule in jumps]
+        if exists:
+            cmds += [list(tool) + ['-F', chain], list(tool) + ['-X', chain]]
+    return cmds
+
+
+def guard_leftovers(listings, chain=GUARD_CHAIN):
+    """What ``listings`` show of the guard, as sentences."""
+    left = []
+    for (tool, _hooks), listing in zip(_GUARD_TOOLS, listings):
+        exists, jumps = guard_state(listing, chain)
+        if exists or jumps:
+            left.append('%s chain %s (%d jump(s) to it)'
+                        % (tool[0], chain, len(jumps)))
+    return left
