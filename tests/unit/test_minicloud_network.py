@@ -90,10 +90,26 @@ HOST_ROUTES6 = (
     'el","metric":256,"flags":[],"pref":"medium"}]'
 )
 
+# ip -j -d link show dev eth0
+HOST_LINKS = (
+    '[{"ifindex":4,"ifname":"eth0","flags":["BROADCAST","MULTICAST","UP'
+    '","LOWER_UP"],"mtu":1400,"qdisc":"pfifo_fast","operstate":"UP","li'
+    'nkmode":"DEFAULT","group":"default","txqlen":1000,"link_type":"eth'
+    'er","address":"02:fc:00:00:00:01","broadcast":"ff:ff:ff:ff:ff:ff",'
+    '"promiscuity":0,"allmulti":0,"min_mtu":68,"max_mtu":65535,"inet6_a'
+    'ddr_gen_mode":"eui64","num_tx_queues":1,"num_rx_queues":1,"gso_max'
+    '_size":65536,"gso_max_segs":65535,"tso_max_size":65536,"tso_max_se'
+    'gs":65535,"gro_max_size":65536,"parentbus":"virtio","parentdev":"v'
+    'irtio2"}]'
+)
+
 
 PROVIDER = '10.250.0.0/24'
 METADATA = '169.254.169.254/32'
 TS = '[2026-11-30T11:00:00.123456] '
+STATE = '/var/tmp/nova-snapdriver-minicloud'
+NET_ID = '6f1e4c2a-8d3b-4e7f-9a21-0c5d7b3e9f10'
+OTHER_ID = '0a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d'
 
 
 def addr_json(ifname, *addrs):
@@ -590,6 +606,75 @@ class GuardTestCase(unittest.TestCase):
              'arptables chain MINICLOUD-GUARD (2 jump(s) to it)'],
             network.guard_leftovers(
                 [IPTABLES_GUARDED, IPTABLES_HOST, ARPTABLES_GUARDED]))
+
+
+def link(name, kind=None):
+    entry = {'ifindex': 9, 'ifname': name, 'flags': ['BROADCAST'],
+             'mtu': 1500, 'operstate': 'DOWN', 'link_type': 'ether'}
+    if kind:
+        entry['linkinfo'] = {'info_kind': kind}
+    return entry
+
+
+class LeftoversTestCase(unittest.TestCase):
+
+    def test_netns_names(self):
+        listing = ('snapdriver-ext (id: 0)\nqdhcp-%s\nqdhcp-%s (id: 2)\n'
+                   'snapdriver-ext2\n\n' % (NET_ID, OTHER_ID))
+        names = network.netns_names(listing)
+        self.assertEqual(['snapdriver-ext', 'qdhcp-' + NET_ID,
+                          'qdhcp-' + OTHER_ID, 'snapdriver-ext2'], names)
+        self.assertEqual(['snapdriver-ext', 'qdhcp-' + NET_ID],
+                         network.our_netns(names, [NET_ID]))
+        self.assertEqual(['snapdriver-ext'],
+                         network.our_netns(names, []))
+
+    def test_no_netns(self):
+        self.assertEqual([], network.our_netns(network.netns_names(''),
+                                               [NET_ID]))
+
+    def test_our_links_by_name_and_kind(self):
+        links = json.dumps([
+            json.loads(HOST_LINKS)[0], link('br-int', 'tun'),
+            link('br-ex', 'tun'), link('ovs-netdev', 'tun'),
+            link('snapext0', 'veth'), link('tap6f1e4c2a-8d', 'tun'),
+            link('vnet0', 'tun'), link('virbr0', 'bridge')])
+        self.assertEqual(['br-int (tun)', 'br-ex (tun)', 'ovs-netdev (tun)',
+                          'snapext0 (veth)'], network.our_links(links))
+
+    def test_another_ovs_and_unknown_kinds_are_not_ours(self):
+        links = json.dumps([link('br-int', 'openvswitch'),
+                            link('br-ex'), link('snapext0', 'dummy')])
+        self.assertEqual([], network.our_links(links))
+
+    def test_dnsmasq_and_haproxy_of_our_state_dir(self):
+        procs = [
+            (101, 'dnsmasq --no-hosts --no-resolv --pid-file=%s/neutron/'
+                  'dhcp/%s/pid --dhcp-hostsfile=%s/neutron/dhcp/%s/host'
+                  % (STATE, NET_ID, STATE, NET_ID)),
+            (102, 'haproxy -f %s/neutron/ns-metadata-proxy/%s.conf'
+                  % (STATE, NET_ID)),
+            (103, '/usr/sbin/dnsmasq --conf-file=/var/lib/libvirt/dnsmasq/'
+                  'default.conf --leasefile-ro'),
+            (104, 'dnsmasq --pid-file=%s2/neutron/dhcp/%s/pid'
+                  % (STATE, OTHER_ID)),
+            (105, '%s/bin/python neutron-dhcp-agent --config-file '
+                  '%s/etc/neutron/neutron.conf' % (STATE, STATE)),
+        ]
+        found = network.our_processes(procs, STATE)
+        self.assertEqual([101, 102],
+                         [int(s.split()[1].rstrip(':')) for s in found])
+
+    def test_dhcp_network_ids_of_our_state_dir(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            for name in (NET_ID, 'lease_relay', OTHER_ID.upper()):
+                os.makedirs(os.path.join(tmp, 'neutron', 'dhcp', name))
+            with mock.patch.object(network, 'path',
+                                   lambda *p: os.path.join(tmp, *p)):
+                self.assertEqual([NET_ID], network.dhcp_network_ids())
+                os.rename(os.path.join(tmp, 'neutron'),
+                          os.path.join(tmp, 'gone'))
+                self.assertEqual([], network.dhcp_network_ids())
 
 
 class WrapperTestCase(unittest.TestCase):

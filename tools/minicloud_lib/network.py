@@ -17,7 +17,9 @@ wrapper that runs the command:
   baseline), and ``up`` refuses to start where anything else overlaps;
 - the guard: chain GUARD_CHAIN in iptables, ip6tables and arptables, as
   the commands that install it and those that remove exactly what a
-  listing shows of it.
+  listing shows of it;
+- what ``down`` could leave behind: the cloud's namespaces and links and
+  the dnsmasq and haproxy that neutron spawns, never anyone else's.
 
 Bringing OVS, neutron's agents and the namespaces up and down is not here.
 """
@@ -25,16 +27,23 @@ Bringing OVS, neutron's agents and the namespaces up and down is not here.
 import collections
 import ipaddress
 import json
+import os
 import re
 import shlex
 import subprocess
 
 from minicloud_lib.config import CALL_TIMEOUT
+from minicloud_lib.config import DHCP_NETNS_PREFIX
 from minicloud_lib.config import GUARD_CHAIN
 from minicloud_lib.config import GUARD_INTERFACES
 from minicloud_lib.config import GUEST_NETS
 from minicloud_lib.config import MinicloudError
+from minicloud_lib.config import NETNS_EXT
+from minicloud_lib.config import OVS_BRIDGES
 from minicloud_lib.config import path
+from minicloud_lib.config import STATE
+from minicloud_lib.config import VETH
+from minicloud_lib.processes import stray_processes
 
 
 IP_ADDR = ('ip', '-j', 'addr', 'show')
@@ -416,4 +425,81 @@ def guard_leftovers(listings, chain=GUARD_CHAIN):
         if exists or jumps:
             left.append('%s chain %s (%d jump(s) to it)'
                         % (tool[0], chain, len(jumps)))
+    return left
+
+
+IP_LINKS = ('ip', '-j', '-d', 'link', 'show')
+IP_NETNS = ('ip', 'netns', 'list')
+_UUID = re.compile(r'^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-'
+                   r'[0-9a-f]{12}$')
+
+
+def netns_names(netns_list):
+    """The names in ``ip netns list`` output (``name`` or ``name (id: 0)``)."""
+    return [line.split()[0] for line in netns_list.splitlines()
+            if line.strip()]
+
+
+def our_netns(names, dhcp_network_ids):
+    """The namespaces of ours among ``names``.
+
+    NETNS_EXT, and neutron's qdhcp- namespace of each network whose DHCP
+    directory is in our state directory (``dhcp_network_ids``): another
+    neutron's qdhcp- namespaces on the host are not ours.
+    """
+    ours = {NETNS_EXT} | {DHCP_NETNS_PREFIX + i for i in dhcp_network_ids}
+    return [name for name in names if name in ours]
+
+
+# Our links in the root namespace and the kind ``ip -d`` shows for each:
+# the userspace datapath's bridges and its own port are taps, the netns'
+# link a veth.  A br-int of another kind (a kernel-datapath OVS) is not
+# ours.
+LINK_KINDS = dict([(bridge, 'tun') for bridge in OVS_BRIDGES] +
+                  [('ovs-netdev', 'tun'), (VETH[0], 'veth')])
+
+
+def our_links(links_json):
+    """Our links in ``ip -j -d link`` output, as ``name (kind)``."""
+    found = []
+    for link in json.loads(links_json or '[]'):
+        name = link.get('ifname')
+        kind = (link.get('linkinfo') or {}).get('info_kind')
+        if name in LINK_KINDS and kind == LINK_KINDS[name]:
+            found.append('%s (%s)' % (name, kind))
+    return found
+
+
+def our_processes(procs, state=STATE):
+    """dnsmasq and haproxy among (pid, command line) whose line names state.
+
+    Neutron's DHCP agent starts them with their files under its
+    state_path, which is under ours; another cloud's have other paths.
+    """
+    mark = state.rstrip(os.sep) + os.sep
+    found = []
+    for pid, cmdline in procs:
+        words = cmdline.split()
+        if (words and os.path.basename(words[0]) in ('dnsmasq', 'haproxy')
+                and mark in cmdline):
+            found.append('process %d: %s' % (pid, cmdline[:150]))
+    return found
+
+
+def dhcp_network_ids():
+    """The networks neutron's DHCP agent kept files for under our state."""
+    try:
+        names = os.listdir(path('neutron', 'dhcp'))
+    except FileNotFoundError:
+        return []
+    return [name for name in names if _UUID.match(name)]
+
+
+def leftovers():
+    """What of the cloud's networking is left on the host, as sentences."""
+    left = ['netns %s' % name for name in our_netns(
+        netns_names(_read(IP_NETNS)), dhcp_network_ids())]
+    left += ['link %s' % link for link in our_links(_read(IP_LINKS))]
+    left += our_processes(stray_processes())
+    left += guard_leftovers([_read(cmd) for cmd in GUARD_LISTINGS])
     return left
