@@ -33,6 +33,7 @@ PORTS = {
     'placement': 18778,
     'nova-api': 18774,
     'neutron': 19696,
+    'ovsdb': 6640,          # Open vSwitch's database, for neutron and os-vif
 }
 REGION = 'RegionOne'
 ADMIN_PASSWORD = 'minicloud-admin'
