@@ -110,8 +110,10 @@ net_and_ssh() {
            sed -n 's,.* inet \([0-9.]*\)/.*,\1,p')
     # The user's key, as cloud-init and CirrOS take it.  Retried: the
     # metadata proxy may answer a little after the lease is given.
+    # timeout, not wget -T: Debian 12's static busybox wget segfaults
+    # with -T.
     n=0
-    until wget -q -T 5 -O /run/key %(key_url)s 2>/dev/null &&
+    until timeout 10 wget -q -O /run/key %(key_url)s 2>/dev/null &&
             [ -s /run/key ]; do
         n=$((n + 1))
         if [ $n -ge 60 ]; then
