@@ -13,6 +13,7 @@ import json
 import os
 import pwd
 import subprocess
+import sys
 import time
 
 from minicloud_lib.config import ADMIN_PASSWORD
@@ -34,6 +35,7 @@ from minicloud_lib.config import REGION
 from minicloud_lib.config import SERVICE_PASSWORD
 from minicloud_lib.config import url
 from minicloud_lib.domains import no_foreign_domains
+from minicloud_lib import neutron_conf
 from minicloud_lib.processes import critical_in_log
 from minicloud_lib.processes import http_answers
 from minicloud_lib.processes import log_tail
@@ -216,6 +218,23 @@ def setup_nova():
                 db_url('nova_cell0'))
     nova_manage('cell_v2', 'create_cell', '--name', 'cell1')
     nova_manage('db', 'sync')
+
+
+def start_network_services():
+    """neutron's RPC server and its ovs, dhcp and metadata agents.
+
+    They run as root (network namespaces, OVS ports, dnsmasq) in their
+    own process groups; dnsmasq and haproxy, which the dhcp agent starts,
+    leave them (``down`` finds those by their state paths).
+    """
+    conf = neutron_conf.agent_config_files
+    start('neutron-rpc', [sys.executable,
+                          os.path.join(REPO, 'tools',
+                                       'minicloud_neutron_rpc.py')] +
+          conf('openvswitch')[:4])
+    for agent in ('openvswitch', 'dhcp', 'metadata'):
+        start('neutron-%s-agent' % agent,
+              [os.path.join(BIN, 'neutron-%s-agent' % agent)] + conf(agent))
 
 
 def start_nova_services():

@@ -1,0 +1,21 @@
+"""neutron-rpc-server for the minicloud: the RPC half of neutron-server.
+
+neutron's WSGI application (``neutron.wsgi.api``, run under gunicorn by
+tools/minicloud_wsgi.py) serves the API only.  The agents talk to the RPC
+server, which neutron ships as ``neutron-rpc-server``
+(``neutron.cmd.server:main_rpc``).  It lists ports too, so it needs the
+same mapper set-up as the API (see tools/minicloud_wsgi.py): this runs it
+after that.  Arguments are neutron-rpc-server's (``--config-file ...``).
+"""
+
+# First: importing it selects neutron's threading backend.
+from neutron.cmd import server  # noqa: I100
+
+import importlib  # noqa: E402
+import sys  # noqa: E402
+
+from sqlalchemy import orm  # noqa: E402
+
+importlib.import_module('neutron.db.migration.models.head')
+orm.configure_mappers()
+sys.exit(server.main_rpc())
