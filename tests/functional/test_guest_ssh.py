@@ -18,19 +18,18 @@ link.  Whatever happens, the namespace and every process in it are gone
 when the test ends.
 """
 
-import os
 import shutil
-import signal
 import subprocess
 import sys
 import textwrap
 import time
-import uuid
 
 import paramiko
 import pytest
 
 from tests.testbed import guest
+from tests.testbed.netns import Namespace
+from tests.testbed.netns import run
 
 NET = '10.252.0'
 GATEWAY = NET + '.1'
@@ -57,50 +56,6 @@ PROBE = textwrap.dedent('''
 ''')
 
 
-def _run(*argv, **kwargs):
-    return subprocess.run(argv, check=True, capture_output=True, text=True,
-                          **kwargs)
-
-
-class Namespace(object):
-    """A network namespace of the test's own; ``close`` kills all in it."""
-
-    def __init__(self):
-        self.name = 'snaptest-' + uuid.uuid4().hex[:8]
-        _run('ip', 'netns', 'add', self.name)
-        self.procs = []
-
-    def run(self, *argv):
-        return _run('ip', 'netns', 'exec', self.name, *argv)
-
-    def start(self, argv, log):
-        with open(log, 'wb') as f:
-            proc = subprocess.Popen(
-                ['ip', 'netns', 'exec', self.name] + list(argv),
-                stdout=f, stderr=subprocess.STDOUT, start_new_session=True)
-        self.procs.append(proc)
-        return proc
-
-    def pids(self):
-        out = _run('ip', 'netns', 'pids', self.name).stdout
-        return [int(p) for p in out.split()]
-
-    def close(self):
-        for proc in self.procs:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-        deadline = time.monotonic() + 10
-        for proc in self.procs:
-            try:
-                proc.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(10)
-        for pid in self.pids():  # anything that left its group
-            os.kill(pid, signal.SIGKILL)
-        _run('ip', 'netns', 'del', self.name)
-
-
 @pytest.fixture
 def netns():
     for tool in ('dnsmasq', 'qemu-system-x86_64'):
@@ -111,12 +66,12 @@ def netns():
         yield ns
     finally:
         ns.close()
-    assert ns.name not in _run('ip', 'netns', 'list').stdout
+    assert ns.name not in run('ip', 'netns', 'list').stdout
 
 
 def _host_guest_lines():
     """Lines of the host namespace's addresses and routes in our nets."""
-    out = '\n'.join(_run(*argv).stdout for argv in (
+    out = '\n'.join(run(*argv).stdout for argv in (
         ('ip', '-o', 'addr'), ('ip', '-4', 'route', 'show', 'table', 'all'),
         ('ip', '-4', 'neigh')))
     return [line for line in out.splitlines()
@@ -168,7 +123,7 @@ def test_guest_gets_a_lease_its_key_and_ssh(netns, boot_files, tmp_path):
     _wait_listening(netns, 80)
 
     disk = str(tmp_path / 'disk.qcow2')
-    _run('qemu-img', 'create', '-q', '-f', 'qcow2', disk, '64M')
+    run('qemu-img', 'create', '-q', '-f', 'qcow2', disk, '64M')
     console = str(tmp_path / 'console.log')
     netns.start(['qemu-system-x86_64', '-machine', 'pc,accel=tcg',
                  '-m', '256', '-nodefaults', '-display', 'none',
