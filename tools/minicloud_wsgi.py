@@ -1,12 +1,13 @@
 """gunicorn entry point for the minicloud's WSGI services.
 
-``MINICLOUD_APP`` names the service (keystone, glance, placement, nova or
-neutron).  Each of them parses ``sys.argv`` with oslo.config when it is
-imported, and under gunicorn ``sys.argv`` holds gunicorn's own options,
-which the service rejects (the worker then dies and gunicorn restarts it
-forever).  So the command line is emptied first.  The configuration comes
-from the directory in the service's ``OS_<SERVICE>_CONFIG_DIR`` variable,
-which tools/minicloud_lib/services.py sets.
+``MINICLOUD_APP`` names the service (keystone, glance, placement, nova,
+nova-metadata or neutron).  Each of them parses ``sys.argv`` with
+oslo.config when it is imported, and under gunicorn ``sys.argv`` holds
+gunicorn's own options, which the service rejects (the worker then dies
+and gunicorn restarts it forever).  So the command line is emptied
+first.  The configuration comes from the directory in the service's
+``OS_<SERVICE>_CONFIG_DIR`` variable, which tools/minicloud_lib/services.py
+sets.
 
 ``concurrent.futures.thread`` is imported up front because Glance's atexit
 hook otherwise imports it during interpreter shutdown and logs a traceback
@@ -25,6 +26,7 @@ MODULES = {
     'glance': 'glance.wsgi.api',
     'placement': 'placement.wsgi.api',
     'nova': 'nova.wsgi.osapi_compute',
+    'nova-metadata': 'nova.wsgi.metadata',
     'neutron': 'neutron.wsgi.api',
 }
 

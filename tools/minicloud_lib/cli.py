@@ -21,8 +21,11 @@ from minicloud_lib.config import COMPUTE_HOST
 from minicloud_lib.config import configure
 from minicloud_lib.config import FLAVORS
 from minicloud_lib.config import give_to_compute
+from minicloud_lib.config import GUEST_NETS
 from minicloud_lib.config import log
 from minicloud_lib.config import MinicloudError
+from minicloud_lib.config import NETNS_EXT
+from minicloud_lib.config import NETWORK_SERVICES
 from minicloud_lib.config import path
 from minicloud_lib.config import PORTS
 from minicloud_lib.config import SERVICES
@@ -32,8 +35,10 @@ from minicloud_lib.domains import _libvirt
 from minicloud_lib.domains import domains
 from minicloud_lib.domains import no_foreign_domains
 from minicloud_lib.domains import remove_domains
+from minicloud_lib import guestnet
 from minicloud_lib.images import build_guest_images
 from minicloud_lib.images import create_flavors_and_images
+from minicloud_lib.images import IMAGES
 from minicloud_lib.processes import http_answers
 from minicloud_lib.processes import pid_of
 from minicloud_lib.processes import port_free
@@ -42,12 +47,14 @@ from minicloud_lib.processes import stop
 from minicloud_lib.processes import stray_processes
 from minicloud_lib.processes import wait_for
 from minicloud_lib.services import map_compute_host
+from minicloud_lib.services import openstack
 from minicloud_lib.services import setup_glance
 from minicloud_lib.services import setup_keystone
 from minicloud_lib.services import setup_neutron
 from minicloud_lib.services import setup_nova
 from minicloud_lib.services import setup_placement
 from minicloud_lib.services import start_mysql
+from minicloud_lib.services import start_network_services
 from minicloud_lib.services import start_nova_services
 from minicloud_lib.services import start_rabbitmq
 from minicloud_lib.services import start_wsgi
@@ -87,7 +94,8 @@ def cmd_up(args):
         for sub in ('etc/keystone', 'etc/glance', 'etc/placement',
                     'etc/neutron', 'etc/nova', 'etc/nova-compute', 'log',
                     'run', 'mysql', 'rabbitmq', 'nova/instances', 'neutron',
-                    'glance', 'images', 'lock/nova', 'lock/nova-compute'):
+                    'glance', 'images', 'lock/nova', 'lock/nova-compute',
+                    'lock/neutron'):
             os.makedirs(path(sub))
         # nova-compute (the user nova) needs to get to its own directories.
         os.chmod(STATE, 0o755)
@@ -110,10 +118,14 @@ def _up(t0):
     if remove_domains():
         log('removed domains left by an earlier minicloud')
     no_foreign_domains()
+    # Before anything of the network exists: the proof that the root
+    # namespace never gets an address or route in a guest network.
+    guestnet.start_watch()
     configure()
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
         guest = pool.submit(build_guest_images)
         rabbit = pool.submit(start_rabbitmq)
+        switch = pool.submit(guestnet.start_switch)
         start_mysql()
         log('MariaDB up')
         steps = {pool.submit(step): step.__name__ for step in
@@ -124,20 +136,27 @@ def _up(t0):
             log('%s done', steps[done])
         rabbit.result()
         log('RabbitMQ up')
+        switch.result()
+        log('Open vSwitch up (userspace datapath), %s joined to br-ex',
+            NETNS_EXT)
         guest.result()
     start_wsgi('glance', 'glance')
     start_wsgi('placement', 'placement')
     start_wsgi('neutron', 'neutron')
+    start_network_services()
     start_nova_services()
+    guestnet.start_forwarder()
     for name, probe in (('glance', '/'), ('placement', '/'),
-                        ('neutron', '/'), ('nova-api', '/')):
+                        ('neutron', '/'), ('nova-api', '/'),
+                        ('nova-metadata', '/')):
         wait_for(name, lambda: http_answers(url(name, probe)), service=name)
         log('%s answers on %s', name, url(name))
     map_compute_host()
     log('nova-compute (%s) mapped to cell1', COMPUTE_HOST)
     create_flavors_and_images()
-    log('flavors %s and images minicloud-idle, minicloud-markers created',
-        ', '.join(f[0] for f in FLAVORS))
+    log('flavors %s and images %s created',
+        ', '.join(f[0] for f in FLAVORS), ', '.join(IMAGES))
+    guestnet.create_provider_network(openstack)
     log('up in %.0f s; %s', time.monotonic() - t0, env_hint())
 
 
@@ -147,16 +166,19 @@ def env_hint():
 
 
 def _down():
-    # The OpenStack services together, then the bus and the database.
-    stopped = stop(*SERVICES[:SERVICES.index('rabbitmq')])
+    # The OpenStack services and neutron's agents together; then the
+    # domains, while Open vSwitch still runs (libvirt unplugs their taps
+    # through it); then the network, the bus and the database.
+    stopped = stop(*SERVICES[:SERVICES.index(NETWORK_SERVICES[0])])
     if stopped:
         log('stopped %s', ', '.join(stopped))
-    stop_rabbitmq()
-    if stop('mysql'):
-        log('stopped rabbitmq, mysql')
     removed = remove_domains()
     if removed:
         log('removed %d domain(s) of the minicloud', removed)
+    guestnet.teardown()
+    stop_rabbitmq()
+    if stop('mysql'):
+        log('stopped Open vSwitch, rabbitmq, mysql')
     with contextlib.suppress(FileNotFoundError):
         os.unlink(COMPUTE_CONF)
     for pid, cmdline in stray_processes():
@@ -180,6 +202,7 @@ def _down():
             libvirtd.stop()
             log('libvirtd stopped (minicloud up had started it)')
         os.unlink(path('run', 'libvirtd.started'))
+    guestnet.stop_watch()
 
 
 def leftovers():
@@ -201,12 +224,13 @@ def cmd_down(args):
         return
     with up_lock():
         _down()
-    left = leftovers()
+    left = leftovers() + guestnet.check()
     if left:
         raise MinicloudError('still running after down:\n  '
                              + '\n  '.join(left))
-    log('down: no process or domain of the cloud is left; logs stay in '
-        '%s/log', STATE)
+    log('down: no process, domain, namespace or link of the cloud is left, '
+        'and the root namespace never had an address or route in %s; '
+        'logs stay in %s/log', ', '.join(GUEST_NETS), STATE)
 
 
 def cmd_status(args):

@@ -33,8 +33,13 @@ PORTS = {
     'placement': 18778,
     'nova-api': 18774,
     'neutron': 19696,
+    'nova-metadata': 18775,
     'ovsdb': 6640,          # Open vSwitch's database, for neutron and os-vif
+    'openflow': 16633,      # the ovs agent's OpenFlow controller
 }
+# The APIs tempest reaches from inside NETNS_EXT: the forwarder listens
+# on the same 127.0.0.1 ports there (tools/minicloud_nsforward.py).
+FORWARDED = ('keystone', 'glance', 'placement', 'nova-api', 'neutron')
 REGION = 'RegionOne'
 ADMIN_PASSWORD = 'minicloud-admin'
 SERVICE_PASSWORD = 'minicloud-service'
@@ -42,16 +47,24 @@ COMPUTE_HOST = 'minicloud'
 # (name, RAM MiB, disk GB, vCPUs): tempest's flavor_ref and flavor_ref_alt.
 FLAVORS = (('mc.tiny', 192, 1, 1), ('mc.small', 256, 1, 1))
 GUEST_DISK_MIB = 64
-GUEST_CMDLINE = 'console=ttyS0 snapmode=%s'
-# ``down`` stops the OpenStack services together, then the message bus,
-# then the database.
+GUEST_CMDLINE = 'console=ttyS0 %s'
+# ``down`` stops the OpenStack services together, then the network, the
+# message bus and the database (cli.py says why in that order).
 SERVICES = ('nova-compute', 'nova-scheduler', 'nova-conductor', 'nova-api',
-            'neutron', 'placement', 'glance', 'keystone', 'rabbitmq',
-            'mysql')
+            'nova-metadata', 'neutron-dhcp-agent', 'neutron-metadata-agent',
+            'neutron-openvswitch-agent', 'neutron-rpc', 'neutron',
+            'api-forward', 'placement', 'glance', 'keystone',
+            'ovs-vswitchd', 'ovsdb-server', 'rabbitmq', 'mysql')
+# The network's services: stopped after the cloud's domains are gone
+# (libvirt unplugs their taps through ovsdb-server).
+NETWORK_SERVICES = ('ovs-vswitchd', 'ovsdb-server')
 # Guest networking (issue 15): guest traffic stays inside network
 # namespaces the minicloud creates; the root namespace gets no address and
 # no route in GUEST_NETS, and network.py shows that it never had one.
 PROVIDER_CIDR = '10.250.0.0/24'        # the shared flat provider network
+NETWORK_NAME = 'minicloud-net'         # ... as neutron names it
+SUBNET_NAME = 'minicloud-subnet'
+METADATA_SECRET = 'minicloud-metadata'  # neutron's metadata agent to nova
 METADATA_CIDR = '169.254.169.254/32'   # served in neutron's qdhcp- netns
 GUEST_NETS = (PROVIDER_CIDR, METADATA_CIDR)
 NETNS_EXT = 'snapdriver-ext'   # the one non-guest address on the network
@@ -187,36 +200,9 @@ connection = {db}
                       authtoken=authtoken('placement')))
 
     copy_from_venv('neutron/api-paste.ini', 'etc/neutron')
-    write('etc/neutron/neutron.conf', """\
-[DEFAULT]
-core_plugin = ml2
-service_plugins =
-auth_strategy = keystone
-transport_url = fake:/
-api_workers = 1
-rpc_workers = 0
-rpc_state_report_workers = 0
-notify_nova_on_port_status_changes = false
-notify_nova_on_port_data_changes = false
-api_paste_config = {state}/etc/neutron/api-paste.ini
-state_path = {state}/neutron
-[agent]
-root_helper = true
-[database]
-connection = {db}
-[oslo_concurrency]
-lock_path = {state}/lock/neutron
-{authtoken}""".format(state=STATE, db=db_url('neutron'),
-                      authtoken=authtoken('neutron')))
-    write('etc/neutron/ml2_conf.ini', """\
-[ml2]
-type_drivers = flat,local
-tenant_network_types = local
-mechanism_drivers =
-extension_drivers = port_security
-[securitygroup]
-firewall_driver = noop
-""")
+    # Imported here: neutron_conf builds on this module's helpers.
+    from minicloud_lib import neutron_conf
+    neutron_conf.write_all(write, rabbit)
 
     copy_from_venv('nova/api-paste.ini', 'etc/nova')
     write('etc/nova/nova.conf', nova_conf(rabbit, path('lock', 'nova')))
@@ -284,14 +270,16 @@ enabled = false
 lock_path = {lock_path}
 [oslo_messaging_rabbit]
 heartbeat_timeout_threshold = 0
-{authtoken}{placement}{neutron}{service_user}send_service_user_token = true
+{authtoken}{placement}{neutron}service_metadata_proxy = true
+metadata_proxy_shared_secret = {secret}
+{service_user}send_service_user_token = true
 """.format(host=COMPUTE_HOST, ip=HOST, state=STATE, rabbit=rabbit,
            capture_method=os.environ.get('MINICLOUD_CAPTURE_METHOD',
                                          'stream'),
            lock_path=lock_path, api_db=db_url('nova_api'), db=db_url('nova'),
            authtoken=authtoken('nova'),
            placement=service_auth('placement', 'placement'),
-           neutron=service_auth('neutron'),
+           neutron=service_auth('neutron'), secret=METADATA_SECRET,
            service_user=service_auth('service_user'))
 
 

@@ -9,22 +9,22 @@ agent, router or floating IP: the host reaches guests from the netns
 NETNS_EXT, which has the provider network's gateway address.
 
 Why each setting departs from neutron's default is said where it is set.
-Written, not yet run: the design notes (session 5) and the experiments of
-session 6 (OVS userspace, the SSH guest) are what it rests on.
+``write_all`` writes them under ``etc/neutron/``.
 """
 
 from minicloud_lib.config import authtoken
 from minicloud_lib.config import BIN
 from minicloud_lib.config import COMPUTE_HOST
+from minicloud_lib.config import copy_from_venv
 from minicloud_lib.config import db_url
 from minicloud_lib.config import HOST
+from minicloud_lib.config import METADATA_SECRET
 from minicloud_lib.config import path
 from minicloud_lib.config import PORTS
 from minicloud_lib.config import service_auth
 from minicloud_lib.config import STATE
 
 PHYSNET = 'physnet1'
-METADATA_SECRET = 'minicloud-metadata'
 # oslo.privsep's contexts in neutron's agents (neutron/privileged): each
 # starts privsep-helper from the venv, as root already (no sudo).
 PRIVSEP_SECTIONS = ('privsep', 'privsep_dhcp_release', 'privsep_ovs_vsctl',
@@ -123,8 +123,18 @@ nova_metadata_host = {host}
 nova_metadata_port = {port}
 metadata_proxy_shared_secret = {secret}
 metadata_workers = 1
-""".format(host=HOST, port=PORTS.get('nova-metadata', 18775),
+""".format(host=HOST, port=PORTS['nova-metadata'],
            secret=METADATA_SECRET)
+
+
+def write_all(write, rabbit):
+    """Every file of etc/neutron, through config.write."""
+    copy_from_venv('neutron/api-paste.ini', 'etc/neutron')
+    write('etc/neutron/neutron.conf', neutron_conf(rabbit))
+    write('etc/neutron/ml2_conf.ini', ML2_CONF)
+    write('etc/neutron/openvswitch_agent.ini', openvswitch_agent_ini())
+    write('etc/neutron/dhcp_agent.ini', dhcp_agent_ini())
+    write('etc/neutron/metadata_agent.ini', metadata_agent_ini())
 
 
 def agent_config_files(agent):

@@ -115,9 +115,12 @@ def stop_rabbitmq():
                    stderr=subprocess.DEVNULL, timeout=10, check=False)
 
 
-def service_env(service):
+def service_env(app):
+    """The environment of one WSGI app (tools/minicloud_wsgi.py's names)."""
     env = dict(os.environ)
-    env['MINICLOUD_APP'] = service
+    env['MINICLOUD_APP'] = app
+    # nova-metadata is nova's second application, on nova's configuration.
+    service = 'nova' if app == 'nova-metadata' else app
     env['OS_%s_CONFIG_DIR' % service.upper()] = path('etc', service)
     if service == 'nova':
         env['OS_NOVA_CONFIG_FILES'] = 'api-paste.ini;nova.conf'
@@ -246,6 +249,7 @@ def start_nova_services():
     no_foreign_domains()
     start_compute()
     start_wsgi('nova-api', 'nova')
+    start_wsgi('nova-metadata', 'nova-metadata')
 
 
 def start_compute(*extra_config_files):
