@@ -1,0 +1,40 @@
+"""The minicloud guest disk's partition table (tools/minicloud_lib/images).
+
+The disk's one partition holds the ext4 file system tempest writes to over
+SSH; it must lie where the guest's kernel finds it and end below the
+markers.  util-linux's partx reads the table back, as the kernel would.
+"""
+
+import os
+import subprocess
+import sys
+import tempfile
+import unittest
+
+TOOLS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__)))), 'tools')
+if TOOLS not in sys.path:
+    sys.path.append(TOOLS)
+from minicloud_lib import images  # noqa: E402
+from tests.testbed import guest  # noqa: E402
+
+
+class MbrTestCase(unittest.TestCase):
+
+    def test_one_linux_partition_below_the_markers(self):
+        table = images.mbr(images.DATA_START, images.DATA_SIZE)
+        self.assertEqual(512, len(table))
+        self.assertEqual(b'\x55\xaa', table[510:])
+        self.assertLessEqual(images.DATA_START + images.DATA_SIZE,
+                             guest.MARKER_BASE)
+        with tempfile.NamedTemporaryFile() as disk:
+            disk.write(table)
+            disk.truncate(64 * 1024 * 1024)
+            disk.flush()
+            out = subprocess.run(
+                ['partx', '--show', '--noheadings', '--bytes', '--output',
+                 'NR,START,SECTORS,TYPE', disk.name],
+                capture_output=True, text=True, check=True).stdout
+        self.assertEqual([['1', str(images.DATA_START // 512),
+                           str(images.DATA_SIZE // 512), '0x83']],
+                         [line.split() for line in out.splitlines()])
