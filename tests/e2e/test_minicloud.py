@@ -128,3 +128,18 @@ def test_nova_compute_runs_as_nova_and_reaches_root_only_through_rootwrap(
             "'sudo', 'nova-rootwrap', '/etc/nova/rootwrap.conf', "
             "'privsep-helper', '--config-file', '%s', '--privsep_context'"
             % minicloud.COMPUTE_CONF), helper
+
+
+def test_root_namespace_never_had_a_guest_address_or_route():
+    """The network rule, while the cloud is up (down checks it again).
+
+    Guest traffic stays inside the namespaces the cloud made: the root
+    namespace has no address or route in the guest networks now, and the
+    netwatch log shows it never had one since up.
+    """
+    from minicloud_lib import network
+    from minicloud_lib import processes
+
+    # The proof rests on netwatch having watched since up.
+    assert processes.pid_of(network.NETWATCH)
+    assert network.root_ns_violations() == []
