@@ -135,7 +135,7 @@ def test_init_loads_the_modules_it_ships():
 
 
 @pytest.mark.parametrize('name', ['INIT_SCRIPT', 'UDHCPC_SCRIPT',
-                                  'SUDO_SCRIPT'])
+                                  'SUDO_SCRIPT', 'NOHUP_SCRIPT'])
 def test_scripts_parse(name, tmp_path):
     script = tmp_path / name
     script.write_text(getattr(guest, name))
@@ -212,7 +212,7 @@ def test_initramfs_holds_ssh_server_and_its_libraries(boot_files,
         subprocess.run(['cpio', '--quiet', '-i', '-d',
                         '--no-absolute-filenames'], stdin=f, cwd=root,
                        check=True)
-    for name in ('init', 'bin/busybox', 'bin/sudo',
+    for name in ('init', 'bin/busybox', 'bin/sudo', 'bin/nohup',
                  'etc/udhcpc/default.script', 'usr/sbin/dropbear',
                  'usr/bin/dropbearkey'):
         assert os.access(root / name, os.X_OK), name

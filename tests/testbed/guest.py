@@ -262,6 +262,14 @@ SUDO_SCRIPT = r"""#!/bin/sh
 exec "$@"
 """
 
+# Debian's static busybox has no nohup applet, and tests start writers
+# that must outlive their SSH session with it (CirrOS has one).
+NOHUP_SCRIPT = r"""#!/bin/sh
+# nohup in the snapshot test guest: the command ignores SIGHUP.
+trap '' HUP
+exec "$@"
+"""
+
 # What dropbear needs to know root: a password field that is neither
 # empty nor locked ("!"), and a shell listed in /etc/shells.  glibc reads
 # these files itself (nss_files is part of libc.so.6).
@@ -363,6 +371,7 @@ def initramfs_files(version):
         'init': (0o755, INIT_SCRIPT.encode()),
         'bin/busybox': (0o755, _read(BUSYBOX)),
         'bin/sudo': (0o755, SUDO_SCRIPT.encode()),
+        'bin/nohup': (0o755, NOHUP_SCRIPT.encode()),
         'etc/udhcpc/default.script': (0o755, UDHCPC_SCRIPT.encode()),
         'root': (0o700, None),
         'tmp': (0o1777, None),

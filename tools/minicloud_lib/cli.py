@@ -131,19 +131,24 @@ def _up(t0):
         steps = {pool.submit(step): step.__name__ for step in
                  (setup_keystone, setup_glance, setup_placement,
                   setup_neutron, setup_nova)}
+        agents = None
         for done in concurrent.futures.as_completed(steps):
             done.result()
             log('%s done', steps[done])
-        rabbit.result()
-        log('RabbitMQ up')
-        switch.result()
-        log('Open vSwitch up (userspace datapath), %s joined to br-ex',
-            NETNS_EXT)
+            if steps[done] == 'setup_neutron':
+                # The agents take a while to start: they start now, beside
+                # the rest of the set-up.
+                rabbit.result()
+                switch.result()
+                log('RabbitMQ up; Open vSwitch up (userspace datapath), '
+                    '%s joined to br-ex', NETNS_EXT)
+                agents = pool.submit(start_network_services)
         guest.result()
-    start_wsgi('glance', 'glance')
-    start_wsgi('placement', 'placement')
-    start_wsgi('neutron', 'neutron')
-    start_network_services()
+        start_wsgi('glance', 'glance')
+        start_wsgi('placement', 'placement')
+        start_wsgi('neutron', 'neutron')
+        agents.result()
+        log('neutron\'s RPC server and agents started')
     start_nova_services()
     guestnet.start_forwarder()
     for name, probe in (('glance', '/'), ('placement', '/'),
@@ -153,10 +158,12 @@ def _up(t0):
         log('%s answers on %s', name, url(name))
     map_compute_host()
     log('nova-compute (%s) mapped to cell1', COMPUTE_HOST)
-    create_flavors_and_images()
-    log('flavors %s and images %s created',
-        ', '.join(f[0] for f in FLAVORS), ', '.join(IMAGES))
-    guestnet.create_provider_network(openstack)
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        network = pool.submit(guestnet.create_provider_network, openstack)
+        create_flavors_and_images()
+        log('flavors %s and images %s created',
+            ', '.join(f[0] for f in FLAVORS), ', '.join(IMAGES))
+        network.result()
     log('up in %.0f s; %s', time.monotonic() - t0, env_hint())
 
 

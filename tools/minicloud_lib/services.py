@@ -223,18 +223,36 @@ def setup_nova():
     nova_manage('db', 'sync')
 
 
+RPC_QUEUES = ('q-plugin', 'q-reports-plugin')
+
+
+def _rpc_consuming():
+    """Whether neutron's RPC server consumes the queues agents call."""
+    res = subprocess.run(
+        [os.path.join(RABBITMQ_BIN, 'rabbitmqctl'), 'list_queues', '-q',
+         'name', 'consumers'], stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL, text=True, env=rabbit_env(),
+        timeout=CALL_TIMEOUT)
+    consumers = dict(line.split()[:2] for line in res.stdout.splitlines()
+                     if len(line.split()) >= 2)
+    return all(consumers.get(q, '0') != '0' for q in RPC_QUEUES)
+
+
 def start_network_services():
-    """neutron's RPC server and its ovs, dhcp and metadata agents.
+    """neutron's RPC server, then its ovs, dhcp and metadata agents.
 
     They run as root (network namespaces, OVS ports, dnsmasq) in their
     own process groups; dnsmasq and haproxy, which the dhcp agent starts,
-    leave them (``down`` finds those by their state paths).
+    leave them (``down`` finds those by their state paths).  The agents
+    start once the RPC server consumes its queues: an agent's first state
+    report sent before is dropped, and it waits a minute for the answer.
     """
     conf = neutron_conf.agent_config_files
     start('neutron-rpc', [sys.executable,
                           os.path.join(REPO, 'tools',
                                        'minicloud_neutron_rpc.py')] +
           conf('openvswitch')[:4])
+    wait_for('neutron\'s RPC server', _rpc_consuming, service='neutron-rpc')
     for agent in ('openvswitch', 'dhcp', 'metadata'):
         start('neutron-%s-agent' % agent,
               [os.path.join(BIN, 'neutron-%s-agent' % agent)] + conf(agent))
