@@ -110,27 +110,6 @@ boot_from_snapshot = True
 """
 
 
-# Two workers, given whole test classes so that both finish together.
-# Left to itself stestr (with no timing history in a new workspace) put
-# the three classes that boot and SSH into servers on one worker: 4:54
-# against 2:21.  Measured class times (s, without their set-up):
-# SnapdriverSnapshotTest 99, ImagesTestJSON 94, TestSnapshotPattern 46,
-# ImagesOneServerNegativeTestJSON 33, ImagesNegativeTestJSON 18, the
-# rest under 10 each.  The first worker takes FIRST_WORKER, the second
-# everything else: no test is in both or in neither.
-FIRST_WORKER = (r'\.SnapdriverSnapshotTest\.',
-                r'\.ImagesOneServerNegativeTestJSON\.',
-                r'\.test_images_negative\.ImagesNegativeTestJSON\.')
-
-
-def worker_file(path):
-    first = '|'.join(FIRST_WORKER)
-    with open(path, 'w') as f:
-        f.write("- worker:\n  - '%s'\n- worker:\n  - '^(?!.*(%s))'\n"
-                % (first, first))
-    return path
-
-
 def cmd_tempest(args):
     """Run tempest's compute image tests and our plugin's on the cloud."""
     if running() != list(SERVICES):
@@ -164,12 +143,7 @@ def cmd_tempest(args):
             flavor=ids[FLAVORS[0][0]], flavor_alt=ids[FLAVORS[1][0]],
             network=NETWORK_NAME, network_id=guestnet.network_id()))
     cmd = ['ip', 'netns', 'exec', NETNS_EXT, tempest, 'run',
-           '--regex', args.regex]
-    if args.concurrency == 2:
-        cmd += ['--worker-file',
-                worker_file(os.path.join(work, 'workers.yaml'))]
-    else:
-        cmd += ['--concurrency', str(args.concurrency)]
+           '--concurrency', str(args.concurrency), '--regex', args.regex]
     log('running %s', ' '.join(cmd))
     t0 = time.monotonic()
     with open(path('log', 'tempest.log'), 'w') as out:
