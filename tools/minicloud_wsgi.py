@@ -33,8 +33,8 @@ MODULES = {
 if os.environ['MINICLOUD_APP'] == 'neutron':
     # neutron's get_ports joins Port.port_forwardings, a relationship that
     # only exists once the port-forwarding model is imported, which the
-    # router service plugin would do.  With no service plugins (ML2 alone,
-    # no agents) nothing imports it, and GET /v2.0/ports fails with an
+    # router service plugin would do.  With no service plugins (ML2/OVS
+    # and no L3) nothing imports it, and GET /v2.0/ports fails with an
     # AttributeError.  The models' "head" module imports every model, and
     # configure_mappers() creates the backrefs before the first request.
     importlib.import_module('neutron.db.migration.models.head')

@@ -6,6 +6,7 @@ still in the namespace, and deletes it.  Nothing is added to the host's
 own namespace.
 """
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -14,6 +15,7 @@ import uuid
 
 
 def run(*argv, **kwargs):
+    kwargs.setdefault('timeout', 120)
     return subprocess.run(argv, check=True, capture_output=True, text=True,
                           **kwargs)
 
@@ -42,16 +44,21 @@ class Namespace(object):
         return [int(p) for p in out.split()]
 
     def close(self):
-        for proc in self.procs:
-            if proc.poll() is None:
-                os.killpg(proc.pid, signal.SIGTERM)
-        deadline = time.monotonic() + 10
-        for proc in self.procs:
-            try:
-                proc.wait(max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(10)
-        for pid in self.pids():  # anything that left its group
-            os.kill(pid, signal.SIGKILL)
-        run('ip', 'netns', 'del', self.name)
+        try:
+            for proc in self.procs:
+                if proc.poll() is None:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(proc.pid, signal.SIGTERM)
+            deadline = time.monotonic() + 10
+            for proc in self.procs:
+                try:
+                    proc.wait(max(0.1, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait(10)
+            for pid in self.pids():  # anything that left its group
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+        finally:
+            run('ip', 'netns', 'del', self.name)

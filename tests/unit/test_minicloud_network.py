@@ -691,7 +691,7 @@ class WrapperTestCase(unittest.TestCase):
                         network.IP_ROUTES[1]: HOST_ROUTES6}
         for target, value in (
                 ('path', lambda *p: os.path.join(self.tmp, *p)),
-                ('_read', lambda cmd: self.outputs[tuple(cmd)])):
+                ('read', lambda cmd: self.outputs[tuple(cmd)])):
             patcher = mock.patch.object(network, target, value)
             patcher.start()
             self.addCleanup(patcher.stop)

@@ -105,7 +105,10 @@ def cmd_up(args):
         except BaseException:
             log('bring-up failed; stopping what was started (logs stay in '
                 '%s/log)', STATE)
-            _down()
+            try:
+                _down()
+            except MinicloudError as e:
+                log('%s', e)   # the bring-up's own error is the one raised
             raise
 
 
@@ -173,43 +176,69 @@ def env_hint():
 
 
 def _down():
-    # The OpenStack services and neutron's agents together; then the
-    # domains, while Open vSwitch still runs (libvirt unplugs their taps
-    # through it); then the network, the bus and the database.
-    stopped = stop(*SERVICES[:SERVICES.index(NETWORK_SERVICES[0])])
-    if stopped:
-        log('stopped %s', ', '.join(stopped))
-    removed = remove_domains()
-    if removed:
-        log('removed %d domain(s) of the minicloud', removed)
-    guestnet.teardown()
-    stop_rabbitmq()
-    if stop('mysql'):
-        log('stopped Open vSwitch, rabbitmq, mysql')
-    with contextlib.suppress(FileNotFoundError):
-        os.unlink(COMPUTE_CONF)
-    for pid, cmdline in stray_processes():
-        # Something that left its service's process group (a daemonised
-        # helper): nothing of the cloud may outlive "down".
-        log('killing stray process %d: %s', pid, cmdline[:200])
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
-    if os.path.exists(path('run', 'libvirtd.started')):
+    """Stop everything; each step runs whatever happened to the one before.
+
+    The OpenStack services and neutron's agents together; then the
+    domains, while Open vSwitch still runs (libvirt unplugs their taps
+    through it); then the network, the bus and the database; netwatch
+    last.  Raises MinicloudError naming what failed, at the end.
+    """
+    errors = []
+
+    def step(what, func, *args):
         try:
-            others = [name for name, _xml in domains()]
-        except _libvirt().libvirtError:
-            others = []
-        if others:
-            # Someone else uses it now (libvirtd is shared with other test
-            # runs): not ours to stop.
-            log('libvirtd left running (minicloud up had started it, but '
-                'it now has domains that are not the cloud\'s: %s)',
-                ', '.join(sorted(others)))
-        else:
-            libvirtd.stop()
-            log('libvirtd stopped (minicloud up had started it)')
-        os.unlink(path('run', 'libvirtd.started'))
-    guestnet.stop_watch()
+            return func(*args)
+        except Exception as e:
+            errors.append('%s: %s' % (what, e))
+            log('%s failed: %s', what, e)
+    try:
+        stopped = step('stopping the services', stop,
+                       *SERVICES[:SERVICES.index(NETWORK_SERVICES[0])])
+        if stopped:
+            log('stopped %s', ', '.join(stopped))
+        removed = step('removing the domains', remove_domains)
+        if removed:
+            log('removed %d domain(s) of the minicloud', removed)
+        network_errors = guestnet.teardown()
+        for error in network_errors:
+            log('network teardown: %s', error)
+        errors += network_errors
+        step('stopping RabbitMQ', stop_rabbitmq)
+        if step('stopping MariaDB', stop, 'mysql'):
+            log('stopped Open vSwitch, RabbitMQ, MariaDB')
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(COMPUTE_CONF)
+        for pid, cmdline in stray_processes():
+            # Something that left its service's process group (a
+            # daemonised helper): nothing of the cloud may outlive "down".
+            log('killing stray process %d: %s', pid, cmdline[:200])
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        step('stopping libvirtd', _stop_libvirtd_if_ours)
+    finally:
+        guestnet.stop_watch()
+    if errors:
+        raise MinicloudError('down did not finish cleanly:\n  '
+                             + '\n  '.join(errors))
+
+
+def _stop_libvirtd_if_ours():
+    if not os.path.exists(path('run', 'libvirtd.started')):
+        return
+    try:
+        others = [name for name, _xml in domains()]
+    except _libvirt().libvirtError:
+        others = []
+    if others:
+        # Someone else uses it now (libvirtd is shared with other test
+        # runs): not ours to stop.
+        log('libvirtd left running (minicloud up had started it, but '
+            'it now has domains that are not the cloud\'s: %s)',
+            ', '.join(sorted(others)))
+    else:
+        libvirtd.stop()
+        log('libvirtd stopped (minicloud up had started it)')
+    os.unlink(path('run', 'libvirtd.started'))
 
 
 def leftovers():

@@ -85,11 +85,12 @@ HOST_MAP_TIMEOUT = 120  # nova-compute registering with placement/cell
 COMPUTE_USER = 'nova'
 COMPUTE_CONF = '/etc/nova/minicloud-compute.conf'
 ROOTWRAP = 'sudo nova-rootwrap /etc/nova/rootwrap.conf'
-# privsep contexts nova-compute may start here, each through rootwrap's
-# privsep-helper filter (nova's compute.filters), which appends the
-# context's own --privsep_context and --privsep_sock_path.  vif_plug_* are
-# never used: the servers have no NIC (and compute.filters has no filter
-# for them).
+# privsep contexts whose helper_command is set here: through rootwrap's
+# privsep-helper filter (nova's compute.filters); oslo.privsep appends the
+# context's own --privsep_context and --privsep_sock_path.  os-vif's
+# vif_plug_ovs context (servers have NICs) goes through rootwrap by its
+# own default, which oslo.rootwrap lets through as it lets any
+# privsep-helper command (it always adds that filter).
 PRIVSEP_SECTIONS = ('nova_sys_admin', 'privsep_osbrick')
 # A clean environment: no PATH entry or TMPDIR of root's (privsep's socket
 # must be under /tmp for rootwrap's filter).

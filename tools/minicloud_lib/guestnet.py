@@ -30,6 +30,7 @@ import time
 
 from minicloud_lib.config import FORWARDED
 from minicloud_lib.config import log
+from minicloud_lib.config import MinicloudError
 from minicloud_lib.config import NETNS_EXT
 from minicloud_lib.config import NETWORK_NAME
 from minicloud_lib.config import path
@@ -53,10 +54,11 @@ def start_watch():
 
 
 def start_switch():
-    ovs.start()
-    ovs.create_ext_netns()
+    # The guard first: iptables takes rules for links not there yet.
     for cmd in network.guard_commands():
         processes.run(cmd, 'guard')
+    ovs.start()
+    ovs.create_ext_netns()
 
 
 def start_forwarder():
@@ -66,10 +68,8 @@ def start_forwarder():
         NETNS_EXT] + ports)
 
     def listening():
-        res = subprocess.run(
-            ('ip', 'netns', 'exec', NETNS_EXT, 'ss', '-Htln'),
-            capture_output=True, text=True, check=True)
-        return all(':%s ' % p in res.stdout for p in ports)
+        out = network.read(('ip', 'netns', 'exec', NETNS_EXT, 'ss', '-Htln'))
+        return all(':%s ' % p in out for p in ports)
     processes.wait_for('the API forwarder', listening, service='api-forward')
 
 
@@ -119,25 +119,51 @@ def network_id():
         return json.load(f)['network']
 
 
-def _kill_spawned():
-    """dnsmasq and haproxy: the DHCP agent's children leave its group."""
-    for line in network.our_processes(processes.stray_processes()):
-        pid = int(line.split()[1].rstrip(':'))
+def _delete_netns(name):
+    """Kill what runs in one of our namespaces, then delete it.
+
+    dnsmasq and haproxy (the DHCP agent's, which leave its process group)
+    in a qdhcp- one; whatever tempest left in NETNS_EXT.
+    """
+    pids = network.read(('ip', 'netns', 'pids', name)).split()
+    for pid in pids:
         with contextlib.suppress(ProcessLookupError):
-            os.kill(pid, signal.SIGKILL)
+            os.kill(int(pid), signal.SIGKILL)
+    processes.run(('ip', 'netns', 'del', name), 'ovs')
+
+
+def _remove_guard():
+    listings = [network.read(cmd) for cmd in network.GUARD_LISTINGS]
+    for cmd in network.guard_removal_commands(listings):
+        processes.run(cmd, 'guard')
 
 
 def teardown():
-    """Everything the network made, after the agents have stopped."""
-    _kill_spawned()
-    names = network.netns_names(network._read(network.IP_NETNS))
-    for name in network.our_netns(names, network.dhcp_network_ids()):
-        if name != NETNS_EXT:
-            processes.run(('ip', 'netns', 'del', name), 'ovs')
-    ovs.teardown()
-    listings = [network._read(cmd) for cmd in network.GUARD_LISTINGS]
-    for cmd in network.guard_removal_commands(listings):
-        processes.run(cmd, 'guard')
+    """Everything the network made, after the agents have stopped.
+
+    Every step runs whatever happened to the one before; returns what
+    failed, as sentences.
+    """
+    errors = []
+
+    def step(what, func, *args):
+        try:
+            func(*args)
+        except (MinicloudError, OSError, subprocess.SubprocessError) as e:
+            errors.append('%s: %s' % (what, e))
+    step('deleting the veth', ovs.delete_veth)
+    try:
+        names = network.our_netns(
+            network.netns_names(network.read(network.IP_NETNS)),
+            network.dhcp_network_ids())
+    except MinicloudError as e:
+        errors.append('listing namespaces: %s' % e)
+        names = []
+    for name in names:
+        step('deleting the namespace %s' % name, _delete_netns, name)
+    step('stopping Open vSwitch', ovs.teardown)
+    step('removing the guard chain', _remove_guard)
+    return errors
 
 
 def stop_watch():
@@ -147,6 +173,9 @@ def stop_watch():
 def check():
     """After ``down``: sentences for what is left or was ever wrong."""
     problems = network.leftovers()
+    pid = processes.pid_of(network.NETWATCH)
+    if pid:
+        problems.append('service %s (pid %d)' % (network.NETWATCH, pid))
     if os.path.exists(path('run', network.BASELINE)):
         problems += ['root namespace: %s' % v
                      for v in network.root_ns_violations()]

@@ -9,10 +9,10 @@ tempest's, whose root home is the ext4 file system on the disk's first
 partition (so what a test writes over SSH is in the disk).
 
 The disk: an MBR whose one partition (DATA_START, DATA_SIZE) holds that
-file system, recognisable text around it, all below the markers
-(tests/testbed/guest.py's MARKER_BASE).  Only ``snapdata=1`` mounts it:
-the other two images' guests never change those bytes, as the e2e tests
-check.
+file system, recognisable text in the rest of the first MiB, all below
+the markers (tests/testbed/guest.py's MARKER_BASE).  Only ``snapdata=1``
+mounts it: the other two images' guests never change those bytes, as the
+e2e tests check.
 """
 
 import os

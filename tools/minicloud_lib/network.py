@@ -299,7 +299,7 @@ def find_violations(addr_json, route_jsons, netwatch_lines, default_routes,
     return violations(entries, default_routes, guest_nets)
 
 
-def _read(cmd):
+def read(cmd):
     """The output of a read-only command."""
     try:
         return subprocess.run(list(cmd), check=True, capture_output=True,
@@ -311,9 +311,9 @@ def _read(cmd):
 
 def root_ns_entries():
     """The root namespace's addresses and routes, now."""
-    entries = address_entries(_read(IP_ADDR))
+    entries = address_entries(read(IP_ADDR))
     for cmd in IP_ROUTES:
-        entries += route_entries(_read(cmd))
+        entries += route_entries(read(cmd))
     return entries
 
 
@@ -498,8 +498,8 @@ def dhcp_network_ids():
 def leftovers():
     """What of the cloud's networking is left on the host, as sentences."""
     left = ['netns %s' % name for name in our_netns(
-        netns_names(_read(IP_NETNS)), dhcp_network_ids())]
-    left += ['link %s' % link for link in our_links(_read(IP_LINKS))]
+        netns_names(read(IP_NETNS)), dhcp_network_ids())]
+    left += ['link %s' % link for link in our_links(read(IP_LINKS))]
     left += our_processes(stray_processes())
-    left += guard_leftovers([_read(cmd) for cmd in GUARD_LISTINGS])
+    left += guard_leftovers([read(cmd) for cmd in GUARD_LISTINGS])
     return left

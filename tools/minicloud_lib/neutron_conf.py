@@ -15,7 +15,6 @@ Why each setting departs from neutron's default is said where it is set.
 from minicloud_lib.config import authtoken
 from minicloud_lib.config import BIN
 from minicloud_lib.config import COMPUTE_HOST
-from minicloud_lib.config import copy_from_venv
 from minicloud_lib.config import db_url
 from minicloud_lib.config import HOST
 from minicloud_lib.config import METADATA_SECRET
@@ -98,12 +97,12 @@ def openvswitch_agent_ini():
 bridge_mappings = {physnet}:br-ex
 of_listen_address = {host}
 # Not 6633, which another OpenFlow controller on the host may hold.
-of_listen_port = 16633
+of_listen_port = {openflow}
 [agent]
 tunnel_types =
 [securitygroup]
 firewall_driver = noop
-""".format(physnet=PHYSNET, host=HOST)
+""".format(physnet=PHYSNET, host=HOST, openflow=PORTS['openflow'])
 
 
 def dhcp_agent_ini():
@@ -129,7 +128,6 @@ metadata_workers = 1
 
 def write_all(write, rabbit):
     """Every file of etc/neutron, through config.write."""
-    copy_from_venv('neutron/api-paste.ini', 'etc/neutron')
     write('etc/neutron/neutron.conf', neutron_conf(rabbit))
     write('etc/neutron/ml2_conf.ini', ML2_CONF)
     write('etc/neutron/openvswitch_agent.ini', openvswitch_agent_ini())

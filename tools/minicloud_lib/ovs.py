@@ -14,8 +14,8 @@ sockets (taps, veths) in the root namespace: L2 only, no address there.
 - ``create_ext_netns()``: the namespace NETNS_EXT, the one place with an
   address on the provider network (its gateway), joined to br-ex by the
   veth VETH.  tempest runs there.
-- ``teardown()``: all of the above, in reverse, and nothing else: only
-  names the cloud gave.
+- ``delete_veth()`` and ``teardown()``: all of the above, in reverse, and
+  nothing else: only names the cloud gave.
 
 Refuses to start next to an Open vSwitch that is not ours.
 """
@@ -24,15 +24,16 @@ import contextlib
 import ipaddress
 import os
 import socket
-import subprocess
 
 from minicloud_lib.config import MinicloudError
 from minicloud_lib.config import NETNS_EXT
+from minicloud_lib.config import NETWORK_SERVICES
 from minicloud_lib.config import OVS_BRIDGES
 from minicloud_lib.config import path
 from minicloud_lib.config import PORTS
 from minicloud_lib.config import PROVIDER_CIDR
 from minicloud_lib.config import VETH
+from minicloud_lib import network
 from minicloud_lib import processes
 
 # Fixed: libvirtd runs "ovs-vsctl" with its defaults to plug a guest's tap
@@ -70,7 +71,10 @@ def start():
         raise MinicloudError(
             'an Open vSwitch already answers on %s: the minicloud runs '
             'its own and shares none (stop that one first)' % DB_SOCK)
-    os.makedirs(RUN_DIR, exist_ok=True)
+    if not os.path.isdir(RUN_DIR):
+        os.makedirs(RUN_DIR)
+        with open(path('run', 'ovs-run-dir.made'), 'w') as f:
+            f.write('%s made by minicloud up\n' % RUN_DIR)
     os.makedirs(path('ovs'), exist_ok=True)
     db = path('ovs', 'conf.db')
     if not os.path.exists(db):
@@ -126,19 +130,34 @@ def create_ext_netns():
     vsctl('--may-exist', 'add-port', 'br-ex', outer)
 
 
-def teardown():
-    """Remove NETNS_EXT, VETH, the bridges and the daemons, if there."""
-    netns = subprocess.run(('ip', 'netns', 'list'), capture_output=True,
-                           text=True, check=True).stdout
-    if any(line.split()[:1] == [NETNS_EXT] for line in netns.splitlines()):
-        processes.run(('ip', 'netns', 'del', NETNS_EXT), LOG)
+def delete_veth():
+    """VETH, if there: its root end first, which takes the peer at once.
+
+    (Deleting NETNS_EXT first would remove the pair in the background,
+    and a check right after could still see it.)
+    """
     if os.path.exists('/sys/class/net/%s' % VETH[0]):
         processes.run(('ip', 'link', 'del', VETH[0]), LOG)
+
+
+def teardown():
+    """Remove the bridges and the daemons, and any link of theirs left.
+
+    NETNS_EXT and VETH go first (guestnet.teardown).  ovs-vswitchd's taps
+    (the bridges, ovs-netdev) normally go with it; if it died before
+    ``down``, they may outlive it, and are deleted by name and kind.
+    """
     if processes.pid_of('ovs-vswitchd') and _answers(DB_SOCK):
         for bridge in OVS_BRIDGES:
             vsctl('--if-exists', 'del-br', bridge)
-    processes.stop('ovs-vswitchd', 'ovsdb-server')
+    processes.stop(*NETWORK_SERVICES)
+    for link in network.our_links(network.read(network.IP_LINKS)):
+        processes.run(('ip', 'link', 'del', link.split()[0]), LOG)
     for name in ('ovsdb-server.ctl', 'ovs-vswitchd.ctl',
                  'ovsdb-server.ovs-pid', 'ovs-vswitchd.ovs-pid'):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(path('run', name))
+    if os.path.exists(path('run', 'ovs-run-dir.made')):
+        with contextlib.suppress(OSError):
+            os.rmdir(RUN_DIR)   # only if empty: nothing else of OVS there
+        os.unlink(path('run', 'ovs-run-dir.made'))

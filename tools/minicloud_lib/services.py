@@ -248,10 +248,11 @@ def start_network_services():
     report sent before is dropped, and it waits a minute for the answer.
     """
     conf = neutron_conf.agent_config_files
-    start('neutron-rpc', [sys.executable,
-                          os.path.join(REPO, 'tools',
-                                       'minicloud_neutron_rpc.py')] +
-          conf('openvswitch')[:4])
+    start('neutron-rpc', [
+        sys.executable, os.path.join(REPO, 'tools',
+                                     'minicloud_neutron_rpc.py'),
+        '--config-file', path('etc', 'neutron', 'neutron.conf'),
+        '--config-file', path('etc', 'neutron', 'ml2_conf.ini')])
     wait_for('neutron\'s RPC server', _rpc_consuming, service='neutron-rpc')
     for agent in ('openvswitch', 'dhcp', 'metadata'):
         start('neutron-%s-agent' % agent,

@@ -15,6 +15,7 @@ IP.
 import os
 import re
 import shutil
+import signal
 import subprocess
 import time
 
@@ -147,9 +148,18 @@ def cmd_tempest(args):
     log('running %s', ' '.join(cmd))
     t0 = time.monotonic()
     with open(path('log', 'tempest.log'), 'w') as out:
-        proc = subprocess.run(cmd, cwd=work, env=env, stdout=out,
-                              stderr=subprocess.STDOUT,
-                              timeout=args.timeout)
+        # Its own process group: on a timeout its stestr workers and their
+        # SSH sessions go too, and leave NETNS_EXT free to delete.
+        proc = subprocess.Popen(cmd, cwd=work, env=env, stdout=out,
+                                stderr=subprocess.STDOUT,
+                                start_new_session=True)
+        try:
+            proc.wait(args.timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(30)
+            raise MinicloudError('tempest ran over %d s; killed'
+                                 % args.timeout)
     with open(path('log', 'tempest.log')) as f:
         output = f.read()
     for line in output.splitlines():
