@@ -94,7 +94,7 @@ def create_provider_network(openstack):
     hosts = list(cidr.hosts())
     openstack('subnet', 'create', '--network', net['id'],
               '--subnet-range', PROVIDER_CIDR,
-              '--gateway', str(hosts[0]),
+              '--gateway', ovs.gateway().split('/')[0],
               '--allocation-pool', 'start=%s,end=%s' % (hosts[9], hosts[199]),
               '--dns-nameserver', '0.0.0.0', SUBNET_NAME)
     with open(path('run', NETWORK_RECORD), 'w') as f:
