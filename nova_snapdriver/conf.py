@@ -220,7 +220,8 @@ Related options:
                     'libvirt >= 7.2; images are never compressed (with '
                     '[libvirt] snapshot_compression, copy is used).'),
                    ('auto', 'stream if the domain capabilities report '
-                    '<backup supported=\'yes\'/> and libnbd is importable, '
+                    '<backup supported=\'yes\'/>, libnbd is importable and '
+                    'nova-compute runs on native threads (not eventlet), '
                     'else backup if the capabilities report it and '
                     'libvirt-python has '
                     'backupBegin, else copy if libvirt has '
@@ -251,7 +252,10 @@ Consistency differs between the methods:
   (``stream_scratch_max_mb``).  The image is never compressed.  On a host
   where nova-compute does not run as root, the nova user must be able to
   connect to the NBD socket QEMU creates: put it in the group QEMU runs as
-  (``group`` in qemu.conf).
+  (``group`` in qemu.conf).  A stream needs nova-compute on native threads,
+  nova's default (``[DEFAULT] concurrency_backend``); under eventlet a
+  stream is taken as a ``backup``, else ``copy`` or ``rebase``, with a
+  warning, and ``auto`` does not pick it.
 
 Which to pick: ``rebase`` where the others are unavailable or to behave
 exactly like nova's in-tree driver; ``copy`` to keep the domain persistent

@@ -15,6 +15,7 @@ import libvirt
 
 from nova.compute import power_state
 from nova import exception as nova_exception
+from nova import utils as nova_utils
 from nova.virt.libvirt import utils as libvirt_utils
 from oslo_config import cfg
 from oslo_log import log as logging
@@ -198,6 +199,30 @@ def libnbd_available():
     return True
 
 
+def native_threads():
+    """False when nova-compute runs under eventlet, not native threads.
+
+    nova 34's nova-compute uses native threads unless ``[DEFAULT]
+    concurrency_backend = eventlet`` (or OS_NOVA_DISABLE_EVENTLET_PATCHING)
+    monkey-patches it.  A stream needs native threads: nova's image API
+    then calls the stream's ``read()`` on a tpool thread, and the stream's
+    read-ahead thread and scratch guard would be green threads and locks
+    of another hub, which that thread cannot wait on or wake.
+    """
+    return nova_utils.concurrency_mode_threading()
+
+
+def _not_a_stream(driver, guest, transient_copy):
+    """What stands in for stream under eventlet: backup, else copy/rebase.
+
+    A backup is point in time like a stream, at the cost of a temporary
+    image.
+    """
+    if backup_supported(driver._host.get_connection(), guest):
+        return 'backup'
+    return 'copy' if transient_copy else 'rebase'
+
+
 def capture_method(driver, guest, compress=False):
     """The live capture method: [snapdriver] capture_method, auto resolved.
 
@@ -211,7 +236,10 @@ def capture_method(driver, guest, compress=False):
     times the image's size in temporary space, whereas copy stages only
     the instance's own layer and compresses in the one convert it needs
     anyway.  The domain stays persistent with either.  A stream cannot
-    compress: asked for with compression, copy (else rebase) is used.
+    compress: asked for with compression, copy (else rebase) is used.  A
+    stream needs native threads (``native_threads``): under eventlet,
+    auto does not pick it and an explicit stream runs as backup, else copy
+    or rebase, with a warning.
     """
     method = CONF.snapdriver.capture_method
     transient_copy = hasattr(libvirt, 'VIR_DOMAIN_BLOCK_COPY_TRANSIENT_JOB')
@@ -221,13 +249,21 @@ def capture_method(driver, guest, compress=False):
                     'using %s for this compressed snapshot',
                     'copy' if transient_copy else 'rebase')
         return 'copy' if transient_copy else 'rebase'
+    if method == 'stream' and not native_threads():
+        instead = _not_a_stream(driver, guest, transient_copy)
+        LOG.warning('capture_method stream needs nova-compute on native '
+                    'threads ([DEFAULT] concurrency_backend = threading, '
+                    'nova\'s default) but it runs under eventlet; using %s '
+                    'for this snapshot', instead)
+        return instead
     if method != 'auto':
         return method
     if compress and transient_copy:
         return 'copy'
     if backup_supported(driver._host.get_connection(), guest):
-        # A stream is never compressed.
-        return 'stream' if libnbd_available() and not compress else 'backup'
+        # A stream is never compressed, and needs native threads.
+        streams = libnbd_available() and not compress and native_threads()
+        return 'stream' if streams else 'backup'
     if transient_copy:
         return 'copy'
     return 'rebase'

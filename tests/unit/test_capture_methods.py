@@ -4,6 +4,7 @@ libvirt is mocked at the virDomain/virConnect boundary; the functional
 tests (tests/functional/test_capture_methods.py) run each method for real.
 """
 
+import logging
 from unittest import mock
 
 import fixtures
@@ -16,6 +17,8 @@ from nova_snapdriver import exception
 from nova_snapdriver import plan as snapshot_plan
 from nova_snapdriver import qemu_img
 from tests.unit import base
+
+REAL_NATIVE_THREADS = snapshot_plan.native_threads
 
 NONE = {'type': libvirt.VIR_DOMAIN_JOB_NONE}
 BACKUP = libvirt.VIR_DOMAIN_JOB_OPERATION_BACKUP
@@ -109,6 +112,13 @@ class CaptureMethodTestCase(base.TestCase):
         self.conn = self.driver._host.get_connection.return_value
         self.guest = mock.Mock()
         self.guest.get_xml_desc.return_value = DOMAIN_XML
+        # nova's unit test package runs under eventlet; nova-compute runs
+        # on native threads by default, which is what these tests are of.
+        self._native_threads(True)
+
+    def _native_threads(self, native):
+        self.useFixture(fixtures.MockPatchObject(
+            snapshot_plan, 'native_threads', return_value=native))
 
     def _caps(self, backup):
         features = ("<backup supported='%s'/>" % backup) if backup else ''
@@ -135,6 +145,39 @@ class CaptureMethodTestCase(base.TestCase):
             self.driver, self.guest))
         self.conn.getDomainCapabilities.assert_called_once_with(
             None, 'x86_64', None, 'kvm', 0)
+
+    def test_auto_picks_backup_over_stream_under_eventlet(self):
+        self.flags(capture_method='auto', group='snapdriver')
+        self._caps('yes')
+        self._libnbd(True)
+        self._native_threads(False)
+        self.assertEqual('backup', snapshot_plan.capture_method(
+            self.driver, self.guest))
+
+    def test_explicit_stream_under_eventlet_backs_up_with_a_warning(self):
+        self.flags(capture_method='stream', group='snapdriver')
+        self._caps('yes')
+        self._native_threads(False)
+        log = self.useFixture(fixtures.FakeLogger(level=logging.WARNING))
+        self.assertEqual('backup', snapshot_plan.capture_method(
+            self.driver, self.guest))
+        self.assertIn('concurrency_backend = threading', log.output)
+        self.assertIn('using backup', log.output)
+
+    def test_explicit_stream_under_eventlet_without_backup_copies(self):
+        self.flags(capture_method='stream', group='snapdriver')
+        self._caps('no')
+        self._native_threads(False)
+        self.assertEqual('copy', snapshot_plan.capture_method(
+            self.driver, self.guest))
+
+    def test_native_threads_is_novas_concurrency_mode(self):
+        # The real function (setUp replaced the module's): nova's unit
+        # test package monkey-patches, as [DEFAULT] concurrency_backend =
+        # eventlet does.
+        self.assertFalse(REAL_NATIVE_THREADS())
+        with mock.patch('nova.monkey_patch.is_patched', return_value=False):
+            self.assertTrue(REAL_NATIVE_THREADS())
 
     def test_auto_picks_backup_when_supported_without_libnbd(self):
         self.flags(capture_method='auto', group='snapdriver')
