@@ -82,6 +82,11 @@ def parse_args():
                         help='compress the images: [libvirt] '
                         'snapshot_compression (nova in-tree: zlib) and '
                         '[snapdriver] compression_type (ours)')
+    parser.add_argument('--pin-glance', type=int, metavar='CPU',
+                        help='run glance-api on this CPU alone and the '
+                        'rest (the bench, QEMU, libvirtd) on the others, '
+                        'as a cloud keeps Glance off its compute hosts '
+                        '(tools/bench_pin.py)')
     parser.add_argument('--out', default='bench-results')
     parser.add_argument('--replot', metavar='BENCH_JSON',
                         help='only rewrite bench.md and bench.png in --out '

@@ -89,6 +89,8 @@ from tests.testbed import guest as test_guest  # noqa: E402
 from tests.testbed import instance as test_instance  # noqa: E402
 from tests.testbed import libvirtd  # noqa: E402
 
+import bench_pin  # noqa: E402 (tools/, beside this file)
+
 GiB = 1024 ** 3
 MiB = 1024 ** 2
 METHODS = ('rebase', 'copy', 'backup', 'stream')
@@ -354,10 +356,31 @@ def intree_phases(driver, phases):
 
 
 def our_phases(uuid, phases):
-    """A progress listener that records our driver's phase durations."""
+    """A progress listener that records our driver's phase durations.
+
+    For a stream it also splits the phase at its edges: ``to 1st byte``,
+    from its start until the upload read its first byte (the pull backup
+    begun, the NBD export connected, the image laid out, nova's image API
+    under way), and ``after last``, from the last byte read until the
+    phase ended (Glance finishing the upload, the image read back and
+    verified, the backup ended).  The floor times the upload call alone.
+    """
+    bytes_read = {}
+
     def on_phase(instance_uuid, phase, done, total):
-        if phase.endswith(':done') and instance_uuid == uuid:
-            phases[phase[:-len(':done')]] = done
+        if instance_uuid != uuid:
+            return
+        now = time.monotonic()
+        if phase == 'upload' and done:
+            bytes_read.setdefault('first', now)
+            if done == total:
+                bytes_read['last'] = now
+        if phase.endswith(':done'):
+            name = phase[:-len(':done')]
+            phases[name] = done
+            if name == 'stream' and 'last' in bytes_read:
+                phases['to 1st byte'] = bytes_read['first'] - (now - done)
+                phases['after last'] = now - bytes_read['last']
     return on_phase
 
 
@@ -606,6 +629,8 @@ def run_case(bench, size_gib, kind, layout, args, with_writes):
     try:
         # Inside the try: a guest that never comes up is still destroyed.
         inst.start()
+        if bench.pinning:
+            bench.pinning.pin_qemu(inst.qemu_pid())
         results = timing_runs(bench, inst, args)
         writes = write_runs(bench, inst, args) if with_writes else []
     finally:
@@ -673,6 +698,11 @@ def measure(args, on_case=None):
         bench = Bench(args.workdir, glance.url, not args.skip_intree,
                       args.compression)
         bench.glance_pgid = glance.pid
+        bench.pinning = None
+        if args.pin_glance is not None:
+            bench.pinning = bench_pin.Pinning(args.pin_glance)
+            bench.pinning.pin_bench(group_pids(glance.pid))
+            print('pinned: ' + bench.pinning.describe(), flush=True)
         for size in args.sizes:
             for kind in args.data:
                 with_writes = args.write_seconds > 0 and kind == args.data[0]

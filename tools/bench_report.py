@@ -19,6 +19,8 @@ import json
 import os
 
 PHASES = ('plan', 'capture', 'extract', 'upload', 'stream')
+# Parts of a stream's phase (bench_measure.our_phases), after the phases.
+STREAM_EDGES = ('to 1st byte', 'after last')
 # The targets drawn on the plot (issue 13's for stream; 0.70: the guest's
 # writes with block_job_bandwidth).
 TARGET_TIME = 1.03
@@ -58,7 +60,8 @@ def timing_table(cases):
             if name == 'glance-only':
                 continue
             phases = ', '.join('%s %.1f' % (p, r['phases'][p])
-                               for p in PHASES if p in r['phases'])
+                               for p in PHASES + STREAM_EDGES
+                               if p in r['phases'])
             if len(r.get('walls', ())) > 1:
                 # --repeat: the wall is the median; phases of that run.
                 phases += '; runs ' + ', '.join('%.1f' % w
@@ -193,6 +196,15 @@ def plot_writes(ax, cases):
     ax.legend(fontsize=8)
 
 
+def pinning_note(args):
+    """A paragraph saying where the run pinned Glance, if it did."""
+    cpu = getattr(args, 'pin_glance', None)  # None in runs before it
+    if cpu is None:
+        return ''
+    return ('Pinned (--pin-glance %d): glance-api on CPU %d alone; the '
+            'bench, QEMU and libvirtd on the others.\n\n' % (cpu, cpu))
+
+
 def save_json(cases, args):
     """bench.json in --out: the arguments and every case measured so far."""
     path = os.path.join(args.out, 'bench.json')
@@ -205,12 +217,13 @@ def report(cases, args):
     out = args.out
     save_json(cases, args)
     timings, writes = timing_table(cases), writes_table(cases)
-    md = timings + '\n' + writes
+    md = pinning_note(args) + timings + '\n' + writes
     with open(os.path.join(out, 'bench.md'), 'w') as f:
         f.write(md)
     with open(os.path.join(out, 'bench.rst'), 'w') as f:
         f.write('.. Written by tools/bench_report.py from bench.json.\n\n'
-                'Snapshot times\n\n' + rst_table(timings))
+                + pinning_note(args) + 'Snapshot times\n\n'
+                + rst_table(timings))
         if any(case['writes'] for case in cases):
             # --write-seconds 0: no rows, and RST has no empty tables.
             f.write('\nGuest writes during a snapshot\n\n' +

@@ -1,0 +1,70 @@
+"""CPU pinning for the benchmark (tools/bench.py --pin-glance CPU).
+
+What this holds: ``Pinning``, which puts glance-api (its whole process
+group, every thread) on one CPU and everything else the bench runs on the
+others: the bench process (the driver, its reading thread, hashing,
+glanceclient), the instance's QEMU (the guest and the NBD export) and
+libvirtd.
+
+Why: on two cores an upload to the bench's Glance is about one core of
+glance-api's work, and a stream adds about half a core of its own on the
+same two cores (session 7's CPU columns).  Pinned, Glance has a core to
+itself in both the stream and the Glance-alone floor, so the ratio of the
+two shows what the stream costs when Glance does not share a CPU with the
+compute host, which is how a cloud runs them.
+
+Affinity is per thread on Linux: each task under /proc/PID/task is
+pinned; threads started later inherit their creator's.
+"""
+
+import os
+
+# libvirtd's pid file as tests/testbed/libvirtd.py starts it.
+LIBVIRTD_PIDFILE = '/run/libvirtd.pid'
+
+
+def pin_process(pid, cpus):
+    """Pin every thread of process ``pid`` to ``cpus``; False if gone."""
+    try:
+        tids = os.listdir('/proc/%d/task' % pid)
+    except FileNotFoundError:
+        return False
+    for tid in tids:
+        try:
+            os.sched_setaffinity(int(tid), cpus)
+        except ProcessLookupError:
+            pass  # a thread that ended meanwhile
+    return True
+
+
+class Pinning(object):
+    """Glance on ``glance_cpu``, the rest of the bench on the other CPUs."""
+
+    def __init__(self, glance_cpu):
+        online = os.sched_getaffinity(0)
+        if glance_cpu not in online or len(online) < 2:
+            raise ValueError('--pin-glance %d: needs that CPU and another '
+                             '(this process may use %s)'
+                             % (glance_cpu, sorted(online)))
+        self.glance = {glance_cpu}
+        self.others = online - self.glance
+
+    def describe(self):
+        return ('glance-api on CPU %s; the bench, QEMU and libvirtd on %s'
+                % (','.join(map(str, sorted(self.glance))),
+                   ','.join(map(str, sorted(self.others)))))
+
+    def pin_bench(self, glance_pids):
+        """Pin glance-api's processes, this process and libvirtd."""
+        if not glance_pids:
+            raise RuntimeError('glance-api is not running')
+        for pid in glance_pids:
+            pin_process(pid, self.glance)
+        pin_process(os.getpid(), self.others)
+        with open(LIBVIRTD_PIDFILE) as f:
+            pin_process(int(f.read()), self.others)
+
+    def pin_qemu(self, pid):
+        """Pin an instance's QEMU, once it runs."""
+        if not pin_process(pid, self.others):
+            raise RuntimeError('QEMU (pid %d) is not running' % pid)
