@@ -212,17 +212,6 @@ def native_threads():
     return nova_utils.concurrency_mode_threading()
 
 
-def _not_a_stream(driver, guest, transient_copy):
-    """What stands in for stream under eventlet: backup, else copy/rebase.
-
-    A backup is point in time like a stream, at the cost of a temporary
-    image.
-    """
-    if backup_supported(driver._host.get_connection(), guest):
-        return 'backup'
-    return 'copy' if transient_copy else 'rebase'
-
-
 def capture_method(driver, guest, compress=False):
     """The live capture method: [snapdriver] capture_method, auto resolved.
 
@@ -243,14 +232,15 @@ def capture_method(driver, guest, compress=False):
     """
     method = CONF.snapdriver.capture_method
     transient_copy = hasattr(libvirt, 'VIR_DOMAIN_BLOCK_COPY_TRANSIENT_JOB')
+    mirror = 'copy' if transient_copy else 'rebase'
     if method == 'stream' and compress:
         # A stream is never compressed: honour snapshot_compression.
         LOG.warning('capture_method stream writes no compressed image; '
-                    'using %s for this compressed snapshot',
-                    'copy' if transient_copy else 'rebase')
-        return 'copy' if transient_copy else 'rebase'
+                    'using %s for this compressed snapshot', mirror)
+        return mirror
     if method == 'stream' and not native_threads():
-        instead = _not_a_stream(driver, guest, transient_copy)
+        # What auto picks here: never a stream.
+        instead = _best_supported(driver, guest, compress, mirror)
         LOG.warning('capture_method stream needs nova-compute on native '
                     'threads ([DEFAULT] concurrency_backend = threading, '
                     'nova\'s default) but it runs under eventlet; using %s '
@@ -258,15 +248,18 @@ def capture_method(driver, guest, compress=False):
         return instead
     if method != 'auto':
         return method
-    if compress and transient_copy:
+    return _best_supported(driver, guest, compress, mirror)
+
+
+def _best_supported(driver, guest, compress, mirror):
+    """auto's choice (see capture_method); ``mirror``: copy, else rebase."""
+    if compress and mirror == 'copy':
         return 'copy'
     if backup_supported(driver._host.get_connection(), guest):
         # A stream is never compressed, and needs native threads.
         streams = libnbd_available() and not compress and native_threads()
         return 'stream' if streams else 'backup'
-    if transient_copy:
-        return 'copy'
-    return 'rebase'
+    return mirror
 
 
 def check_space(directory, needed):
