@@ -673,6 +673,7 @@ class Bench(object):
         self.context = nova_env.admin_context()
         self.image_api = nova_glance.API()
         self.glance = test_glance.client(glance_url)
+        self.pinning = None  # a bench_pin.Pinning with --pin-glance
 
     def close(self):
         nova_env.shutdown()
@@ -698,10 +699,10 @@ def measure(args, on_case=None):
         bench = Bench(args.workdir, glance.url, not args.skip_intree,
                       args.compression)
         bench.glance_pgid = glance.pid
-        bench.pinning = None
         if args.pin_glance is not None:
             bench.pinning = bench_pin.Pinning(args.pin_glance)
-            bench.pinning.pin_bench(group_pids(glance.pid))
+            bench.pinning.pin_bench(group_pids(glance.pid),
+                                    libvirtd.pid())
             print('pinned: ' + bench.pinning.describe(), flush=True)
         for size in args.sizes:
             for kind in args.data:
@@ -715,6 +716,8 @@ def measure(args, on_case=None):
                         on_case(cases)
     finally:
         if bench:
+            if bench.pinning:
+                bench.pinning.restore()
             bench.close()
         glance.stop()
         shutil.rmtree(args.workdir, ignore_errors=True)

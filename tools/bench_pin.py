@@ -14,13 +14,12 @@ two shows what the stream costs when Glance does not share a CPU with the
 compute host, which is how a cloud runs them.
 
 Affinity is per thread on Linux: each task under /proc/PID/task is
-pinned; threads started later inherit their creator's.
+pinned; threads started later inherit their creator's.  glance-api, the
+instances and the bench end with the run; libvirtd is shared with every
+other tier, so ``restore()`` gives it back the CPUs it had.
 """
 
 import os
-
-# libvirtd's pid file as tests/testbed/libvirtd.py starts it.
-LIBVIRTD_PIDFILE = '/run/libvirtd.pid'
 
 
 def pin_process(pid, cpus):
@@ -48,21 +47,30 @@ class Pinning(object):
                              % (glance_cpu, sorted(online)))
         self.glance = {glance_cpu}
         self.others = online - self.glance
+        self._libvirtd = None  # (pid, its affinity before pin_bench)
 
     def describe(self):
         return ('glance-api on CPU %s; the bench, QEMU and libvirtd on %s'
                 % (','.join(map(str, sorted(self.glance))),
                    ','.join(map(str, sorted(self.others)))))
 
-    def pin_bench(self, glance_pids):
+    def pin_bench(self, glance_pids, libvirtd_pid):
         """Pin glance-api's processes, this process and libvirtd."""
         if not glance_pids:
             raise RuntimeError('glance-api is not running')
+        if libvirtd_pid is None:
+            raise RuntimeError('libvirtd is not running')
         for pid in glance_pids:
             pin_process(pid, self.glance)
         pin_process(os.getpid(), self.others)
-        with open(LIBVIRTD_PIDFILE) as f:
-            pin_process(int(f.read()), self.others)
+        self._libvirtd = (libvirtd_pid, os.sched_getaffinity(libvirtd_pid))
+        pin_process(libvirtd_pid, self.others)
+
+    def restore(self):
+        """Give libvirtd, which outlives the bench, its CPUs back."""
+        if self._libvirtd is not None:
+            pin_process(*self._libvirtd)
+            self._libvirtd = None
 
     def pin_qemu(self, pid):
         """Pin an instance's QEMU, once it runs."""

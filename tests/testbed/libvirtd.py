@@ -75,6 +75,11 @@ def _pid(name):
     return pid if _alive(pid, name) else None
 
 
+def pid():
+    """libvirtd's pid if it runs, else None."""
+    return _pid('libvirtd')
+
+
 def _start(name):
     LOG.info('starting %s -d', name)
     subprocess.run([name, '-d'], check=True, stdin=subprocess.DEVNULL,
