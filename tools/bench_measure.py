@@ -4,12 +4,12 @@ What this holds: the instance filled with data (``DataInstance``), the
 pollers (``Watcher``: transient seconds and peak temp space), the CPU
 seconds Glance, QEMU and this process use per run (``CpuMeter``), the
 guest's writes (``GuestWriter``), the timing of nova's in-tree phases
-from outside, one snapshot and the Glance-only floor (the median of
-uploads after the first snapshot and after each round of drivers), the
-timing and guest-write runs of one case, and ``measure()``, which sets
-the test bed up, runs every case (disk size x data kind x data layout)
-and takes it all down again.  The figures it returns become tables and a
-plot in tools/bench_report.py.
+from outside, one snapshot and the two floors (Glance alone, and nova's
+image API alone; each the median of uploads after the first snapshot and
+after each round of drivers), the timing and guest-write runs of one
+case, and ``measure()``, which sets the test bed up, runs every case
+(disk size x data kind x data layout) and takes it all down again.  The
+figures it returns become tables and a plot in tools/bench_report.py.
 
 Per snapshot: wall time and its phases (ours from the driver's progress
 events; the in-tree driver's by timing its ``_live_snapshot``,
@@ -90,6 +90,7 @@ from tests.testbed import instance as test_instance  # noqa: E402
 from tests.testbed import libvirtd  # noqa: E402
 
 import bench_pin  # noqa: E402 (tools/, beside this file)
+import bench_report  # noqa: E402
 
 GiB = 1024 ** 3
 MiB = 1024 ** 2
@@ -492,6 +493,36 @@ def download(glance_client, image_id, workdir):
     return path
 
 
+def image_api_only(bench, inst, path, disk_format):
+    """The second floor: nova's image API calls of a snapshot, nothing else.
+
+    What every libvirt driver's snapshot does with Glance once its image
+    is ready, nova's in-tree one and ours alike, timed as a snapshot is:
+    nova's image API reads the image record, then updates it with the
+    snapshot's metadata and the file's bytes (the driver's metadata, the
+    call nova's driver makes: a GET, then nova's and glanceclient's GETs,
+    the PATCH, the PUT of the data and a last GET).  A snapshot ÷ this
+    floor is what capturing adds; this floor ÷ Glance alone is what
+    nova's image API adds to the upload.
+
+    Returns the seconds it took and the CPU seconds used (CpuMeter).
+    """
+    image = compute_utils.create_image(bench.context, inst.obj, 'floor',
+                                       'snapshot', bench.image_api)
+    metadata = bench.drivers['ours']._create_snapshot_metadata(
+        inst.obj.image_meta, inst.obj, disk_format, 'floor')
+    cpu = CpuMeter(bench)
+    cpu.start()
+    start = time.monotonic()
+    bench.image_api.get(bench.context, image['id'])
+    with open(path, 'rb') as f:
+        bench.image_api.update(bench.context, image['id'], metadata, f)
+    wall = time.monotonic() - start
+    cpu.stop()
+    bench.glance.images.delete(image['id'])
+    return wall, cpu.used
+
+
 def glance_only(bench, path):
     """The floor: upload the file to a new image, nothing else.
 
@@ -561,22 +592,28 @@ def run_snapshot(bench, name, inst, bandwidth=0, writer=None):
 
 
 def timing_runs(bench, inst, args):
-    """Each driver, nothing else running, and the Glance floor; --repeat.
+    """Each driver, nothing else running, and the two floors; --repeat.
 
-    The floor re-uploads the first snapshot's image: right after that
+    The floors re-upload the first snapshot's image: right after that
     snapshot, and after the last driver of every round.  One upload alone
     varied by 10 % at 8 GiB and by up to 30 % at 1 GiB between cases of
     the same run, so with ``--repeat N`` every driver runs N times, in
-    turn with the others and the floor, and each figure is the median
+    turn with the others and the floors, and each figure is the median
     (all walls are kept).  A driver's other figures (phases, transient,
-    peak temp) are those of its median run; with one round the floor is
+    peak temp) are those of its median run; with one round a floor is
     the median, i.e. the mean, of its two uploads.  Each snapshot's image
     is deleted as soon as it is measured, so at most one is stored at a
     time.
     """
     runs = {name: [] for name in timed_drivers(args)}
-    floor = []
-    path = None
+    floors = {name: [] for name in bench_report.FLOORS}
+    path = disk_format = None
+
+    def upload_floors():
+        floors[bench_report.GLANCE_ONLY].append(glance_only(bench, path))
+        floors[bench_report.IMAGE_API_ONLY].append(
+            image_api_only(bench, inst, path, disk_format))
+
     try:
         for _round in range(args.repeat):
             for name in timed_drivers(args):
@@ -585,14 +622,17 @@ def timing_runs(bench, inst, args):
                 if path is None and name != READ_ALONE:
                     path = download(bench.glance, result['image_id'],
                                     args.workdir)
-                    floor.append(glance_only(bench, path))
+                    disk_format = bench.glance.images.get(
+                        result['image_id']).disk_format
+                    upload_floors()
                 bench.glance.images.delete(result.pop('image_id'))
-            floor.append(glance_only(bench, path))
+            upload_floors()
     finally:
         if path is not None:
             os.unlink(path)
     results = {}
-    runs['glance-only'] = [{'wall': wall, 'cpu': cpu} for wall, cpu in floor]
+    for name, done in floors.items():
+        runs[name] = [{'wall': wall, 'cpu': cpu} for wall, cpu in done]
     for name, done in runs.items():
         walls = [r['wall'] for r in done]
         wall = statistics.median(walls)

@@ -18,6 +18,11 @@ none: its rows are ``base``, which is what it measured.
 import json
 import os
 
+# The two floors, timing rows that are not drivers (bench_measure.py): the
+# upload alone, and nova's image API calls of a snapshot alone.
+GLANCE_ONLY = 'glance-only'
+IMAGE_API_ONLY = 'image-API-only'
+FLOORS = (GLANCE_ONLY, IMAGE_API_ONLY)
 PHASES = ('plan', 'capture', 'extract', 'upload', 'stream')
 # Parts of a stream's phase (bench_measure.our_phases), after the phases.
 STREAM_EDGES = ('to 1st byte', 'after last')
@@ -50,14 +55,21 @@ def cpu_text(result):
 
 def timing_table(cases):
     rows = ['| disk | data | layout | method | wall s | ÷ glance-only | '
-            '÷ in-tree | transient s | peak temp ÷ image | phases s |',
-            '|---|---|---|---|---|---|---|---|---|---|']
+            '÷ image API | ÷ in-tree | transient s | peak temp ÷ image '
+            '| phases s |',
+            '|---|---|---|---|---|---|---|---|---|---|---|']
     for case in cases:
         res = case['results']
-        floor = res['glance-only']['wall']
+        floor = res[GLANCE_ONLY]['wall']
+        # Runs from before the image-API floor was measured have none.
+        api = res.get(IMAGE_API_ONLY, {}).get('wall')
         intree = res.get('in-tree', {}).get('wall')
+
+        def ratio(wall, to):
+            return '%.2f' % (wall / to) if to else '-'
+
         for name, r in res.items():
-            if name == 'glance-only':
+            if name in FLOORS:
                 continue
             phases = ', '.join('%s %.1f' % (p, r['phases'][p])
                                for p in PHASES + STREAM_EDGES
@@ -67,28 +79,31 @@ def timing_table(cases):
                 phases += '; runs ' + ', '.join('%.1f' % w
                                                 for w in r['walls'])
             phases += cpu_text(r)
-            rows.append('| %g GiB | %s | %s | %s | %.1f | %.2f | %s | %.2f '
-                        '| %s | %s |'
+            rows.append('| %g GiB | %s | %s | %s | %.1f | %.2f | %s | %s '
+                        '| %.2f | %s | %s |'
                         % (case['size_gib'], case['kind'], layout(case),
                            name, r['wall'],
-                           r['wall'] / floor,
-                           '%.2f' % (r['wall'] / intree) if intree else '-',
+                           r['wall'] / floor, ratio(r['wall'], api),
+                           ratio(r['wall'], intree),
                            r['transient'],
                            # Nothing uploaded: the read-alone row.
                            '%.2f' % (r['peak_temp'] / r['uploaded'])
                            if r['uploaded'] else '-',
                            phases))
-        walls = res['glance-only'].get('walls')
-        if walls:
-            # Runs from before the floor was measured twice have no walls;
-            # the floor is their median.
-            rows.append('| %g GiB | %s | %s | glance-only | %.1f | 1.00 | '
-                        '%s | - | - | uploads %s%s |'
+        for name in FLOORS:
+            walls = res.get(name, {}).get('walls')
+            if not walls:
+                # Runs from before the floor was measured twice have no
+                # walls; the floor is their median.
+                continue
+            wall = res[name]['wall']
+            rows.append('| %g GiB | %s | %s | %s | %.1f | %.2f | %s | %s '
+                        '| - | - | uploads %s%s |'
                         % (case['size_gib'], case['kind'], layout(case),
-                           floor,
-                           '%.2f' % (floor / intree) if intree else '-',
+                           name, wall, wall / floor, ratio(wall, api),
+                           ratio(wall, intree),
                            ', '.join('%.1f' % w for w in walls),
-                           cpu_text(res['glance-only'])))
+                           cpu_text(res[name])))
     return '\n'.join(rows) + '\n'
 
 
@@ -145,9 +160,9 @@ def plot_times(ax, cases):
     """Snapshot time ÷ the Glance-only floor, per case and driver."""
     labels, ratios, colours = [], [], []
     for case in cases:
-        floor = case['results']['glance-only']['wall']
+        floor = case['results'][GLANCE_ONLY]['wall']
         for name, r in case['results'].items():
-            if name != 'glance-only':
+            if name != GLANCE_ONLY:
                 labels.append('%gG %s %s %s' % (case['size_gib'],
                                                 case['kind'], layout(case),
                                                 name))
