@@ -17,6 +17,7 @@ none: its rows are ``base``, which is what it measured.
 
 import json
 import os
+import statistics
 
 # The two floors, timing rows that are not drivers (bench_measure.py): the
 # upload alone, and nova's image API calls of a snapshot alone.
@@ -53,6 +54,23 @@ def cpu_text(result):
                                   if who in cpu)
 
 
+def paired(walls, floor_walls):
+    """'; paired ÷ F m (lo-hi)': each run ÷ the floor uploads around it.
+
+    A floor is uploaded after the first snapshot and after every round
+    (bench_measure.timing_runs), so round i of a driver lies between
+    floor uploads i and i + 1; each run ÷ the mean of those two takes out
+    what drifts over a run.  The median of the ratios and their range;
+    '' with one round, or for runs that kept no floor walls.
+    """
+    if len(walls) < 2 or len(floor_walls) != len(walls) + 1:
+        return ''
+    ratios = sorted(w * 2 / (floor_walls[i] + floor_walls[i + 1])
+                    for i, w in enumerate(walls))
+    return '%.2f (%.2f-%.2f)' % (statistics.median(ratios), ratios[0],
+                                 ratios[-1])
+
+
 def timing_table(cases):
     rows = ['| disk | data | layout | method | wall s | ÷ glance-only | '
             '÷ image API | ÷ in-tree | transient s | peak temp ÷ image '
@@ -78,6 +96,11 @@ def timing_table(cases):
                 # --repeat: the wall is the median; phases of that run.
                 phases += '; runs ' + ', '.join('%.1f' % w
                                                 for w in r['walls'])
+            for floor_name in FLOORS:
+                ratios = paired(r.get('walls', ()),
+                                res.get(floor_name, {}).get('walls', ()))
+                if ratios:
+                    phases += '; paired ÷ %s %s' % (floor_name, ratios)
             phases += cpu_text(r)
             rows.append('| %g GiB | %s | %s | %s | %.1f | %.2f | %s | %s '
                         '| %.2f | %s | %s |'
