@@ -4,9 +4,10 @@
 Real libvirtd + QEMU, a real glance-api on loopback (the functional test
 bed, tests/testbed), one running instance per (disk size, data kind,
 data layout) and, on that same domain in the same run: our driver with
-each capture method, nova's in-tree ``LibvirtDriver.snapshot``, and the
-floor, Glance ingesting the same final image alone.  Per snapshot: wall
-time and phases, seconds the domain was transient, peak temp space, bytes
+each capture method, nova's in-tree ``LibvirtDriver.snapshot``, and two
+floors: Glance ingesting the same final image alone, and nova's image API
+calls of a snapshot sending it alone.  Per snapshot: wall time and
+phases, seconds the domain was transient, peak temp space, bytes
 uploaded; and the guest's write throughput during a snapshot ÷ idle.
 
 The data layout is where the disk's data is: all in the instance's base
@@ -31,7 +32,7 @@ two 8 GiB random cases took 83 minutes in session 4, with Glance at ~77
 MiB/s);
 its work directory, under $TMPDIR, peaks at about 4x the largest disk (32
 GiB at 8 GiB: the data, in the base or the instance's layer, the image in
-Glance, its local copy and the floor's upload of it; or, in the instance
+Glance, its local copy and a floor's upload of it; or, in the instance
 layout, the layer, rebase's or copy's copy of it, the image and Glance's):
 
     tox -e bench -- --sizes 1,4,8 --data random,compressible
@@ -40,9 +41,10 @@ layout, the layer, rebase's or copy's copy of it, the image and Glance's):
 A short try: ``--sizes 1 --layout instance`` (about 5 minutes quiet, 10
 on a busy machine; ``--sizes 0.25`` both layouts, about 6 busy).
 
-``--replot BENCH_JSON`` rewrites bench.md and bench.png from an earlier
-run's figures, without the test bed; bench.json is saved after every
-case, so this works on an interrupted run too.
+``--replot BENCH_JSON`` rewrites bench.json, bench.md, bench.rst and
+bench.png from an earlier run's figures, without the test bed;
+bench.json is saved after every case, so this works on an interrupted
+run too.
 """
 
 import argparse
@@ -67,7 +69,7 @@ def parse_args():
                         'the base); comma separated')
     parser.add_argument('--skip-intree', action='store_true')
     parser.add_argument('--repeat', type=int, default=1,
-                        help='time each driver and the Glance floor this '
+                        help='time each driver and the two floors this '
                         'many times per case, in turn; the tables show '
                         'medians (one upload alone varies by 10-30 %% '
                         'at 1 GiB)')
@@ -89,8 +91,8 @@ def parse_args():
                         '(tools/bench_pin.py)')
     parser.add_argument('--out', default='bench-results')
     parser.add_argument('--replot', metavar='BENCH_JSON',
-                        help='only rewrite bench.md and bench.png in --out '
-                        'from the figures of an earlier run')
+                        help='only rewrite the files in --out from the '
+                        'figures of an earlier run')
     args = parser.parse_args()
     args.sizes = [float(s) for s in args.sizes.split(',') if s]
     args.data = [k for k in args.data.split(',') if k]

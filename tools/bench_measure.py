@@ -364,7 +364,8 @@ def our_phases(uuid, phases):
     begun, the NBD export connected, the image laid out, nova's image API
     under way), and ``after last``, from the last byte read until the
     phase ended (Glance finishing the upload, the image read back and
-    verified, the backup ended).  The floor times the upload call alone.
+    verified, the backup ended).  ``glance-only`` times the upload call
+    alone.
     """
     bytes_read = {}
 
@@ -385,7 +386,7 @@ def our_phases(uuid, phases):
     return on_phase
 
 
-# -- one snapshot, and the floor ------------------------------------------
+# -- one snapshot, and the floors -----------------------------------------
 
 def _proc_stat(pid):
     """The fields of /proc/<pid>/stat after the command name, or None."""
@@ -422,9 +423,10 @@ class CpuMeter(object):
 
     ``glance``: glance-api's process group; ``qemu``: the instance's QEMU
     (reading the disk for the NBD export, and the idle guest); ``ours``:
-    this process (the driver, its reading thread and hashing, or
-    glanceclient sending the floor's file).  On two cores these share the
-    machine with Glance's worker, which sets the pace of every upload.
+    this process (the driver, its reading thread and hashing, or, for a
+    floor, glanceclient or nova's image API sending the file).  On two
+    cores these share the machine with Glance's worker, which sets the
+    pace of every upload.
     """
 
     def __init__(self, bench, inst=None):
@@ -446,6 +448,18 @@ class CpuMeter(object):
         self.used = {k: end[k] - self._start[k] for k in end}
 
 
+def settle():
+    """Write back what earlier runs left dirty, before a timed run starts.
+
+    Glance stores each upload in a file, and the floors' file is written
+    just before their first upload: that is page cache the kernel writes
+    back once about 10 % of memory is dirty (vm.dirty_background_ratio),
+    while whatever runs next is timed.  Each timed run (snapshot or floor)
+    starts with nothing dirty instead; runs before session 9 did not.
+    """
+    os.sync()
+
+
 def snapshot(bench, name, inst, writer=None):
     """Snapshot ``inst`` with driver ``name`` ('in-tree' or a method).
 
@@ -459,6 +473,7 @@ def snapshot(bench, name, inst, writer=None):
     listener = our_phases(inst.uuid, phases)
     progress.listen(listener)
     driver = bench.drivers['in-tree' if name == 'in-tree' else 'ours']
+    settle()
     watcher = Watcher(inst.uuid, bench.snapshots_dir)
     watcher.start()
     if writer:
@@ -485,7 +500,7 @@ def snapshot(bench, name, inst, writer=None):
 
 
 def download(glance_client, image_id, workdir):
-    """The bytes of an image, in a file the Glance-only floor uploads."""
+    """The bytes of an image, in a file both floors upload."""
     path = os.path.join(workdir, 'floor.img')
     with open(path, 'wb') as f:
         for chunk in glance_client.images.data(image_id):
@@ -496,14 +511,16 @@ def download(glance_client, image_id, workdir):
 def image_api_only(bench, inst, path, disk_format):
     """The second floor: nova's image API calls of a snapshot, nothing else.
 
-    What every libvirt driver's snapshot does with Glance once its image
-    is ready, nova's in-tree one and ours alike, timed as a snapshot is:
-    nova's image API reads the image record, then updates it with the
-    snapshot's metadata and the file's bytes (the driver's metadata, the
-    call nova's driver makes: a GET, then nova's and glanceclient's GETs,
-    the PATCH, the PUT of the data and a last GET).  A snapshot ÷ this
-    floor is what capturing adds; this floor ÷ Glance alone is what
-    nova's image API adds to the upload.
+    The image-API calls every libvirt driver's snapshot makes, nova's
+    in-tree one and ours alike, back to back: ``get`` (a driver makes it
+    at its start), then ``update`` with the snapshot's metadata and the
+    file.  Over HTTP: GET image and schema; glanceclient's GET image and
+    schemas, the PATCH, GET image; the PUT of the data; GET image and
+    schema.  A snapshot ÷ this floor is what the driver adds beyond those
+    calls: planning, capture, for ours hashing and verifying every byte
+    (this floor sends a plain file), cleanup, and the bench's pollers
+    (Watcher), which run during snapshots only.  This floor ÷ Glance alone
+    is what nova's image API adds to the upload.
 
     Returns the seconds it took and the CPU seconds used (CpuMeter).
     """
@@ -511,6 +528,7 @@ def image_api_only(bench, inst, path, disk_format):
                                        'snapshot', bench.image_api)
     metadata = bench.drivers['ours']._create_snapshot_metadata(
         inst.obj.image_meta, inst.obj, disk_format, 'floor')
+    settle()
     cpu = CpuMeter(bench)
     cpu.start()
     start = time.monotonic()
@@ -524,12 +542,13 @@ def image_api_only(bench, inst, path, disk_format):
 
 
 def glance_only(bench, path):
-    """The floor: upload the file to a new image, nothing else.
+    """The first floor: upload the file to a new image, nothing else.
 
     Returns the seconds it took and the CPU seconds used (CpuMeter).
     """
     image = bench.glance.images.create(name='floor', disk_format='qcow2',
                                        container_format='bare')
+    settle()
     cpu = CpuMeter(bench)
     cpu.start()
     start = time.monotonic()
@@ -599,20 +618,27 @@ def timing_runs(bench, inst, args):
     varied by 10 % at 8 GiB and by up to 30 % at 1 GiB between cases of
     the same run, so with ``--repeat N`` every driver runs N times, in
     turn with the others and the floors, and each figure is the median
-    (all walls are kept).  A driver's other figures (phases, transient,
-    peak temp) are those of its median run; with one round a floor is
-    the median, i.e. the mean, of its two uploads.  Each snapshot's image
-    is deleted as soon as it is measured, so at most one is stored at a
-    time.
+    (all walls are kept).  The two floors swap places at every upload,
+    so neither always follows the other.  A driver's other figures
+    (phases, transient, peak temp) are those of its median run; with one
+    round a floor is the median, i.e. the mean, of its two uploads.  Each
+    snapshot's image is deleted as soon as it is measured, so at most one
+    is stored at a time.
     """
     runs = {name: [] for name in timed_drivers(args)}
     floors = {name: [] for name in bench_report.FLOORS}
     path = disk_format = None
 
     def upload_floors():
-        floors[bench_report.GLANCE_ONLY].append(glance_only(bench, path))
-        floors[bench_report.IMAGE_API_ONLY].append(
-            image_api_only(bench, inst, path, disk_format))
+        uploads = {
+            bench_report.GLANCE_ONLY: lambda: glance_only(bench, path),
+            bench_report.IMAGE_API_ONLY: lambda: image_api_only(
+                bench, inst, path, disk_format)}
+        order = list(bench_report.FLOORS)
+        if len(floors[bench_report.GLANCE_ONLY]) % 2:
+            order.reverse()
+        for name in order:
+            floors[name].append(uploads[name]())
 
     try:
         for _round in range(args.repeat):

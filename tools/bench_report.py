@@ -55,18 +55,33 @@ def cpu_text(result):
 
 
 def paired(walls, floor_walls):
-    """'; paired ÷ F m (lo-hi)': each run ÷ the floor uploads around it.
+    """'median (lowest-highest)' of each run ÷ the floor uploads near it.
 
     A floor is uploaded after the first snapshot and after every round
-    (bench_measure.timing_runs), so round i of a driver lies between
-    floor uploads i and i + 1; each run ÷ the mean of those two takes out
-    what drifts over a run.  The median of the ratios and their range;
-    '' with one round, or for runs that kept no floor walls.
+    (bench_measure.timing_runs), so round i of a driver comes between
+    floor uploads i and i + 1 (the first driver's first run just before
+    upload 0); each run ÷ the mean of those two lessens what drifts
+    slowly over a run (not the noise of single uploads).  '' with one
+    round, or for runs that kept no floor walls.
     """
     if len(walls) < 2 or len(floor_walls) != len(walls) + 1:
         return ''
     ratios = sorted(w * 2 / (floor_walls[i] + floor_walls[i + 1])
                     for i, w in enumerate(walls))
+    return '%.2f (%.2f-%.2f)' % (statistics.median(ratios), ratios[0],
+                                 ratios[-1])
+
+
+def side_by_side(walls, floor_walls):
+    """'median (lowest-highest)' of each upload ÷ the other floor's.
+
+    The two floors upload one after the other (bench_measure.timing_runs),
+    so upload i of one is next to upload i of the other.  '' with one
+    upload each, or runs with no such floor.
+    """
+    if len(walls) < 2 or len(walls) != len(floor_walls):
+        return ''
+    ratios = sorted(w / f for w, f in zip(walls, floor_walls))
     return '%.2f (%.2f-%.2f)' % (statistics.median(ratios), ratios[0],
                                  ratios[-1])
 
@@ -96,7 +111,9 @@ def timing_table(cases):
                 # --repeat: the wall is the median; phases of that run.
                 phases += '; runs ' + ', '.join('%.1f' % w
                                                 for w in r['walls'])
-            for floor_name in FLOORS:
+            # The read alone makes no image-API call: ÷ the image-API
+            # floor means nothing for it.
+            for floor_name in FLOORS if r['uploaded'] else (GLANCE_ONLY,):
                 ratios = paired(r.get('walls', ()),
                                 res.get(floor_name, {}).get('walls', ()))
                 if ratios:
@@ -106,7 +123,8 @@ def timing_table(cases):
                         '| %.2f | %s | %s |'
                         % (case['size_gib'], case['kind'], layout(case),
                            name, r['wall'],
-                           r['wall'] / floor, ratio(r['wall'], api),
+                           r['wall'] / floor,
+                           ratio(r['wall'], api if r['uploaded'] else None),
                            ratio(r['wall'], intree),
                            r['transient'],
                            # Nothing uploaded: the read-alone row.
@@ -116,16 +134,22 @@ def timing_table(cases):
         for name in FLOORS:
             walls = res.get(name, {}).get('walls')
             if not walls:
-                # Runs from before the floor was measured twice have no
-                # walls; the floor is their median.
+                # Runs from before glance-only was measured twice have
+                # no walls (it is their median); from before the
+                # image-API floor, none of it.
                 continue
             wall = res[name]['wall']
+            uploads = ', '.join('%.1f' % w for w in walls)
+            if name == IMAGE_API_ONLY:
+                ratios = side_by_side(walls, res[GLANCE_ONLY]['walls'])
+                if ratios:
+                    uploads += '; side by side ÷ %s %s' % (GLANCE_ONLY,
+                                                           ratios)
             rows.append('| %g GiB | %s | %s | %s | %.1f | %.2f | %s | %s '
                         '| - | - | uploads %s%s |'
                         % (case['size_gib'], case['kind'], layout(case),
                            name, wall, wall / floor, ratio(wall, api),
-                           ratio(wall, intree),
-                           ', '.join('%.1f' % w for w in walls),
+                           ratio(wall, intree), uploads,
                            cpu_text(res[name])))
     return '\n'.join(rows) + '\n'
 
@@ -185,7 +209,7 @@ def plot_times(ax, cases):
     for case in cases:
         floor = case['results'][GLANCE_ONLY]['wall']
         for name, r in case['results'].items():
-            if name != GLANCE_ONLY:
+            if name not in FLOORS:
                 labels.append('%gG %s %s %s' % (case['size_gib'],
                                                 case['kind'], layout(case),
                                                 name))

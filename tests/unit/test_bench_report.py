@@ -1,0 +1,122 @@
+"""The bench's tables (tools/bench_report.py), from figures alone.
+
+A run's figures are a dict per case; these tests build one as a run with
+both floors writes it (--repeat 3), and one as runs from before the
+image-API floor wrote it (``--replot`` of their bench.json must still
+work), and read the table rows they give.
+"""
+
+import os
+import sys
+import unittest
+
+TOOLS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__)))), 'tools')
+if TOOLS not in sys.path:
+    sys.path.append(TOOLS)
+import bench_report  # noqa: E402
+
+GiB = 1024 ** 3
+
+
+def snapshot_run(wall, uploaded=GiB):
+    return {'wall': wall, 'phases': {'plan': 0.1, 'stream': wall - 0.1},
+            'transient': 0.0, 'peak_temp': 0, 'uploaded': uploaded}
+
+
+def case(results):
+    return {'size_gib': 1, 'kind': 'random', 'layout': 'instance',
+            'results': results}
+
+
+def with_walls(run, walls):
+    return dict(run, wall=sorted(walls)[len(walls) // 2], walls=walls)
+
+
+def new_case():
+    """Three rounds: stream, its read alone, and four uploads per floor."""
+    return case({
+        'stream': with_walls(snapshot_run(12.0), [12.0, 11.0, 13.0]),
+        'stream (read alone)': with_walls(snapshot_run(6.0, uploaded=0),
+                                          [6.0, 6.0, 6.0]),
+        'glance-only': {'wall': 10.0, 'walls': [10.0, 10.0, 12.0, 10.0]},
+        'image-API-only': {'wall': 11.0,
+                           'walls': [10.4, 11.0, 12.0, 11.0]},
+    })
+
+
+def rows(cases):
+    """The table's rows, as lists of cells, by method."""
+    table = bench_report.timing_table(cases)
+    cells = [[c.strip() for c in line.strip('|').split('|')]
+             for line in table.splitlines()[2:]]
+    return {row[3]: row for row in cells}
+
+
+class TestTimingTable(unittest.TestCase):
+
+    def test_ratios_to_both_floors(self):
+        row = rows([new_case()])['stream']
+        self.assertEqual(['12.0', '1.20', '1.09', '-'], row[4:8])
+
+    def test_paired_takes_the_uploads_around_each_run(self):
+        # Round 1 lies between uploads 0 and 1 (mean 10), round 2 between
+        # 1 and 2 (11), round 3 between 2 and 3 (11): 1.20, 1.00, 1.18.
+        phases = rows([new_case()])['stream'][10]
+        self.assertIn('paired ÷ glance-only 1.18 (1.00-1.20)', phases)
+        self.assertIn('paired ÷ image-API-only', phases)
+
+    def test_the_read_alone_has_no_image_api_ratio(self):
+        row = rows([new_case()])['stream (read alone)']
+        self.assertEqual('0.60', row[5])
+        self.assertEqual('-', row[6])
+        self.assertIn('paired ÷ glance-only', row[10])
+        self.assertNotIn('image-API-only', row[10])
+
+    def test_floor_rows(self):
+        table = rows([new_case()])
+        self.assertEqual(['10.0', '1.00', '0.91'],
+                         table['glance-only'][4:7])
+        api = table['image-API-only']
+        self.assertEqual(['11.0', '1.10', '1.00'], api[4:7])
+        # Each upload ÷ glance-only's next to it: 1.04, 1.10, 1.00, 1.10.
+        self.assertIn('side by side ÷ glance-only 1.07 (1.00-1.10)', api[10])
+
+    def test_a_run_from_before_the_image_api_floor(self):
+        old = new_case()
+        del old['results']['image-API-only']
+        table = rows([old])
+        self.assertNotIn('image-API-only', table)
+        self.assertEqual(['12.0', '1.20', '-'], table['stream'][4:7])
+        self.assertNotIn('image-API-only', table['stream'][10])
+
+    def test_one_round_has_no_paired_ratio(self):
+        one = case({
+            'stream': with_walls(snapshot_run(12.0), [12.0]),
+            'glance-only': {'wall': 10.0, 'walls': [10.0, 10.0]},
+            'image-API-only': {'wall': 11.0, 'walls': [11.0, 11.0]},
+        })
+        self.assertNotIn('paired', rows([one])['stream'][10])
+
+
+class Axes(object):
+    """What plot_times draws, kept: the bars' labels."""
+
+    def bar(self, x, heights, **kwargs):
+        self.heights = heights
+
+    def set_xticklabels(self, labels, **kwargs):
+        self.labels = labels
+
+    def __getattr__(self, name):
+        return lambda *args, **kwargs: None
+
+
+class TestPlot(unittest.TestCase):
+
+    def test_floors_are_not_drawn_as_drivers(self):
+        ax = Axes()
+        bench_report.plot_times(ax, [new_case()])
+        self.assertEqual(['1G random instance stream',
+                          '1G random instance stream (read alone)'],
+                         ax.labels)
