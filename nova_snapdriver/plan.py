@@ -212,7 +212,7 @@ def native_threads():
     return nova_utils.concurrency_mode_threading()
 
 
-def capture_method(driver, guest, compress=False):
+def capture_method(driver, guest, compress=False, instance=None):
     """The live capture method: [snapdriver] capture_method, auto resolved.
 
     auto: stream if the domain capabilities say ``<backup
@@ -236,7 +236,8 @@ def capture_method(driver, guest, compress=False):
     if method == 'stream' and compress:
         # A stream is never compressed: honour snapshot_compression.
         LOG.warning('capture_method stream writes no compressed image; '
-                    'using %s for this compressed snapshot', mirror)
+                    'using %s for this compressed snapshot', mirror,
+                    instance=instance)
         return mirror
     if method == 'stream' and not native_threads():
         # What auto picks here: never a stream.
@@ -244,7 +245,7 @@ def capture_method(driver, guest, compress=False):
         LOG.warning('capture_method stream needs nova-compute on native '
                     'threads ([DEFAULT] concurrency_backend = threading, '
                     'nova\'s default) but it runs under eventlet; using %s '
-                    'for this snapshot', instead)
+                    'for this snapshot', instead, instance=instance)
         return instead
     if method != 'auto':
         return method
@@ -291,7 +292,8 @@ def build(driver, context, instance, image_id, guest):
 
     compress = bool(CONF.libvirt.snapshot_compression and
                     image_format == 'qcow2')
-    method = capture_method(driver, guest, compress) if live else 'rebase'
+    method = (capture_method(driver, guest, compress, instance) if live
+              else 'rebase')
 
     snapshots_dir = CONF.libvirt.snapshots_directory
     os.makedirs(snapshots_dir, exist_ok=True)

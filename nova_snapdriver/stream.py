@@ -169,8 +169,9 @@ class ScratchGuard(object):
     read at the latest.
     """
 
-    def __init__(self, plan, domain, clock=time.monotonic):
+    def __init__(self, plan, domain, clock=time.monotonic, instance=None):
         self.plan = plan
+        self.instance = instance
         self.domain = domain
         self.clock = clock
         self.last = None
@@ -209,12 +210,14 @@ class ScratchGuard(object):
                 used_h=progress.human_size(used),
                 free_h=progress.human_size(free),
                 cap_h=progress.human_size(self.cap) if self.cap else 'none')
-            LOG.warning('Ending the pull backup: %s', self.error)
+            LOG.warning('Ending the pull backup: %s', self.error,
+                        instance=self.instance)
             try:
                 blockjob.abort_backup(self.domain)
             except Exception as e:
                 # end() tries again, on a fresh connection if need be.
-                LOG.warning('Aborting the pull backup failed: %s', e)
+                LOG.warning('Aborting the pull backup failed: %s', e,
+                            instance=self.instance)
             raise self.error
 
     def _watch(self):
@@ -225,7 +228,8 @@ class ScratchGuard(object):
                 return
             except Exception:
                 LOG.exception('Checking the scratch file %s failed',
-                              scratch_path(self.plan))
+                              scratch_path(self.plan),
+                              instance=self.instance)
 
     def start(self):
         self._thread = threading.Thread(target=self._watch, daemon=True,
@@ -238,7 +242,7 @@ class ScratchGuard(object):
             self._thread.join(timeout=10 * GUARD_INTERVAL)
 
 
-def reader(export, plan, guard):
+def reader(export, plan, guard, instance=None):
     """The image as a file for nova's image API: (StreamReader, size)."""
     extents = export.extents()
     if plan.image_format == 'qcow2':
@@ -252,7 +256,8 @@ def reader(export, plan, guard):
              {'fmt': plan.image_format,
               'size': progress.human_size(layout.size),
               'data': progress.human_size(data), 'n': len(extents),
-              'vsize': progress.human_size(export.size)})
+              'vsize': progress.human_size(export.size)},
+             instance=instance)
 
     ahead = export.read_ahead(layout.reads())
 
@@ -326,13 +331,13 @@ def stream(driver, context, instance, guest, plan, step, upload):
             if quiesced:
                 capture._thaw(driver, context, instance)
         # The scratch grows from now on, read or not.
-        guard = ScratchGuard(plan, guest._domain)
+        guard = ScratchGuard(plan, guest._domain, instance=instance)
         guard.start()
         # The phase stays 'streaming' to the end: the backup job runs until
         # the upload is done, and recovery must know to end it.
         step('streaming')
         export = Export(socket_path(plan), plan.disk_dev)
-        image, size = reader(export, plan, guard)
+        image, size = reader(export, plan, guard, instance)
         step('streaming', size=size)
         try:
             upload(image, size)

@@ -178,7 +178,8 @@ def verify(image_id, image, reader):
         sent = reader.md5.hexdigest()
     if not stored:
         LOG.warning('Glance reported no hash for image %(image)s; its '
-                    'content could not be verified', {'image': image_id})
+                    'content could not be verified', {'image': image_id},
+                    instance=reader._instance)
         return None
     if stored != sent:
         raise exception.UploadVerificationFailed(

@@ -802,8 +802,9 @@ class StreamTestCase(PullBackupTestCase):
             stream, 'Export', side_effect=lambda path, name: FakeExport(
                 self.data, self.calls))).mock
         self.guard = self.useFixture(fixtures.MockPatchObject(
-            stream, 'ScratchGuard', side_effect=lambda plan, domain:
-            FakeGuard([], peak=MiB))).mock
+            stream, 'ScratchGuard',
+            side_effect=lambda plan, domain, instance=None: FakeGuard(
+                [], peak=MiB))).mock
         self.end = self.useFixture(fixtures.MockPatchObject(
             stream, 'end', wraps=stream.end)).mock
         os.chmod(self.work_dir, 0o700)
@@ -838,7 +839,8 @@ class StreamTestCase(PullBackupTestCase):
         self.assertEqual(stream.backup_xml(self.guest, self.plan),
                          self.domain.mock.backupBegin.call_args.args[0])
         self.export.assert_called_once_with(self.socket, 'vda')
-        self.guard.assert_called_once_with(self.plan, self.domain.mock)
+        self.guard.assert_called_once_with(self.plan, self.domain.mock,
+                                           instance=self.instance)
         self.assertFalse(self.backup['running'])
         self.assert_files_removed()
         self.assertEqual(0o701, stat.S_IMODE(os.stat(self.work_dir).st_mode))
@@ -895,8 +897,9 @@ class StreamTestCase(PullBackupTestCase):
     def test_the_guards_error_wins_over_what_the_image_api_made_of_it(
             self):
         guards = []
-        self.guard.side_effect = lambda plan, domain: guards.append(
-            FakeGuard([])) or guards[-1]
+        self.guard.side_effect = (
+            lambda plan, domain, instance=None: guards.append(
+                FakeGuard([])) or guards[-1])
         space = exception.ScratchSpaceExhausted(
             path=self.scratch, used=2 * MiB, used_h='2.0 MiB',
             free_h='1.0 GiB', cap_h='1.0 MiB')
