@@ -54,36 +54,45 @@ def cpu_text(result):
                                   if who in cpu)
 
 
-def paired(walls, floor_walls):
-    """'median (lowest-highest)' of each run ÷ the floor uploads near it.
+def paired_ratios(walls, floor_walls):
+    """Each run ÷ the floor uploads near it; [] if they do not pair.
 
     A floor is uploaded after the first snapshot and after every round
     (bench_measure.timing_runs), so round i of a driver comes between
     floor uploads i and i + 1 (the first driver's first run just before
     upload 0); each run ÷ the mean of those two lessens what drifts
-    slowly over a run (not the noise of single uploads).  '' with one
-    round, or for runs that kept no floor walls.
+    slowly over a run (not the noise of single uploads).  Runs that kept
+    no floor walls do not pair.
     """
-    if len(walls) < 2 or len(floor_walls) != len(walls) + 1:
+    if len(floor_walls) != len(walls) + 1:
+        return []
+    return [w * 2 / (floor_walls[i] + floor_walls[i + 1])
+            for i, w in enumerate(walls)]
+
+
+def spread(ratios):
+    """'median (lowest-highest)' of two ratios or more, else ''."""
+    if len(ratios) < 2:
         return ''
-    ratios = sorted(w * 2 / (floor_walls[i] + floor_walls[i + 1])
-                    for i, w in enumerate(walls))
+    ratios = sorted(ratios)
     return '%.2f (%.2f-%.2f)' % (statistics.median(ratios), ratios[0],
                                  ratios[-1])
 
 
-def side_by_side(walls, floor_walls):
-    """'median (lowest-highest)' of each upload ÷ the other floor's.
+def paired(walls, floor_walls):
+    """spread() of paired_ratios(): '' with one round."""
+    return spread(paired_ratios(walls, floor_walls))
+
+
+def side_by_side_ratios(walls, floor_walls):
+    """Each upload of a floor ÷ the other floor's next to it, or [].
 
     The two floors upload one after the other (bench_measure.timing_runs),
-    so upload i of one is next to upload i of the other.  '' with one
-    upload each, or runs with no such floor.
+    so upload i of one is next to upload i of the other.
     """
-    if len(walls) < 2 or len(walls) != len(floor_walls):
-        return ''
-    ratios = sorted(w / f for w, f in zip(walls, floor_walls))
-    return '%.2f (%.2f-%.2f)' % (statistics.median(ratios), ratios[0],
-                                 ratios[-1])
+    if len(walls) != len(floor_walls):
+        return []
+    return [w / f for w, f in zip(walls, floor_walls)]
 
 
 def timing_table(cases):
@@ -141,7 +150,8 @@ def timing_table(cases):
             wall = res[name]['wall']
             uploads = ', '.join('%.1f' % w for w in walls)
             if name == IMAGE_API_ONLY:
-                ratios = side_by_side(walls, res[GLANCE_ONLY]['walls'])
+                ratios = spread(side_by_side_ratios(
+                    walls, res[GLANCE_ONLY]['walls']))
                 if ratios:
                     uploads += '; side by side ÷ %s %s' % (GLANCE_ONLY,
                                                            ratios)
