@@ -5,6 +5,13 @@ receives (``os_hash_algo``/``os_hash_value``, sha512 by default, and the md5
 ``checksum``); if the two disagree the bytes were damaged on the way and the
 snapshot fails, so the compute manager deletes the image instead of leaving
 a corrupt one active.  nova's in-tree driver does not look.
+
+Hashing costs CPU on the compute host (sha512 and md5 each 1.6-1.9 s per
+GiB on the benchmark's machine), so only the first upload of a
+nova-compute process computes both; from then on only the one Glance
+reported for the last upload (its ``hashing_algorithm``).  If Glance's
+algorithm changes, the one upload that meets the change is not verified
+(a warning says so) and the next one computes the new algorithm.
 """
 
 import hashlib
@@ -23,6 +30,34 @@ CONF = cfg.CONF
 LOG = logging.getLogger(__name__)
 
 CHUNK = 64 * 1024
+# Glance's os_hash_algo on the last upload verified, if hashlib has it:
+# the one hash later uploads compute.  None until then.
+_glance_algo = None
+
+
+def _new_hash(name):
+    if name == 'md5':
+        return hashlib.md5(usedforsecurity=False)
+    return hashlib.new(name)
+
+
+def algorithms():
+    """The hashes an upload computes: Glance's, once known.
+
+    Until then sha512 (Glance's default) and md5 (its checksum, kept
+    whatever its algorithm).
+    """
+    return (_glance_algo,) if _glance_algo else ('sha512', 'md5')
+
+
+def _remember(algo):
+    """Compute ``algo`` alone from now on, if hashlib can."""
+    global _glance_algo
+    try:
+        _new_hash(algo)
+    except (TypeError, ValueError):
+        algo = None
+    _glance_algo = algo
 
 
 _GENERATOR_FLAGS = (inspect.CO_GENERATOR | inspect.CO_COROUTINE |
@@ -63,6 +98,7 @@ class HashingReader(object):
         self._meter = meter
         self._image_id = image_id
         self._instance = instance
+        self._algorithms = algorithms()
         # The generator reading this pass (a strong reference: a frame
         # that lives on can never be mistaken for a new one).
         self._consumer = None
@@ -71,9 +107,12 @@ class HashingReader(object):
         self._reset()
 
     def _reset(self):
-        self.sha512 = hashlib.sha512()
-        self.md5 = hashlib.md5(usedforsecurity=False)
+        self.hashes = {name: _new_hash(name) for name in self._algorithms}
         self.sent = 0
+
+    def hexdigest(self, name):
+        """The hex digest of what was read, by hash name."""
+        return self.hashes[name].hexdigest()
 
     def seekable(self):
         try:
@@ -140,8 +179,8 @@ class HashingReader(object):
             raise self._broken
         data = self._file.read(size if size is not None else -1)
         if data:
-            self.sha512.update(data)
-            self.md5.update(data)
+            for digest in self.hashes.values():
+                digest.update(data)
             self.sent += len(data)
             self._meter.update(self.sent)
         return data
@@ -166,21 +205,36 @@ def _stored(image, key):
 
 
 def verify(image_id, image, reader):
-    """Compare Glance's hash of the image with ours; raise on mismatch."""
-    algo = _stored(image, 'os_hash_algo')
-    stored = _stored(image, 'os_hash_value')
-    if algo == 'sha512' and stored:
-        sent = reader.sha512.hexdigest()
-    else:
-        # A Glance configured with another hashing_algorithm still keeps
-        # the md5 checksum.
+    """Compare Glance's hash of the image with ours; raise on mismatch.
+
+    Returns the algorithm compared, or None if none could be.
+    """
+    glance_algo = _stored(image, 'os_hash_algo')
+    algo, stored = glance_algo, _stored(image, 'os_hash_value')
+    if algo not in reader.hashes or not stored:
+        # Glance keeps the md5 checksum whatever its hashing_algorithm.
         algo, stored = 'md5', _stored(image, 'checksum')
-        sent = reader.md5.hexdigest()
+    # Later uploads compute what Glance computed for this one (only the
+    # md5 checksum: a Glance without os_hash).
+    if _stored(image, 'os_hash_value'):
+        _remember(glance_algo)
+    else:
+        _remember('md5' if _stored(image, 'checksum') else None)
     if not stored:
         LOG.warning('Glance reported no hash for image %(image)s; its '
                     'content could not be verified', {'image': image_id},
                     instance=reader._instance)
         return None
+    if algo not in reader.hashes:
+        LOG.warning('Image %(image)s was not verified: Glance hashed it '
+                    'with %(glance)s, this upload with %(ours)s (Glance\'s '
+                    'algorithm of the upload before); later uploads '
+                    'compute %(glance)s',
+                    {'image': image_id, 'glance': glance_algo,
+                     'ours': ', '.join(reader.hashes)},
+                    instance=reader._instance)
+        return None
+    sent = reader.hexdigest(algo)
     if stored != sent:
         raise exception.UploadVerificationFailed(
             image_id=image_id, algo=algo, stored=stored, sent=sent)

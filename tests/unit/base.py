@@ -339,6 +339,10 @@ class TestCase(oslotest_base.BaseTestCase):
         self.logs = self.useFixture(fixtures.FakeLogger(
             level=logging.DEBUG, format='%(levelname)s %(message)s'))
         self.tmp = self.useFixture(fixtures.TempDir()).path
+        # Which hash Glance used is remembered per process: each test
+        # starts from an upload that knows none.
+        self.useFixture(fixtures.MonkeyPatch(
+            'nova_snapdriver.upload._glance_algo', None))
         self.snapshots_dir = os.path.join(self.tmp, 'snapshots')
         self.flags(snapshots_directory=self.snapshots_dir, group='libvirt')
         # Never the default under $state_path: outside tmp, and shared
