@@ -8,16 +8,19 @@ a corrupt one active.  nova's in-tree driver does not look.
 
 Hashing costs CPU on the compute host (sha512 and md5 each 1.6-1.9 s per
 GiB on the benchmark's machine), so only the first upload of a
-nova-compute process computes both; from then on only the one Glance
-reported for the last upload (its ``hashing_algorithm``).  If Glance's
-algorithm changes, the one upload that meets the change is not verified
-(a warning says so) and the next one computes the new algorithm.
+nova-compute process computes both; from then on only the algorithms
+Glance reported for its last uploads (its ``hashing_algorithm``: one,
+unless glance-api servers differ).  If Glance's algorithm changes, the
+one upload that meets the change is not verified (a warning says so) and
+the next one computes the new algorithm too.
 """
 
+import collections
 import hashlib
 import inspect
 import io
 import sys
+import threading
 
 from nova.compute import utils as compute_utils
 from oslo_config import cfg
@@ -30,9 +33,14 @@ CONF = cfg.CONF
 LOG = logging.getLogger(__name__)
 
 CHUNK = 64 * 1024
-# Glance's os_hash_algo on the last upload verified, if hashlib has it:
-# the one hash later uploads compute.  None until then.
-_glance_algo = None
+# The hash algorithms Glance reported for the last SEEN uploads of this
+# process (os_hash_algo; md5 for a Glance with only the checksum), those
+# hashlib has: what later uploads compute.  Several glance-api servers
+# with different algorithms all stay in; one Glance changed is forgotten
+# after SEEN uploads.  Empty until the first upload.
+SEEN = 8
+_seen = collections.deque(maxlen=SEEN)
+_seen_lock = threading.Lock()
 
 
 def _new_hash(name):
@@ -41,23 +49,31 @@ def _new_hash(name):
     return hashlib.new(name)
 
 
-def algorithms():
-    """The hashes an upload computes: Glance's, once known.
-
-    Until then sha512 (Glance's default) and md5 (its checksum, kept
-    whatever its algorithm).
-    """
-    return (_glance_algo,) if _glance_algo else ('sha512', 'md5')
-
-
-def _remember(algo):
-    """Compute ``algo`` alone from now on, if hashlib can."""
-    global _glance_algo
+def _hashable(name):
+    """Whether hashlib can compute ``name`` with a plain hexdigest()."""
     try:
-        _new_hash(algo)
+        _new_hash(name).hexdigest()
     except (TypeError, ValueError):
-        algo = None
-    _glance_algo = algo
+        return False
+    return True
+
+
+def algorithms():
+    """The hashes an upload computes: those Glance reported of late.
+
+    With none seen yet, sha512 (Glance's default) and md5 (its checksum,
+    kept whatever its algorithm).
+    """
+    with _seen_lock:
+        seen = tuple(sorted(set(_seen)))
+    return seen or ('sha512', 'md5')
+
+
+def learn(algo):
+    """Note that Glance hashed an upload with ``algo``, if hashlib can."""
+    if algo and _hashable(algo):
+        with _seen_lock:
+            _seen.append(algo)
 
 
 _GENERATOR_FLAGS = (inspect.CO_GENERATOR | inspect.CO_COROUTINE |
@@ -207,42 +223,47 @@ def _stored(image, key):
 def verify(image_id, image, reader):
     """Compare Glance's hash of the image with ours; raise on mismatch.
 
-    Returns the algorithm compared, or None if none could be.
+    Returns the algorithm compared, or None if none could be (a warning
+    says why).  The size is checked either way.
     """
-    glance_algo = _stored(image, 'os_hash_algo')
-    algo, stored = glance_algo, _stored(image, 'os_hash_value')
-    if algo not in reader.hashes or not stored:
+    algo, value = (_stored(image, 'os_hash_algo'),
+                   _stored(image, 'os_hash_value'))
+    checksum = _stored(image, 'checksum')
+    glance = []
+    if algo and value:
+        glance.append((algo, value))
+    if checksum:
         # Glance keeps the md5 checksum whatever its hashing_algorithm.
-        algo, stored = 'md5', _stored(image, 'checksum')
-    # Later uploads compute what Glance computed for this one (only the
-    # md5 checksum: a Glance without os_hash).
-    if _stored(image, 'os_hash_value'):
-        _remember(glance_algo)
-    else:
-        _remember('md5' if _stored(image, 'checksum') else None)
-    if not stored:
+        glance.append(('md5', checksum))
+    # Later uploads compute what Glance computed for this one.
+    learn(next((name for name, _value in glance if _hashable(name)), None))
+    verified = None
+    for name, stored in glance:
+        if name in reader.hashes:
+            sent = reader.hexdigest(name)
+            if stored != sent:
+                raise exception.UploadVerificationFailed(
+                    image_id=image_id, algo=name, stored=stored, sent=sent)
+            verified = name
+            break
+    if not glance:
         LOG.warning('Glance reported no hash for image %(image)s; its '
                     'content could not be verified', {'image': image_id},
                     instance=reader._instance)
-        return None
-    if algo not in reader.hashes:
+    elif verified is None:
         LOG.warning('Image %(image)s was not verified: Glance hashed it '
-                    'with %(glance)s, this upload with %(ours)s (Glance\'s '
-                    'algorithm of the upload before); later uploads '
-                    'compute %(glance)s',
-                    {'image': image_id, 'glance': glance_algo,
-                     'ours': ', '.join(reader.hashes)},
+                    'with %(glance)s, this upload with %(ours)s (what '
+                    'Glance used before); later uploads compute %(next)s',
+                    {'image': image_id,
+                     'glance': ' and '.join(n for n, _v in glance),
+                     'ours': ', '.join(reader.hashes),
+                     'next': ', '.join(algorithms())},
                     instance=reader._instance)
-        return None
-    sent = reader.hexdigest(algo)
-    if stored != sent:
-        raise exception.UploadVerificationFailed(
-            image_id=image_id, algo=algo, stored=stored, sent=sent)
     size = _stored(image, 'size')
     if size is not None and int(size) != reader.sent:
         raise exception.UploadVerificationFailed(
             image_id=image_id, algo='size', stored=size, sent=reader.sent)
-    return algo
+    return verified
 
 
 def upload(image_api, context, image_id, metadata, path, size, instance):

@@ -339,8 +339,14 @@ class VerifyTestCase(base.TestCase):
             base.glance_image(DATA, size=None)))
 
 
+def sha256_image(data=DATA, **fields):
+    return base.glance_image(data, os_hash_algo='sha256',
+                             os_hash_value=hashlib.sha256(data).hexdigest(),
+                             **fields)
+
+
 class HashOnceTestCase(base.TestCase):
-    """After one upload, only the hash Glance used is computed."""
+    """After one upload, only the hashes Glance used are computed."""
 
     def _verify(self, image, data=DATA):
         reader = reader_for(data)
@@ -362,11 +368,6 @@ class HashOnceTestCase(base.TestCase):
         self.assertEqual('sha512', exc.kwargs['algo'])
 
     def test_another_glance_algorithm_is_learnt(self):
-        def sha256_image(data=DATA):
-            return base.glance_image(
-                data, os_hash_algo='sha256',
-                os_hash_value=hashlib.sha256(data).hexdigest())
-
         self.assertEqual((['md5', 'sha512'], 'md5'),
                          self._verify(sha256_image()))
         self.assertEqual((['sha256'], 'sha256'),
@@ -376,16 +377,37 @@ class HashOnceTestCase(base.TestCase):
 
     def test_a_change_of_algorithm_skips_one_verification(self):
         self._verify(base.glance_image(DATA))
-        image = base.glance_image(DATA, os_hash_algo='sha256',
-                                  os_hash_value=hashlib.sha256(
-                                      DATA).hexdigest())
 
-        self.assertEqual((['sha512'], None), self._verify(image))
+        self.assertEqual((['sha512'], None), self._verify(sha256_image()))
         self.assertIn('WARNING Image %s was not verified: Glance hashed it '
-                      'with sha256, this upload with sha512 (Glance\'s '
-                      'algorithm of the upload before); later uploads '
-                      'compute sha256' % base.IMAGE_ID, self.logs.output)
-        self.assertEqual((['sha256'], 'sha256'), self._verify(image))
+                      'with sha256 and md5, this upload with sha512 (what '
+                      'Glance used before); later uploads compute sha256, '
+                      'sha512' % base.IMAGE_ID, self.logs.output)
+        self.assertEqual((['sha256', 'sha512'], 'sha256'),
+                         self._verify(sha256_image()))
+
+    def test_a_skipped_verification_still_checks_the_size(self):
+        self._verify(base.glance_image(DATA))
+
+        exc = self.assertRaises(exception.UploadVerificationFailed,
+                                self._verify,
+                                sha256_image(size=len(DATA) + 1))
+
+        self.assertEqual('size', exc.kwargs['algo'])
+
+    def test_glance_servers_that_differ_all_stay_verified(self):
+        self._verify(base.glance_image(DATA))
+        self._verify(sha256_image())
+        for image in [base.glance_image(DATA), sha256_image()] * 4:
+            self.assertEqual(image['os_hash_algo'],
+                             self._verify(image)[1])
+
+    def test_an_algorithm_glance_dropped_is_forgotten(self):
+        self._verify(base.glance_image(DATA))
+        for _ in range(upload.SEEN):
+            self._verify(sha256_image())
+
+        self.assertEqual((['sha256'], 'sha256'), self._verify(sha256_image()))
 
     def test_a_glance_with_md5_only_gets_md5_only(self):
         image = base.glance_image(DATA, os_hash_algo=None,
@@ -394,12 +416,20 @@ class HashOnceTestCase(base.TestCase):
         self.assertEqual((['md5', 'sha512'], 'md5'), self._verify(image))
         self.assertEqual((['md5'], 'md5'), self._verify(image))
 
-    def test_an_algorithm_hashlib_lacks_keeps_both(self):
-        image = base.glance_image(DATA, os_hash_algo='no-such-hash',
-                                  os_hash_value='x')
+    def test_an_algorithm_hashlib_lacks_is_verified_by_md5(self):
+        for name in ('no-such-hash', 'shake_128'):
+            image = base.glance_image(DATA, os_hash_algo=name,
+                                      os_hash_value='x')
 
-        self.assertEqual((['md5', 'sha512'], 'md5'), self._verify(image))
-        self.assertEqual((['md5', 'sha512'], 'md5'), self._verify(image))
+            self.assertEqual('md5', self._verify(image)[1])
+            self.assertEqual((['md5'], 'md5'), self._verify(image))
+
+    def test_a_retry_keeps_the_hashes_it_started_with(self):
+        reader = reader_for(DATA)
+        upload.learn('sha256')
+        reader.seek(0)
+
+        self.assertEqual(['md5', 'sha512'], sorted(reader.hashes))
 
 
 class UploadTestCase(base.TestCase):
