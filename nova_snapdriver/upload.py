@@ -5,22 +5,12 @@ receives (``os_hash_algo``/``os_hash_value``, sha512 by default, and the md5
 ``checksum``); if the two disagree the bytes were damaged on the way and the
 snapshot fails, so the compute manager deletes the image instead of leaving
 a corrupt one active.  nova's in-tree driver does not look.
-
-Hashing costs CPU on the compute host (sha512 and md5 each 1.6-1.9 s per
-GiB on the benchmark's machine), so only the first upload of a
-nova-compute process computes both; from then on only the algorithms
-Glance reported for its last uploads (its ``hashing_algorithm``: one,
-unless glance-api servers differ).  If Glance's algorithm changes, the
-one upload that meets the change is not verified (a warning says so) and
-the next one computes the new algorithm too.
 """
 
-import collections
 import hashlib
 import inspect
 import io
 import sys
-import threading
 
 from nova.compute import utils as compute_utils
 from oslo_config import cfg
@@ -33,47 +23,6 @@ CONF = cfg.CONF
 LOG = logging.getLogger(__name__)
 
 CHUNK = 64 * 1024
-# The hash algorithms Glance reported for the last SEEN uploads of this
-# process (os_hash_algo; md5 for a Glance with only the checksum), those
-# hashlib has: what later uploads compute.  Several glance-api servers
-# with different algorithms all stay in; one Glance changed is forgotten
-# after SEEN uploads.  Empty until the first upload.
-SEEN = 8
-_seen = collections.deque(maxlen=SEEN)
-_seen_lock = threading.Lock()
-
-
-def _new_hash(name):
-    if name == 'md5':
-        return hashlib.md5(usedforsecurity=False)
-    return hashlib.new(name)
-
-
-def _hashable(name):
-    """Whether hashlib can compute ``name`` with a plain hexdigest()."""
-    try:
-        _new_hash(name).hexdigest()
-    except (TypeError, ValueError):
-        return False
-    return True
-
-
-def algorithms():
-    """The hashes an upload computes: those Glance reported of late.
-
-    With none seen yet, sha512 (Glance's default) and md5 (its checksum,
-    kept whatever its algorithm).
-    """
-    with _seen_lock:
-        seen = tuple(sorted(set(_seen)))
-    return seen or ('sha512', 'md5')
-
-
-def learn(algo):
-    """Note that Glance hashed an upload with ``algo``, if hashlib can."""
-    if algo and _hashable(algo):
-        with _seen_lock:
-            _seen.append(algo)
 
 
 _GENERATOR_FLAGS = (inspect.CO_GENERATOR | inspect.CO_COROUTINE |
@@ -114,7 +63,6 @@ class HashingReader(object):
         self._meter = meter
         self._image_id = image_id
         self._instance = instance
-        self._algorithms = algorithms()
         # The generator reading this pass (a strong reference: a frame
         # that lives on can never be mistaken for a new one).
         self._consumer = None
@@ -123,12 +71,9 @@ class HashingReader(object):
         self._reset()
 
     def _reset(self):
-        self.hashes = {name: _new_hash(name) for name in self._algorithms}
+        self.sha512 = hashlib.sha512()
+        self.md5 = hashlib.md5(usedforsecurity=False)
         self.sent = 0
-
-    def hexdigest(self, name):
-        """The hex digest of what was read, by hash name."""
-        return self.hashes[name].hexdigest()
 
     def seekable(self):
         try:
@@ -195,8 +140,8 @@ class HashingReader(object):
             raise self._broken
         data = self._file.read(size if size is not None else -1)
         if data:
-            for digest in self.hashes.values():
-                digest.update(data)
+            self.sha512.update(data)
+            self.md5.update(data)
             self.sent += len(data)
             self._meter.update(self.sent)
         return data
@@ -221,49 +166,29 @@ def _stored(image, key):
 
 
 def verify(image_id, image, reader):
-    """Compare Glance's hash of the image with ours; raise on mismatch.
-
-    Returns the algorithm compared, or None if none could be (a warning
-    says why).  The size is checked either way.
-    """
-    algo, value = (_stored(image, 'os_hash_algo'),
-                   _stored(image, 'os_hash_value'))
-    checksum = _stored(image, 'checksum')
-    glance = []
-    if algo and value:
-        glance.append((algo, value))
-    if checksum:
-        # Glance keeps the md5 checksum whatever its hashing_algorithm.
-        glance.append(('md5', checksum))
-    # Later uploads compute what Glance computed for this one.
-    learn(next((name for name, _value in glance if _hashable(name)), None))
-    verified = None
-    for name, stored in glance:
-        if name in reader.hashes:
-            sent = reader.hexdigest(name)
-            if stored != sent:
-                raise exception.UploadVerificationFailed(
-                    image_id=image_id, algo=name, stored=stored, sent=sent)
-            verified = name
-            break
-    if not glance:
+    """Compare Glance's hash of the image with ours; raise on mismatch."""
+    algo = _stored(image, 'os_hash_algo')
+    stored = _stored(image, 'os_hash_value')
+    if algo == 'sha512' and stored:
+        sent = reader.sha512.hexdigest()
+    else:
+        # A Glance configured with another hashing_algorithm still keeps
+        # the md5 checksum.
+        algo, stored = 'md5', _stored(image, 'checksum')
+        sent = reader.md5.hexdigest()
+    if not stored:
         LOG.warning('Glance reported no hash for image %(image)s; its '
                     'content could not be verified', {'image': image_id},
                     instance=reader._instance)
-    elif verified is None:
-        LOG.warning('Image %(image)s was not verified: Glance hashed it '
-                    'with %(glance)s, this upload with %(ours)s (what '
-                    'Glance used before); later uploads compute %(next)s',
-                    {'image': image_id,
-                     'glance': ' and '.join(n for n, _v in glance),
-                     'ours': ', '.join(reader.hashes),
-                     'next': ', '.join(algorithms())},
-                    instance=reader._instance)
+        return None
+    if stored != sent:
+        raise exception.UploadVerificationFailed(
+            image_id=image_id, algo=algo, stored=stored, sent=sent)
     size = _stored(image, 'size')
     if size is not None and int(size) != reader.sent:
         raise exception.UploadVerificationFailed(
             image_id=image_id, algo='size', stored=size, sent=reader.sent)
-    return verified
+    return algo
 
 
 def upload(image_api, context, image_id, metadata, path, size, instance):

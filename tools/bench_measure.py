@@ -740,10 +740,6 @@ class Bench(object):
         self.image_api = nova_glance.API()
         self.glance = test_glance.client(glance_url)
         self.pinning = None  # a bench_pin.Pinning with --pin-glance
-        # Time a nova-compute past its first upload, as every snapshot of
-        # a running one is: it hashes with Glance's algorithm alone (the
-        # test bed's Glance: sha512), not sha512 and md5 (upload.py).
-        upload.learn('sha512')
 
     def close(self):
         nova_env.shutdown()

@@ -9,7 +9,6 @@ fake ``qemu-img``) and the image API.  Everything between them, nova's
 for real.
 """
 
-import collections
 import functools
 import hashlib
 import logging
@@ -39,7 +38,6 @@ from nova_snapdriver import blockjob
 from nova_snapdriver import capture
 from nova_snapdriver import driver
 from nova_snapdriver import journal
-from nova_snapdriver import upload as upload_mod
 
 objects.register_all()
 
@@ -341,11 +339,6 @@ class TestCase(oslotest_base.BaseTestCase):
         self.logs = self.useFixture(fixtures.FakeLogger(
             level=logging.DEBUG, format='%(levelname)s %(message)s'))
         self.tmp = self.useFixture(fixtures.TempDir()).path
-        # Which hashes Glance used is remembered per process: each test
-        # starts from an upload that knows none.
-        self.useFixture(fixtures.MonkeyPatch(
-            'nova_snapdriver.upload._seen',
-            collections.deque(maxlen=upload_mod.SEEN)))
         self.snapshots_dir = os.path.join(self.tmp, 'snapshots')
         self.flags(snapshots_directory=self.snapshots_dir, group='libvirt')
         # Never the default under $state_path: outside tmp, and shared

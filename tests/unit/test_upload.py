@@ -55,9 +55,9 @@ class HashingReaderTestCase(base.TestCase):
         self.assertEqual(DATA, read)
         self.assertEqual(len(DATA), reader.sent)
         self.assertEqual(hashlib.sha512(DATA).hexdigest(),
-                         reader.hexdigest('sha512'))
+                         reader.sha512.hexdigest())
         self.assertEqual(hashlib.md5(DATA).hexdigest(),
-                         reader.hexdigest('md5'))
+                         reader.md5.hexdigest())
         # One meter update per non-empty read, with the running count.
         self.assertEqual(
             [mock.call(n) for n in range(1000, len(DATA), 1000)] +
@@ -77,7 +77,7 @@ class HashingReaderTestCase(base.TestCase):
                          [len(chunk) for chunk in read])
         self.assertEqual(DATA, b''.join(read))
         self.assertEqual(hashlib.sha512(DATA).hexdigest(),
-                         reader.hexdigest('sha512'))
+                         reader.sha512.hexdigest())
 
     def test_empty_file_hashes_nothing_and_does_not_update_meter(self):
         reader, meter, read = self._read_all(b'', list)
@@ -85,7 +85,7 @@ class HashingReaderTestCase(base.TestCase):
         self.assertEqual([], read)
         self.assertEqual(0, reader.sent)
         self.assertEqual(hashlib.sha512(b'').hexdigest(),
-                         reader.hexdigest('sha512'))
+                         reader.sha512.hexdigest())
         meter.update.assert_not_called()
 
 
@@ -128,9 +128,9 @@ class RewindTestCase(base.TestCase):
     def assertHashes(self, data, reader):
         self.assertEqual(len(data), reader.sent)
         self.assertEqual(hashlib.sha512(data).hexdigest(),
-                         reader.hexdigest('sha512'))
+                         reader.sha512.hexdigest())
         self.assertEqual(hashlib.md5(data).hexdigest(),
-                         reader.hexdigest('md5'))
+                         reader.md5.hexdigest())
 
     def test_seek_zero_rewinds_with_hashes_count_and_progress_reset(self):
         reader = self._reader()
@@ -337,99 +337,6 @@ class VerifyTestCase(base.TestCase):
     def test_missing_size_is_not_checked(self):
         self.assertEqual('sha512', self._verify(
             base.glance_image(DATA, size=None)))
-
-
-def sha256_image(data=DATA, **fields):
-    return base.glance_image(data, os_hash_algo='sha256',
-                             os_hash_value=hashlib.sha256(data).hexdigest(),
-                             **fields)
-
-
-class HashOnceTestCase(base.TestCase):
-    """After one upload, only the hashes Glance used are computed."""
-
-    def _verify(self, image, data=DATA):
-        reader = reader_for(data)
-        return sorted(reader.hashes), upload.verify(base.IMAGE_ID, image,
-                                                    reader)
-
-    def test_the_first_upload_hashes_both_then_glances_alone(self):
-        self.assertEqual((['md5', 'sha512'], 'sha512'),
-                         self._verify(base.glance_image(DATA)))
-        self.assertEqual((['sha512'], 'sha512'),
-                         self._verify(base.glance_image(DATA)))
-
-    def test_the_one_hash_still_catches_damage(self):
-        self._verify(base.glance_image(DATA))
-
-        exc = self.assertRaises(exception.UploadVerificationFailed,
-                                self._verify, base.glance_image(b'other'))
-
-        self.assertEqual('sha512', exc.kwargs['algo'])
-
-    def test_another_glance_algorithm_is_learnt(self):
-        self.assertEqual((['md5', 'sha512'], 'md5'),
-                         self._verify(sha256_image()))
-        self.assertEqual((['sha256'], 'sha256'),
-                         self._verify(sha256_image()))
-        self.assertRaises(exception.UploadVerificationFailed,
-                          self._verify, sha256_image(b'other'))
-
-    def test_a_change_of_algorithm_skips_one_verification(self):
-        self._verify(base.glance_image(DATA))
-
-        self.assertEqual((['sha512'], None), self._verify(sha256_image()))
-        self.assertIn('WARNING Image %s was not verified: Glance hashed it '
-                      'with sha256 and md5, this upload with sha512 (what '
-                      'Glance used before); later uploads compute sha256, '
-                      'sha512' % base.IMAGE_ID, self.logs.output)
-        self.assertEqual((['sha256', 'sha512'], 'sha256'),
-                         self._verify(sha256_image()))
-
-    def test_a_skipped_verification_still_checks_the_size(self):
-        self._verify(base.glance_image(DATA))
-
-        exc = self.assertRaises(exception.UploadVerificationFailed,
-                                self._verify,
-                                sha256_image(size=len(DATA) + 1))
-
-        self.assertEqual('size', exc.kwargs['algo'])
-
-    def test_glance_servers_that_differ_all_stay_verified(self):
-        self._verify(base.glance_image(DATA))
-        self._verify(sha256_image())
-        for image in [base.glance_image(DATA), sha256_image()] * 4:
-            self.assertEqual(image['os_hash_algo'],
-                             self._verify(image)[1])
-
-    def test_an_algorithm_glance_dropped_is_forgotten(self):
-        self._verify(base.glance_image(DATA))
-        for _ in range(upload.SEEN):
-            self._verify(sha256_image())
-
-        self.assertEqual((['sha256'], 'sha256'), self._verify(sha256_image()))
-
-    def test_a_glance_with_md5_only_gets_md5_only(self):
-        image = base.glance_image(DATA, os_hash_algo=None,
-                                  os_hash_value=None)
-
-        self.assertEqual((['md5', 'sha512'], 'md5'), self._verify(image))
-        self.assertEqual((['md5'], 'md5'), self._verify(image))
-
-    def test_an_algorithm_hashlib_lacks_is_verified_by_md5(self):
-        for name in ('no-such-hash', 'shake_128'):
-            image = base.glance_image(DATA, os_hash_algo=name,
-                                      os_hash_value='x')
-
-            self.assertEqual('md5', self._verify(image)[1])
-            self.assertEqual((['md5'], 'md5'), self._verify(image))
-
-    def test_a_retry_keeps_the_hashes_it_started_with(self):
-        reader = reader_for(DATA)
-        upload.learn('sha256')
-        reader.seek(0)
-
-        self.assertEqual(['md5', 'sha512'], sorted(reader.hashes))
 
 
 class UploadTestCase(base.TestCase):
