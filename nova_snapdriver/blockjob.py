@@ -10,7 +10,9 @@ element, not merely ``cur == end`` (the cursor can reach the end before QEMU
 has switched the job to ready).
 """
 
+import os
 import time
+from xml.etree import ElementTree
 
 import libvirt
 from oslo_log import log as logging
@@ -154,15 +156,50 @@ def wait_for_backup(domain, disk, instance, timeout, poll_interval,
               instance=instance)
 
 
+def backup_files(domain, dev):
+    """The files the backup job writes on ``dev``: its target or scratch."""
+    try:
+        xml = domain.backupGetXMLDesc(0)
+    except libvirt.libvirtError:
+        return []
+    files = []
+    for disk in ElementTree.fromstring(xml).findall('./disks/disk'):
+        if disk.get('name') != dev:
+            continue
+        for kind in ('target', 'scratch'):
+            element = disk.find(kind)
+            if element is not None and element.get('file'):
+                files.append(element.get('file'))
+    return files
+
+
+def backup_writes_into(domain, dev, directory):
+    """True if the running backup writes a file of ``dev`` in ``directory``.
+
+    How a snapshot tells its own backup from someone else's (libvirt runs
+    one job per domain, and ``abortJob`` aborts whichever runs).
+    """
+    directory = os.path.normpath(directory)
+    return any(os.path.commonpath([os.path.normpath(f), directory]) ==
+               directory for f in backup_files(domain, dev))
+
+
 def abort_backup(domain, timeout=60, sleep=time.sleep,
-                 clock=time.monotonic):
+                 clock=time.monotonic, ours=None, instance=None):
     """Abort a backup still running on ``domain``; True if there was one.
 
-    Waits (bounded) until the job is gone, so that QEMU has let go of the
-    target before the caller removes it.
+    ``ours(domain)``, if given, must say the backup is the caller's: one
+    that is not (a backup someone else began after ours ended) is left
+    alone, and False returned.  Waits (bounded) until the job is gone, so
+    that QEMU has let go of the target before the caller removes it.
     """
     try:
         if not backup_running(domain):
+            return False
+        if ours is not None and not ours(domain):
+            LOG.warning('A backup job that is not this snapshot\'s runs '
+                        'on %s; it is left alone', domain.name(),
+                        instance=instance)
             return False
         domain.abortJob()
     except libvirt.libvirtError as e:

@@ -235,7 +235,10 @@ def _persistent_or_gone(driver, instance):
 
 
 def _save_xml(xml, path):
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    # O_NOFOLLOW: a symbolic link planted at the path is not followed
+    # (the XML holds the domain's secrets).
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW,
+                 0o600)
     os.fchmod(fd, 0o600)  # the mode above only applies to a new file
     with os.fdopen(fd, 'w') as f:
         f.write(xml)

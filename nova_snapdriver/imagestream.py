@@ -473,6 +473,10 @@ class StreamReader(object):
             self._done = 0
             self._position = 0
             self._parked_at_end = False
+            self._failed = None
+        elif self._failed is not None:
+            raise io.UnsupportedOperation(
+                'the image stream only rewinds to 0 after a failed read')
         elif offset == self._position:
             self._parked_at_end = False
         elif offset == self.size:
@@ -489,16 +493,26 @@ class StreamReader(object):
             raise ValueError('read from a closed image stream')
         if size is None or size < 0 or size > self._max_read:
             size = self._max_read
+        if self._failed is not None:
+            # The pieces gathered before the failure are gone: going on
+            # would skip them.  Only a rewind (seek(0)) reads again.
+            raise IOError('the image stream failed at %d (%s); it must be '
+                          'read again from 0' % (self._position,
+                                                 self._failed))
         if self._parked_at_end or size == 0:
             return b''
         pieces = []
         wanted = size
-        while wanted:
-            piece = self._next_piece(wanted)
-            if piece is None:
-                break
-            pieces.append(piece)
-            wanted -= len(piece)
+        try:
+            while wanted:
+                piece = self._next_piece(wanted)
+                if piece is None:
+                    break
+                pieces.append(piece)
+                wanted -= len(piece)
+        except Exception as e:
+            self._failed = e
+            raise
         if len(pieces) == 1:
             data = pieces[0]
             if not isinstance(data, bytes):

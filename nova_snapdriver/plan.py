@@ -23,6 +23,7 @@ from oslo_log import log as logging
 from nova_snapdriver import chain as disk_chain
 from nova_snapdriver import exception
 from nova_snapdriver import progress
+from nova_snapdriver import qemu_identity
 from nova_snapdriver import qemu_img
 
 CONF = cfg.CONF
@@ -31,6 +32,10 @@ LOG = logging.getLogger(__name__)
 # On-disk formats of file-backed root disks this driver snapshots itself.
 # Everything else (rbd, lvm, ploop, lxc, parallels) is the parent's job.
 HANDLED_FORMATS = ('raw', 'qcow2')
+# Image formats a stream lays out, QEMU's push backup writes as the image
+# itself, and qemu-img measure knows.  Others ([libvirt]
+# snapshot_image_format = vmdk or vdi) are written by qemu-img convert.
+NATIVE_FORMATS = ('raw', 'qcow2')
 
 # Power states in which the disk is captured through a live block copy.
 # nova takes live snapshots of every domain that is not shut down; a paused
@@ -88,7 +93,7 @@ class SnapshotPlan(object):
     def single_copy(self):
         """The backup is written as the final image: no convert pass."""
         return (self.live and self.capture_method == 'backup' and
-                not self.compress)
+                not self.compress and self.image_format in NATIVE_FORMATS)
 
     @property
     def backup_path(self):
@@ -129,15 +134,36 @@ def root_disk(guest):
     return conf.target_dev, disk_path, disk_format
 
 
-def quiesce_wanted(driver, instance, image_meta):
+def nova_takes_it(state):
+    """NotHandled if nova's options leave this snapshot to nova's driver.
+
+    ``[workarounds] disable_libvirt_livesnapshot``: operators set it when
+    live snapshots crash guests on their QEMU; nova then suspends a
+    running or paused guest (managed save), extracts, and resumes it.
+    ``[ephemeral_storage_encryption] enabled``: nova's own path for
+    encrypted disks.  Both are nova's exactly as nova does them.
+    """
+    if CONF.ephemeral_storage_encryption.enabled:
+        raise NotHandled('[ephemeral_storage_encryption] enabled')
+    if CONF.workarounds.disable_libvirt_livesnapshot and state in LIVE_STATES:
+        raise NotHandled('[workarounds] disable_libvirt_livesnapshot (nova '
+                         'suspends the guest for a cold snapshot)')
+
+
+def quiesce_wanted(driver, instance, image_meta, guest=None):
     """(try to quiesce, quiesce required); fails now if required but futile.
 
     nova's in-tree driver finds out that a required quiesce is impossible
-    only after it created its overlay; here it is refused up front.
+    only after it created its overlay; here it is refused up front: nova's
+    own checks (``_can_quiesce``: virt type, ``hw_qemu_guest_agent``),
+    and, for a required quiesce, that the guest's agent answers at all
+    (``virDomainGetTime`` goes through it), before anything is touched.
     """
     required = bool(driver._requires_quiesce(image_meta))
     try:
         driver._can_quiesce(instance, image_meta)
+        if required and guest is not None:
+            _agent_answers(instance, guest)
     except nova_exception.NovaException as e:
         if required:
             LOG.error('Image property os_require_quiesce is set but the '
@@ -148,26 +174,61 @@ def quiesce_wanted(driver, instance, image_meta):
     return True, required
 
 
+def _agent_answers(instance, guest):
+    """InstanceQuiesceFailed unless the guest's agent answers."""
+    try:
+        guest._domain.getTime()
+    except libvirt.libvirtError as e:
+        raise nova_exception.InstanceQuiesceFailed(
+            reason='the QEMU guest agent (qemu-guest-agent) in the guest '
+            'does not answer (%s); start it there, or snapshot an image '
+            'without os_require_quiesce. Nothing was touched' % e) from e
+
+
+def image_size(node, image_format, virtual_size=0):
+    """Bytes an image of the whole chain takes on disk, as qemu-img writes it.
+
+    ``qemu-img measure``'s ``required``; but ``-O raw`` reports the virtual
+    size, while ``qemu-img convert`` writes a sparse raw file that holds
+    only the chain's data: for raw, the chain's allocated data is what
+    counts, and ``-O qcow2`` measures exactly that (plus a little
+    metadata).  qemu-img cannot measure other formats (vmdk, vdi): for
+    them the estimate is the ``virtual_size`` and a margin for metadata,
+    more than either can take.
+    """
+    if image_format not in NATIVE_FORMATS:
+        return virtual_size + virtual_size // 64 + 16 * 1024 * 1024
+    return qemu_img.measure(node, 'qcow2' if image_format == 'raw'
+                            else image_format)
+
+
 def space_needed(live, node, disk_info, image_format, method='rebase',
                  compress=False):
     """Bytes the snapshot stages in the snapshots directory at its peak.
 
-    The image itself, as ``qemu-img measure`` counts it, plus for a live
-    snapshot by mirror (rebase, copy) the overlay: a shallow copy holds
-    what the instance's own layer holds, which its allocated size bounds.
-    A backup is a full, flat qcow2: the image itself when uncompressed,
-    else a second full copy beside the compressed image.
+    The image itself (``image_size``), plus for a live snapshot by mirror
+    (rebase, copy) the overlay: a shallow copy holds what the instance's
+    own layer holds, which its allocated size bounds.  A backup is a full,
+    flat qcow2: the image itself when uncompressed, else a second full
+    copy beside the compressed image.  A backup written straight into a
+    raw image is the exception: QEMU writes every block of it, zeros
+    included, so it takes the virtual size.  A stream stages no image,
+    only its scratch file: at worst every allocated cluster of the chain,
+    copied before the guest overwrites it.
     """
     if live and method == 'stream':
-        # No image is staged: only the scratch file, whose worst case is
-        # the disk's allocated size, or the cap on it.
         cap = CONF.snapdriver.stream_scratch_max_mb * 1024 * 1024
-        allocated = int(disk_info.get('actual-size', 0))
+        allocated = image_size(node, 'qcow2')
         return min(cap, allocated) if cap else allocated
-    needed = qemu_img.measure(node, image_format)
+    virtual_size = int(disk_info.get('virtual-size', 0))
+    single_copy = image_format in NATIVE_FORMATS and not compress
+    if live and method == 'backup' and single_copy:
+        if image_format == 'raw':
+            return virtual_size
+        return image_size(node, image_format)
+    needed = image_size(node, image_format, virtual_size)
     if live and method == 'backup':
-        if compress:
-            needed += qemu_img.measure(node, 'qcow2')
+        needed += image_size(node, 'qcow2')
     elif live:
         needed += int(disk_info.get('actual-size', 0))
     return needed
@@ -212,23 +273,50 @@ def native_threads():
     return nova_utils.concurrency_mode_threading()
 
 
-def capture_method(driver, guest, compress=False, instance=None):
+def stream_unavailable(driver, guest, image_format='qcow2',
+                       backup_known=False):
+    """Why this host cannot stream ``guest``'s disk now, or None if it can.
+
+    A stream lays out raw or qcow2 images only, and needs a pull-mode
+    backup (``backup_supported``), libnbd's binding, native threads, and a
+    nova-compute user that can share the export's socket with the user
+    QEMU runs as (``qemu_identity``).  ``backup_known``: the caller has
+    checked the backup already.
+    """
+    if image_format not in NATIVE_FORMATS:
+        return ('a stream writes raw or qcow2 images, not %s '
+                '([libvirt] snapshot_image_format)' % image_format)
+    if not (backup_known or
+            backup_supported(driver._host.get_connection(), guest)):
+        return 'libvirt or QEMU cannot run a backup job on this domain'
+    if not libnbd_available():
+        return ('libnbd\'s Python binding does not import (install '
+                'python3-libnbd)')
+    if not native_threads():
+        return ('nova-compute runs under eventlet, not native threads '
+                '([DEFAULT] concurrency_backend = threading, nova\'s '
+                'default)')
+    return qemu_identity.unreachable(qemu_identity.of_guest(guest))
+
+
+def capture_method(driver, guest, compress=False, instance=None,
+                   image_format='qcow2'):
     """The live capture method: [snapdriver] capture_method, auto resolved.
 
-    auto: stream if the domain capabilities say ``<backup
-    supported='yes'/>``, libvirt-python has backupBegin and libnbd
-    imports; backup if only libnbd is missing; else copy if
-    libvirt knows VIR_DOMAIN_BLOCK_COPY_TRANSIENT_JOB, else rebase.  But a
-    compressed image (``compress``) prefers copy to backup: a backup is
-    then a second full copy of the disk, written uncompressed beside the
-    image and converted once more, so it takes longer and about three
-    times the image's size in temporary space, whereas copy stages only
-    the instance's own layer and compresses in the one convert it needs
+    auto: stream if the host can (``stream_unavailable``: a pull-mode
+    backup, libnbd, native threads, QEMU's socket within reach); backup if
+    only a backup job is possible; else copy if libvirt knows
+    VIR_DOMAIN_BLOCK_COPY_TRANSIENT_JOB, else rebase.  But a compressed
+    image (``compress``) prefers copy to backup: a backup is then a second
+    full copy of the disk, written uncompressed beside the image and
+    converted once more, so it takes longer and about three times the
+    image's size in temporary space, whereas copy stages only the
+    instance's own layer and compresses in the one convert it needs
     anyway.  The domain stays persistent with either.  A stream cannot
-    compress: asked for with compression, copy (else rebase) is used.  A
-    stream needs native threads (``native_threads``): under eventlet,
-    auto does not pick it and an explicit stream runs as backup, else copy
-    or rebase, with a warning.
+    compress: asked for with compression, copy (else rebase) is used.  An
+    explicit stream that this host cannot run (``stream_unavailable``)
+    runs as auto would pick, with a warning that says why: it is checked
+    here, before anything is touched.
     """
     method = CONF.snapdriver.capture_method
     transient_copy = hasattr(libvirt, 'VIR_DOMAIN_BLOCK_COPY_TRANSIENT_JOB')
@@ -239,28 +327,41 @@ def capture_method(driver, guest, compress=False, instance=None):
                     'using %s for this compressed snapshot', mirror,
                     instance=instance)
         return mirror
-    if method == 'stream' and not native_threads():
+    if method == 'stream':
+        why = stream_unavailable(driver, guest, image_format)
+        if why is None:
+            return method
         # What auto picks here: never a stream.
-        instead = _best_supported(driver, guest, compress, mirror)
-        LOG.warning('capture_method stream needs nova-compute on native '
-                    'threads ([DEFAULT] concurrency_backend = threading, '
-                    'nova\'s default) but it runs under eventlet; using %s '
-                    'for this snapshot', instead, instance=instance)
+        instead = _best_supported(driver, guest, compress, mirror,
+                                  instance, quiet=True,
+                                  image_format=image_format)
+        LOG.warning('capture_method stream cannot run on this host: '
+                    '%(why)s; using %(instead)s for this snapshot',
+                    {'why': why, 'instead': instead}, instance=instance)
         return instead
     if method != 'auto':
         return method
-    return _best_supported(driver, guest, compress, mirror)
+    return _best_supported(driver, guest, compress, mirror, instance,
+                           image_format=image_format)
 
 
-def _best_supported(driver, guest, compress, mirror):
+def _best_supported(driver, guest, compress, mirror, instance=None,
+                    quiet=False, image_format='qcow2'):
     """auto's choice (see capture_method); ``mirror``: copy, else rebase."""
     if compress and mirror == 'copy':
         return 'copy'
-    if backup_supported(driver._host.get_connection(), guest):
-        # A stream is never compressed, and needs native threads.
-        streams = libnbd_available() and not compress and native_threads()
-        return 'stream' if streams else 'backup'
-    return mirror
+    if not backup_supported(driver._host.get_connection(), guest):
+        return mirror
+    if compress:
+        return 'backup'  # a stream is never compressed
+    why = stream_unavailable(driver, guest, image_format, backup_known=True)
+    if why is None:
+        return 'stream'
+    if not quiet:
+        LOG.warning('capture_method auto does not stream on this host: '
+                    '%(why)s; using backup', {'why': why},
+                    instance=instance)
+    return 'backup'
 
 
 def check_space(directory, needed):
@@ -287,13 +388,13 @@ def build(driver, context, instance, image_id, guest):
     node = disk_chain.disk_chain(disk_path, disk_format)
     disk_info = qemu_img.info(node)
     quiesce, require_quiesce = (
-        quiesce_wanted(driver, instance, instance.image_meta)
+        quiesce_wanted(driver, instance, instance.image_meta, guest)
         if live else (False, False))
 
     compress = bool(CONF.libvirt.snapshot_compression and
                     image_format == 'qcow2')
-    method = (capture_method(driver, guest, compress, instance) if live
-              else 'rebase')
+    method = (capture_method(driver, guest, compress, instance,
+                             image_format) if live else 'rebase')
 
     snapshots_dir = CONF.libvirt.snapshots_directory
     os.makedirs(snapshots_dir, exist_ok=True)

@@ -37,8 +37,10 @@ DEPTH = 4
 # The size of one request: what the image API reads at a time.
 CHUNK = 1024 * 1024
 
-# How long close() waits for the request being read (a hung export).
-STOP_TIMEOUT = 60
+# How long close() waits for the request being read (a hung export), and
+# read() for the next piece: QEMU on this host answers in milliseconds.
+STOP_TIMEOUT = 30
+READ_TIMEOUT = 300
 
 # What the reading thread queues after the last piece, and when stopped.
 _END = object()
@@ -94,7 +96,11 @@ class ReadAhead(object):
         if reader is None:
             return None
         if self._head is None:
-            self._head = reader.ready.get()
+            try:
+                self._head = reader.ready.get(timeout=READ_TIMEOUT)
+            except queue.Empty:
+                raise IOError('the NBD export answered no read for %d s'
+                              % READ_TIMEOUT)
             self._used = 0
         if self._head is _END:
             return None
@@ -120,12 +126,18 @@ class ReadAhead(object):
                                self._depth)
 
     def close(self):
-        """Stop reading ahead, once the request being read is answered."""
+        """Stop reading ahead, once the request being read is answered.
+
+        True if the reading thread ended; False if a read did not return
+        within STOP_TIMEOUT (the export must not be closed under it).
+        """
+        stopped = True
         if self._reader is not None:
-            self._reader.stop()
+            stopped = self._reader.stop()
         self._reader = None
         self._head = None
         self._used = 0
+        return stopped
 
     def read(self, offset, length):
         """``length`` bytes of the disk at ``offset``, bytes-like."""
@@ -184,6 +196,7 @@ class _Reader(object):
         self._slots.release()
 
     def stop(self):
+        """Stop the thread; True if it ended within STOP_TIMEOUT."""
         self._stopped.set()
         self._slots.release()  # if it waits for a slot
         self._thread.join(STOP_TIMEOUT)
@@ -191,6 +204,8 @@ class _Reader(object):
             LOG.warning('The read-ahead of the NBD export is still waiting '
                         'for a read after %d s; going on without it',
                         STOP_TIMEOUT)
+            return False
+        return True
 
     def _run(self, requests):
         at = (None, 0)  # the request being read

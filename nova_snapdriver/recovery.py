@@ -115,6 +115,24 @@ def _inside(path, directory):
     return False
 
 
+def undeletable(work_dir):
+    """Why recovery must not delete ``work_dir``, or None if it may.
+
+    Only a real directory inside ``[libvirt] snapshots_directory`` (by its
+    real path, not the directory itself) is a snapshot's work dir.
+    """
+    top = os.path.realpath(CONF.libvirt.snapshots_directory)
+    if os.path.islink(work_dir):
+        return 'it is a symbolic link'
+    real = os.path.realpath(work_dir)
+    if real == top or os.path.commonpath([real, top]) != top:
+        return ('it is not inside [libvirt] snapshots_directory (%s)'
+                % top)
+    if not os.path.isdir(real):
+        return 'it is not a directory'
+    return None
+
+
 def _disk_element(xml, dev):
     for disk in ElementTree.fromstring(xml).findall('./devices/disk'):
         target = disk.find('target')
@@ -133,23 +151,6 @@ def _mirror_target(dom, dev):
     if source is not None and source.get('file'):
         return source.get('file')
     return mirror.get('file')
-
-
-def _backup_targets(dom, dev):
-    """The files the backup job writes on ``dev``: its target or scratch."""
-    try:
-        xml = dom.backupGetXMLDesc(0)
-    except libvirt.libvirtError:
-        return []
-    files = []
-    for disk in ElementTree.fromstring(xml).findall('./disks/disk'):
-        if disk.get('name') != dev:
-            continue
-        for kind in ('target', 'scratch'):
-            element = disk.find(kind)
-            if element is not None and element.get('file'):
-                files.append(element.get('file'))
-    return files
 
 
 def _disk_source(xml, dev):
@@ -240,7 +241,7 @@ class _Repair(object):
         backup = False
         if blockjob.backup_running(dom):
             backup = True
-            targets = _backup_targets(dom, dev) if dev else []
+            targets = blockjob.backup_files(dom, dev) if dev else []
             what = 'abort the backup job of %s' % self.name
             if any(self._ours(t) for t in targets):
                 self._abort(what, 'aborted the backup job of %s' % self.name,
@@ -403,9 +404,16 @@ class _Repair(object):
 
     def _temp_files(self):
         work_dir = self.data['work_dir']
-        if not os.path.exists(work_dir):
+        if not os.path.lexists(work_dir):
             return
         what = 'delete %s' % work_dir
+        refused = undeletable(work_dir)
+        if refused:
+            # A record names the directory to delete, and recovery may run
+            # as root: never anything outside the snapshots directory.
+            self.problems.append('not done: %s: %s; delete it by hand if '
+                                 'it is a snapshot\'s' % (what, refused))
+            return
         if self.job_writes_work_dir:
             self.pending.append(what)
             self.problems.append('not done: %s: a job of the snapshot '

@@ -4,7 +4,10 @@ No temp image and no second pass: the capture and the upload are one.
 
 1. A pull-mode backup of the root disk (``virDomainBackupBegin`` with
    ``<domainbackup mode='pull'>``, no checkpoint) exports the disk as it is
-   at that instant over NBD, on a unix socket in the snapshot's work dir.
+   at that instant over NBD, on a unix socket that QEMU creates in a
+   directory of the work dir shared with QEMU's group only
+   (``qemu_identity``: QEMU runs as a user of its own on every
+   distribution).
    QEMU keeps that instant by copying each block the guest overwrites into
    a scratch file beside it (copy-before-write).  The guest is frozen, if
    quiescing, only around the begin; the domain is never undefined.
@@ -39,11 +42,14 @@ from nova_snapdriver import capture
 from nova_snapdriver import exception
 from nova_snapdriver import imagestream
 from nova_snapdriver import progress
+from nova_snapdriver import qemu_identity
 from nova_snapdriver import readahead
 
 CONF = cfg.CONF
 LOG = logging.getLogger(__name__)
 
+# QEMU creates the socket in SOCKET_DIR, which its group may write.
+SOCKET_DIR = 'export'
 SOCKET_NAME = 'nbd.sock'
 SCRATCH_NAME = 'scratch.qcow2'
 # NBD block status over at most this much per request (reads: readahead).
@@ -52,12 +58,22 @@ GUARD_INTERVAL = 0.5
 MiB = 1024 * 1024
 
 
+def socket_dir(plan):
+    return os.path.join(plan.work_dir, SOCKET_DIR)
+
+
 def socket_path(plan):
-    return os.path.join(plan.work_dir, SOCKET_NAME)
+    return os.path.join(socket_dir(plan), SOCKET_NAME)
 
 
 def scratch_path(plan):
     return os.path.join(plan.work_dir, SCRATCH_NAME)
+
+
+def ours(plan):
+    """Whether a running backup is this stream's: its scratch file is."""
+    return lambda domain: blockjob.backup_writes_into(
+        domain, plan.disk_dev, plan.work_dir)
 
 
 def scratch_cap():
@@ -81,11 +97,12 @@ def backup_xml(guest, plan):
 class Export(object):
     """The NBD export of a pull backup, read with libnbd."""
 
-    def __init__(self, path, name):
+    def __init__(self, path, name, instance=None):
         import nbd  # libnbd's binding: only hosts that stream need it
         self._nbd = nbd
         self._ahead = None
         self.name = name
+        self.instance = instance
         self.handle = nbd.NBD()
         try:
             self.handle.add_meta_context('base:allocation')
@@ -146,12 +163,26 @@ class Export(object):
         return self.handle.pread(length, offset)
 
     def close(self):
-        if self._ahead is not None:
-            self._ahead.close()
+        """Stop the read-ahead, then close the connection and the handle.
+
+        The handle is closed only once no thread reads on it: libnbd's
+        handle lock would hold ``shutdown`` behind a stuck read, and
+        closing it under a read would free what the read uses.
+        """
+        if self._ahead is not None and not self._ahead.close():
+            LOG.warning('The NBD export of %s is left open: a read on it '
+                        'did not return', self.name, instance=self.instance)
+            return
+        handle, self.handle = self.handle, None
+        if handle is None:
+            return
         try:
-            self.handle.shutdown()
+            handle.shutdown()
         except Exception:
             pass
+        close = getattr(handle, 'close', None)
+        if close is not None:  # libnbd >= 1.16; before, dropping it closes
+            close()
 
 
 class ScratchGuard(object):
@@ -213,7 +244,8 @@ class ScratchGuard(object):
             LOG.warning('Ending the pull backup: %s', self.error,
                         instance=self.instance)
             try:
-                blockjob.abort_backup(self.domain)
+                blockjob.abort_backup(self.domain, ours=ours(self.plan),
+                                      instance=self.instance)
             except Exception as e:
                 # end() tries again, on a fresh connection if need be.
                 LOG.warning('Aborting the pull backup failed: %s', e,
@@ -284,15 +316,18 @@ def end(driver, instance, guest, plan):
     try:
         domain = guest._domain
         try:
-            aborted = blockjob.abort_backup(domain)
+            aborted = blockjob.abort_backup(domain, ours=ours(plan),
+                                            instance=instance)
         except Exception as e:
             LOG.warning('Ending the pull backup failed (%(error)s); looking '
                         'the domain up again', {'error': e},
                         instance=instance)
             fresh = capture.lookup_guest(driver, instance)
             domain = fresh and fresh._domain
-            aborted = bool(domain) and blockjob.abort_backup(domain)
-        if domain is not None and blockjob.backup_running(domain):
+            aborted = bool(domain) and blockjob.abort_backup(
+                domain, ours=ours(plan), instance=instance)
+        if (domain is not None and blockjob.backup_running(domain) and
+                ours(plan)(domain)):
             LOG.warning('The pull backup of %(disk)s still runs after its '
                         'abort; its scratch file is kept for recovery',
                         {'disk': plan.disk_dev}, instance=instance)
@@ -310,6 +345,10 @@ def end(driver, instance, guest, plan):
             os.unlink(path)
         except FileNotFoundError:
             pass
+    try:
+        os.rmdir(socket_dir(plan))
+    except OSError:
+        pass  # gone already, or not empty: the work dir's removal takes it
 
 
 def stream(driver, context, instance, guest, plan, step, upload):
@@ -317,7 +356,15 @@ def stream(driver, context, instance, guest, plan, step, upload):
 
     ``upload(reader, size)`` sends the file-like ``reader`` to Glance.
     """
-    os.chmod(plan.work_dir, 0o701)  # QEMU (not root) creates files here
+    # QEMU, a user of its own, enters the work dir (libvirt creates the
+    # scratch file and hands it to QEMU) and creates the socket in a
+    # directory shared with its group alone.
+    os.chmod(plan.work_dir, 0o701)
+    ident = qemu_identity.of_guest(guest)
+    mode = qemu_identity.make_shared_dir(socket_dir(plan), ident)
+    LOG.debug('The NBD socket goes into %(dir)s (mode %(mode)04o, QEMU '
+              'runs as %(ident)s)', {'dir': socket_dir(plan), 'mode': mode,
+                                     'ident': ident}, instance=instance)
     quiesced = False
     started = False
     export = guard = None
@@ -336,7 +383,7 @@ def stream(driver, context, instance, guest, plan, step, upload):
         # The phase stays 'streaming' to the end: the backup job runs until
         # the upload is done, and recovery must know to end it.
         step('streaming')
-        export = Export(socket_path(plan), plan.disk_dev)
+        export = Export(socket_path(plan), plan.disk_dev, instance)
         image, size = reader(export, plan, guard, instance)
         step('streaming', size=size)
         try:
@@ -353,9 +400,12 @@ def stream(driver, context, instance, guest, plan, step, upload):
                  instance=instance)
         return size
     finally:
-        if guard is not None:
-            guard.stop()
-        if export is not None:
-            export.close()
+        # The backup ends first: QEMU then drops the export's connection,
+        # so a read stuck on it fails at once and the reader is joined
+        # quickly; the guard watches the scratch until the abort was sent.
         if started:
             end(driver, instance, guest, plan)
+        if export is not None:
+            export.close()
+        if guard is not None:
+            guard.stop()

@@ -103,9 +103,13 @@ class HashingReader(object):
         """Start again from the first byte, with fresh hashes and count."""
         if self._broken is not None:
             raise self._broken
-        if not self.sent:
-            return
         sent = self.sent
+        if not sent:
+            # Nothing was sent, but a read may have failed part-way and
+            # moved the file on: start it again all the same.
+            if self.seekable():
+                self._file.seek(0)
+            return
         try:
             if not self.seekable():
                 raise io.UnsupportedOperation('the file is not seekable')
@@ -199,12 +203,14 @@ def upload(image_api, context, image_id, metadata, path, size, instance):
 
 
 def upload_file(image_api, context, image_id, metadata, fileobj, size,
-                instance):
+                instance, take_disk_ops=True):
     """Upload what ``fileobj`` reads as the data of ``image_id``.
 
     ``fileobj`` is a file or a stream (``imagestream.StreamReader``) of
     exactly ``size`` bytes; it must support ``seek(0)`` for a retried
-    upload to start again.  Returns Glance's image.
+    upload to start again.  Returns Glance's image.  The upload holds
+    nova's disk-ops semaphore (``[compute] max_concurrent_disk_ops``)
+    unless the caller holds it already (``take_disk_ops=False``).
     """
     meter = progress.Progress(instance, 'upload', size,
                               CONF.snapdriver.progress_log_interval)
@@ -213,7 +219,11 @@ def upload_file(image_api, context, image_id, metadata, fileobj, size,
     try:
         # The same call, metadata and semaphore as nova's in-tree
         # driver; nova retries it with the same reader, which rewinds.
-        with compute_utils.disk_ops_semaphore:
+        if take_disk_ops:
+            with compute_utils.disk_ops_semaphore:
+                image = image_api.update(context, image_id, metadata,
+                                         reader)
+        else:
             image = image_api.update(context, image_id, metadata, reader)
     finally:
         reader.close()

@@ -11,6 +11,8 @@ import fixtures
 
 import libvirt
 
+from nova.virt.libvirt import guest as libvirt_guest
+
 from nova_snapdriver import blockjob
 from nova_snapdriver import chain
 from nova_snapdriver import exception
@@ -23,7 +25,10 @@ REAL_NATIVE_THREADS = snapshot_plan.native_threads
 NONE = {'type': libvirt.VIR_DOMAIN_JOB_NONE}
 BACKUP = libvirt.VIR_DOMAIN_JOB_OPERATION_BACKUP
 DOMAIN_XML = ("<domain type='kvm'><os><type arch='x86_64'>hvm</type></os>"
-              "</domain>")
+              "%s</domain>")
+# QEMU as libvirt-qemu (64055), as Debian runs it.
+QEMU_LABEL = ("<seclabel type='dynamic' model='dac' relabel='yes'>"
+              "<label>+64055:+64055</label></seclabel>")
 
 
 def running(done, total=100):
@@ -42,7 +47,7 @@ class WaitForBackupTestCase(base.TestCase):
         super(WaitForBackupTestCase, self).setUp()
         self.instance = self.make_instance()
         self.clock = base.FakeClock()
-        self.domain = mock.Mock()
+        self.domain = mock.create_autospec(libvirt.virDomain, instance=True)
 
     def _wait(self, active, final, timeout=60):
         stats = iter(active + [NONE])
@@ -92,13 +97,13 @@ class WaitForBackupTestCase(base.TestCase):
 class AbortBackupTestCase(base.TestCase):
 
     def test_aborts_a_running_backup_and_waits_for_it_to_end(self):
-        domain = mock.Mock()
+        domain = mock.create_autospec(libvirt.virDomain, instance=True)
         domain.jobStats.side_effect = [running(5), running(6), NONE]
         self.assertTrue(blockjob.abort_backup(domain, sleep=lambda s: None))
         domain.abortJob.assert_called_once_with()
 
     def test_nothing_to_abort(self):
-        domain = mock.Mock()
+        domain = mock.create_autospec(libvirt.virDomain, instance=True)
         domain.jobStats.return_value = NONE
         self.assertFalse(blockjob.abort_backup(domain))
         domain.abortJob.assert_not_called()
@@ -108,13 +113,25 @@ class CaptureMethodTestCase(base.TestCase):
 
     def setUp(self):
         super(CaptureMethodTestCase, self).setUp()
-        self.driver = mock.Mock()
-        self.conn = self.driver._host.get_connection.return_value
-        self.guest = mock.Mock()
-        self.guest.get_xml_desc.return_value = DOMAIN_XML
+        # The real driver, on an autospec'd nova Host whose connection is
+        # an autospec'd virConnect.
+        self.driver = self.make_driver()
+        self.conn = mock.create_autospec(libvirt.virConnect, instance=True)
+        self.driver._host.get_connection.return_value = self.conn
+        self.guest = mock.create_autospec(libvirt_guest.Guest, instance=True)
+        self.guest.get_xml_desc.return_value = DOMAIN_XML % QEMU_LABEL
+        # nova-compute's user (nova, 120) is in QEMU's group, as the
+        # install guide says.
+        self._nova_in_groups(64055)
         # nova's unit test package runs under eventlet; nova-compute runs
         # on native threads by default, which is what these tests are of.
         self._native_threads(True)
+
+    def _nova_in_groups(self, *groups):
+        self.useFixture(fixtures.MockPatch('os.geteuid', return_value=120))
+        self.useFixture(fixtures.MockPatch('os.getegid', return_value=130))
+        self.useFixture(fixtures.MockPatch('os.getgroups',
+                                           return_value=list(groups)))
 
     def _native_threads(self, native):
         self.useFixture(fixtures.MockPatchObject(
@@ -127,11 +144,56 @@ class CaptureMethodTestCase(base.TestCase):
             '</domainCapabilities>' % features)
 
     def test_explicit_method_is_used_without_probing(self):
-        for method in snapshot_plan.CAPTURE_METHODS:
+        for method in ('rebase', 'copy', 'backup'):
             self.flags(capture_method=method, group='snapdriver')
             self.assertEqual(method, snapshot_plan.capture_method(
                 self.driver, self.guest))
         self.conn.getDomainCapabilities.assert_not_called()
+
+    def test_explicit_stream_is_checked_in_the_plan(self):
+        # Before anything is touched, not after backupBegin.
+        self.flags(capture_method='stream', group='snapdriver')
+        self._caps('yes')
+        self._libnbd(True)
+        self.assertEqual('stream', snapshot_plan.capture_method(
+            self.driver, self.guest))
+        self.conn.getDomainCapabilities.assert_called_once_with(
+            None, 'x86_64', None, 'kvm', 0)
+
+    def _falls_back(self, method, expected, why, **kwargs):
+        self.flags(capture_method=method, group='snapdriver')
+        self._caps('yes')
+        log = self.useFixture(fixtures.FakeLogger(level=logging.WARNING))
+        self.assertEqual(expected, snapshot_plan.capture_method(
+            self.driver, self.guest, **kwargs))
+        self.assertIn(why, log.output)
+        self.assertIn('using %s' % expected, log.output)
+        return log.output
+
+    def test_nova_outside_qemus_group_backs_up_instead_of_streaming(self):
+        # QEMU as libvirt-qemu cannot make its socket where nova cannot
+        # share it: found in the plan, for stream and auto alike.
+        self._libnbd(True)
+        self._nova_in_groups(131)
+        for method in ('stream', 'auto'):
+            output = self._falls_back(method, 'backup', 'not in group 64055')
+            self.assertIn('qemu.conf', output)
+
+    def test_a_domain_without_a_dac_label_is_not_streamed(self):
+        self._libnbd(True)
+        self.guest.get_xml_desc.return_value = DOMAIN_XML % ''
+        self._falls_back('stream', 'backup', 'no DAC security label')
+
+    def test_explicit_stream_without_libnbd_backs_up(self):
+        self._libnbd(False)
+        self._falls_back('stream', 'backup', 'python3-libnbd')
+
+    def test_vmdk_and_vdi_are_never_streamed(self):
+        self._libnbd(True)
+        for fmt in ('vmdk', 'vdi'):
+            for method in ('stream', 'auto'):
+                self._falls_back(method, 'backup', 'not %s' % fmt,
+                                 image_format=fmt)
 
     def _libnbd(self, available):
         self.useFixture(fixtures.MockPatchObject(
@@ -188,6 +250,8 @@ class CaptureMethodTestCase(base.TestCase):
 
     def test_stream_asked_for_a_compressed_image_uses_copy(self):
         self.flags(capture_method='stream', group='snapdriver')
+        self._caps('yes')
+        self._libnbd(True)
         self.assertEqual('copy', snapshot_plan.capture_method(
             self.driver, self.guest, compress=True))
         self.assertEqual('stream', snapshot_plan.capture_method(
@@ -204,11 +268,12 @@ class CaptureMethodTestCase(base.TestCase):
         """What auto picks where libvirt has no transient block copy."""
         self.flags(capture_method='auto', group='snapdriver')
         self._caps(backup)
-        with mock.patch.object(snapshot_plan, 'libvirt') as fake_libvirt:
-            del fake_libvirt.VIR_DOMAIN_BLOCK_COPY_TRANSIENT_JOB
-            fake_libvirt.virDomain = libvirt.virDomain
-            return snapshot_plan.capture_method(self.driver, self.guest,
-                                                compress=compress)
+        # The real libvirt module, less the flag.
+        self.useFixture(fixtures.MonkeyPatch(
+            'libvirt.VIR_DOMAIN_BLOCK_COPY_TRANSIENT_JOB',
+            fixtures.MonkeyPatch.delete))
+        return snapshot_plan.capture_method(self.driver, self.guest,
+                                            compress=compress)
 
     def test_auto_picks_rebase_without_transient_block_copy(self):
         self.assertEqual('rebase', self._auto_without_transient_copy('no'))

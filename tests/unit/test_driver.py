@@ -610,6 +610,51 @@ class SnapshotTestCase(base.TestCase):
         self._assert_record_kept(
             'uploading', 'cannot check the domain: cannot acquire state')
 
+    def test_an_unexpected_error_in_the_check_still_releases_the_record(
+            self):
+        # An AssertionError inside nova's Host (a notifier not set up)
+        # once left the record locked "in flight" for the life of
+        # nova-compute: recovery skipped it and the mirror ran on.
+        def host_breaks():
+            self.driver._host.get_guest.side_effect = AssertionError(
+                'the RPC notifier is not set up')
+        self._during_the_upload(host_breaks)
+
+        self._snapshot()
+
+        self.assertTrue(os.path.isdir(self.work_dir))
+        self._assert_record_kept(
+            'uploading', 'cannot check the domain: the RPC notifier is not '
+            'set up')
+        self.assertIn('Checking the domain after the snapshot failed',
+                      self.logs.output)
+
+    @mock.patch.object(libvirt_driver.LibvirtDriver, 'snapshot',
+                       autospec=True)
+    def test_disable_libvirt_livesnapshot_is_left_to_nova(self, parent):
+        # nova then suspends the guest for a cold snapshot, as operators
+        # who set it expect.
+        self.flags(disable_libvirt_livesnapshot=True, group='workarounds')
+
+        self.assertIs(parent.return_value, self._snapshot())
+
+        parent.assert_called_once_with(
+            self.driver, self.context, self.instance, base.IMAGE_ID,
+            self.update_task_state)
+        self.assertEqual([], self._domain_changes())
+        self.assertFalse(os.path.exists(self.record_path))
+        self.assertIn('disable_libvirt_livesnapshot', self.logs.output)
+
+    @mock.patch.object(libvirt_driver.LibvirtDriver, 'snapshot',
+                       autospec=True)
+    def test_ephemeral_storage_encryption_is_left_to_nova(self, parent):
+        self.flags(enabled=True, group='ephemeral_storage_encryption')
+
+        self.assertIs(parent.return_value, self._snapshot())
+
+        parent.assert_called_once()
+        self.assertEqual([], self._domain_changes())
+
     def test_job_still_running_keeps_the_record_and_the_work_dir(self):
         # copy: the abort fails, here and on the domain looked up again;
         # the mirror still writes into the overlay.

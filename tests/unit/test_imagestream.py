@@ -23,7 +23,6 @@ import random
 import struct
 import subprocess
 import tempfile
-import time
 import tracemalloc
 
 from hypothesis import given
@@ -322,13 +321,11 @@ def test_more_clusters_than_one_refcount_block_counts(tmp_path):
     """
     size = 2 * GiB + 5 * MiB + 512
     data = [(0, GiB), (GiB + 3 * MiB, size - GiB - 3 * MiB)]
-    started = time.monotonic()
     layouts = check_stream(str(tmp_path), size, extents_from(size, data),
                            formats=('qcow2',))
     qcow2 = layouts['qcow2']
     assert qcow2.total_clusters > 32768
     assert qcow2.refblocks == 2
-    assert time.monotonic() - started < 120
 
 
 def test_small_clusters_several_refcount_table_and_l1_clusters(tmp_path):
@@ -579,6 +576,31 @@ def test_seek_0_after_a_partial_read_restarts_identically(layout_and_disk):
     assert reader.tell() == 0
     assert all_bytes(reader, 65536) == expected
     # And after the end.
+    assert reader.seek(0) == 0
+    assert all_bytes(reader) == expected
+
+
+def test_a_read_that_failed_part_way_is_read_again_only_from_0(
+        layout_and_disk):
+    """The pieces a failed read gathered are lost: it never goes on."""
+    layout, disk = layout_and_disk
+    expected = all_bytes(imagestream.StreamReader(layout, disk.pread))
+    calls = []
+
+    def pread_failing_on_the_second_call(offset, length):
+        calls.append(offset)
+        if len(calls) == 2:
+            raise IOError('the export went away')
+        return disk.pread(offset, length)
+    reader = imagestream.StreamReader(layout, pread_failing_on_the_second_call)
+    with pytest.raises(IOError, match='went away'):
+        while reader.read(layout.size):
+            pass
+    assert len(calls) == 2, 'the layout needs two reads for this test'
+    with pytest.raises(IOError, match='must be read again from 0'):
+        reader.read(1)
+    with pytest.raises(io.UnsupportedOperation):
+        reader.seek(0, io.SEEK_END)
     assert reader.seek(0) == 0
     assert all_bytes(reader) == expected
 

@@ -23,6 +23,8 @@ NOT_ONE_SNAPSHOT = {
     # Recovery of every journal record, at start-up or periodically.
     ('driver', 'Recovering interrupted snapshots'),
     ('driver', 'Looked at %(n)d interrupted snapshot'),
+    # At nova-compute's start: which driver takes this host's snapshots.
+    ('driver', 'nova-snapdriver takes the snapshots on this host'),
     # Probing the host's libvirt, once, for capture_method auto.
     ('plan', 'Cannot read the domain capabilities'),
 }

@@ -19,6 +19,7 @@ DISK = '/var/lib/nova/instances/%s/disk' % base.INSTANCE_UUID
 NODE = chain.Node(DISK, 'qcow2',
                   chain.Node('/var/lib/nova/instances/_base/base', 'raw'))
 MiB = 1024 * 1024
+GiB = 1024 * MiB
 
 
 class OutputFormatTestCase(base.TestCase):
@@ -154,6 +155,39 @@ class QuiesceWantedTestCase(base.TestCase):
         self.assertIn('ERROR Image property os_require_quiesce is set but '
                       'the instance cannot be quiesced', self.logs.output)
 
+    def _with_agent(self, answers, **image_props):
+        instance = self.make_instance(hw_qemu_guest_agent='yes',
+                                      **image_props)
+        guest = mock.Mock(spec=['_domain'])
+        guest._domain = mock.create_autospec(libvirt.virDomain,
+                                             instance=True)
+        if not answers:
+            guest._domain.getTime.side_effect = base.libvirt_error(
+                libvirt.VIR_ERR_AGENT_UNRESPONSIVE,
+                'Guest agent is not responding')
+        result = snapshot_plan.quiesce_wanted(
+            self.make_driver(), instance, instance.image_meta, guest)
+        return result, guest._domain.getTime
+
+    def test_required_with_an_answering_agent_tries_and_requires(self):
+        result, asked = self._with_agent(True, os_require_quiesce='yes')
+        self.assertEqual((True, True), result)
+        asked.assert_called_once_with()
+
+    def test_required_with_a_silent_agent_raises_before_anything(self):
+        exc = self.assertRaises(nova_exception.InstanceQuiesceFailed,
+                                self._with_agent, False,
+                                os_require_quiesce='yes')
+        self.assertIn('qemu-guest-agent) in the guest does not answer',
+                      str(exc))
+        self.assertIn('not responding', str(exc))
+
+    def test_not_required_does_not_ask_the_agent(self):
+        # The freeze itself finds out, and is skipped if it fails.
+        result, asked = self._with_agent(False)
+        self.assertEqual((True, False), result)
+        asked.assert_not_called()
+
     def test_unsupported_virt_type_and_required_raises(self):
         self.flags(virt_type='parallels', group='libvirt')
 
@@ -176,12 +210,66 @@ class SpaceTestCase(base.TestCase):
         return snapshot_plan.space_needed(live, NODE, disk_info, 'raw',
                                           method, compress)
 
-    def test_cold_needs_what_qemu_img_measure_requires(self):
+    def test_cold_raw_needs_the_chains_data_not_its_virtual_size(self):
+        # measure -O raw says the virtual size, but convert writes a
+        # sparse raw file: -O qcow2 measures the data it holds.
         self.assertEqual(1000, self._space_needed(False,
                                                   {'actual-size': 500}))
         self.assertEqual(
-            [['qemu-img', 'measure', '-U', '-O', 'raw', '--output=json',
+            [['qemu-img', 'measure', '-U', '-O', 'qcow2', '--output=json',
               NODE.filename()]], self.qemu_img.commands)
+
+    def test_cold_qcow2_needs_what_qemu_img_measure_requires(self):
+        self.qemu_img.required = 1234
+        self.assertEqual(1234, snapshot_plan.space_needed(
+            False, NODE, {'actual-size': 500}, 'qcow2'))
+        self.assertEqual(
+            [['qemu-img', 'measure', '-U', '-O', 'qcow2', '--output=json',
+              NODE.filename()]], self.qemu_img.commands)
+
+    def test_a_raw_backup_written_as_the_image_needs_the_virtual_size(self):
+        # QEMU's push backup writes every block of a raw target.
+        self.assertEqual(10 ** 12, self._space_needed(
+            True, {'actual-size': 500, 'virtual-size': 10 ** 12},
+            method='backup'))
+        self.assertEqual([], self.qemu_img.commands)
+
+    def test_formats_qemu_img_cannot_measure_count_the_virtual_size(self):
+        # vmdk, vdi: written by convert, never measured (qemu-img measure
+        # refuses them); the virtual size and a margin bound either.
+        for fmt in ('vmdk', 'vdi'):
+            self.assertEqual(
+                GiB + GiB // 64 + 16 * MiB,
+                snapshot_plan.space_needed(
+                    False, NODE, {'virtual-size': GiB}, fmt))
+        self.assertEqual([], self.qemu_img.commands)
+
+    def test_a_vmdk_backup_is_a_qcow2_converted_not_a_single_copy(self):
+        self.qemu_img.required = 1000
+        self.assertEqual(
+            GiB + GiB // 64 + 16 * MiB + 1000,
+            snapshot_plan.space_needed(
+                True, NODE, {'virtual-size': GiB}, 'vmdk', 'backup'))
+        plan = snapshot_plan.SnapshotPlan(
+            image_id='i', image_name='n', live=True, power_state=1,
+            disk_dev='vda', disk_path='/d', disk_format='qcow2', chain=NODE,
+            virtual_size=GiB, image_format='vmdk', compress=False,
+            quiesce=False, require_quiesce=False, work_dir='/w',
+            space_needed=0, capture_method='backup')
+        self.assertFalse(plan.single_copy)
+        self.assertEqual('qcow2', plan.backup_format)
+
+    def test_stream_scratch_is_bounded_by_the_chains_data_or_the_cap(self):
+        # Copy-before-write copies clusters of the base too: the whole
+        # chain's data, not the top image's actual size, is its worst case.
+        self.flags(stream_scratch_max_mb=0, group='snapdriver')
+        self.assertEqual(1000, self._space_needed(
+            True, {'actual-size': 1}, method='stream'))
+        self.assertEqual('qcow2', self.qemu_img.commands[0][4])
+        self.qemu_img.required = 10 * MiB
+        self.flags(stream_scratch_max_mb=2, group='snapdriver')
+        self.assertEqual(2 * MiB, snapshot_plan.space_needed(
+            True, NODE, {'actual-size': 1}, 'raw', 'stream'))
 
     def test_compressed_backup_measures_the_whole_chain_twice(self):
         self.assertEqual(2000, self._space_needed(

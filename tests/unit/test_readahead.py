@@ -203,6 +203,39 @@ def test_close_waits_for_the_read_being_answered():
     assert len(export.started) == 3
 
 
+def test_close_says_whether_the_thread_ended(monkeypatch):
+    # The export may be closed only under no read: close() tells.
+    monkeypatch.setattr(readahead, 'STOP_TIMEOUT', 0.2)
+    export = Export(disk(10 * MiB))
+    ahead = readahead.ReadAhead(export, [(0, 10 * MiB)], depth=2)
+    ahead.read(0, 100)
+    export.settled(2)
+    export.gate.clear()
+    ahead.read(100, MiB - 100)  # frees a slot: a read begins, and hangs
+    deadline = time.monotonic() + 10
+    while not export.reading and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+    assert ahead.close() is False
+    export.gate.set()
+    assert readahead.ReadAhead(export, [(0, MiB)]).close() is True
+
+
+def test_a_read_that_never_comes_raises_after_its_timeout(monkeypatch):
+    # A hung export fails the stream (and so ends the backup) in bounded
+    # time instead of holding the upload forever.
+    monkeypatch.setattr(readahead, 'READ_TIMEOUT', 0.2)
+    monkeypatch.setattr(readahead, 'STOP_TIMEOUT', 0.2)
+    export = Export(disk(MiB))
+    export.gate.clear()
+    ahead = readahead.ReadAhead(export, [(0, MiB)])
+
+    with pytest.raises(IOError, match='answered no read for 0 s'):
+        ahead.read(0, 100)
+    export.gate.set()
+    ahead.close()
+
+
 def test_nothing_is_asked_for_past_the_last_range():
     export = Export(disk(3 * MiB))
     ahead = readahead.ReadAhead(export, [(0, 1000), (2 * MiB, 500)],

@@ -372,6 +372,37 @@ class RecoveryTestCase(base.TestCase):
         self.assertFalse([a for a in report['actions']
                           if a.startswith('deleted /')])
 
+    def _refused(self, work_dir):
+        self.events = []
+        self._dead_record(work_dir=work_dir, xml=None, persistent=False)
+        report, = self._recover()
+        self.assertNotIn('rmtree', self._changes())
+        return report
+
+    def test_a_work_dir_outside_the_snapshots_directory_is_never_deleted(
+            self):
+        # Recovery may run as root: a record naming /etc must not be
+        # obeyed.
+        outside = os.path.join(self.tmp, 'precious')
+        os.makedirs(outside)
+        report = self._refused(outside)
+        self.assertTrue(os.path.isdir(outside))
+        self.assertIn('not inside [libvirt] snapshots_directory',
+                      ' '.join(report['problems']))
+
+    def test_the_snapshots_directory_itself_is_never_deleted(self):
+        self._refused(self.snapshots_dir)
+        self.assertTrue(os.path.isdir(self.snapshots_dir))
+
+    def test_a_symbolic_link_into_elsewhere_is_never_followed(self):
+        outside = os.path.join(self.tmp, 'precious')
+        os.makedirs(outside)
+        link = os.path.join(self.snapshots_dir, 'link')
+        os.symlink(outside, link)
+        report = self._refused(link)
+        self.assertTrue(os.path.isdir(outside))
+        self.assertIn('symbolic link', ' '.join(report['problems']))
+
     # --- the image --------------------------------------------------------
 
     def _image_status(self, status):

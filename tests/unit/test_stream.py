@@ -161,7 +161,9 @@ class WorkDirTestCase(base.TestCase):
         os.makedirs(self.work_dir)
         self.plan = dataclasses.replace(PLAN, work_dir=self.work_dir)
         self.scratch = os.path.join(self.work_dir, 'scratch.qcow2')
-        self.socket = os.path.join(self.work_dir, 'nbd.sock')
+        # QEMU creates the socket in a directory shared with its group.
+        self.export_dir = os.path.join(self.work_dir, 'export')
+        self.socket = os.path.join(self.export_dir, 'nbd.sock')
 
 
 class NBDTestCase(WorkDirTestCase):
@@ -306,6 +308,32 @@ class ExportTestCase(NBDTestCase):
         export.close()
 
         self.assertTrue(self.handle.shut_down)
+
+    def test_close_closes_the_handle_once_shut_down(self):
+        export = self.export([(4 * KiB, 0)])
+        self.handle.close = mock.Mock()
+
+        export.close()
+        export.close()
+
+        self.handle.close.assert_called_once_with()
+        self.assertIsNone(export.handle)
+
+    def test_a_read_that_never_returns_leaves_the_handle_alone(self):
+        # Closing a libnbd handle under a read would free what it uses;
+        # shutdown would wait behind it, holding the handle's lock.
+        export = self.export([(4 * KiB, 0)])
+        export.read_ahead([(0, 4 * KiB)])
+        self.handle.close = mock.Mock()
+        self.useFixture(fixtures.MockPatchObject(
+            export._ahead, 'close', return_value=False))
+
+        export.close()
+
+        self.assertFalse(self.handle.shut_down)
+        self.handle.close.assert_not_called()
+        self.assertIn('left open: a read on it did not return',
+                      self.logs.output)
 
     def test_close_swallows_a_failing_shutdown(self):
         export = self.export([(4 * KiB, 0)])
@@ -477,14 +505,24 @@ class PullBackupTestCase(WorkDirTestCase):
         """On ``handle``, backupBegin starts the job as QEMU would."""
         def begin(xml, checkpoint, flags):
             self.backup['running'] = True
+            os.makedirs(self.export_dir, exist_ok=True)
             for path in (self.scratch, self.socket):
                 with open(path, 'wb') as f:
                     f.write(b'made by QEMU')
 
         def job_stats(flags=0):
             return BACKUP_RUNNING if self.backup['running'] else NO_JOB
+
+        def backup_xml(flags=0):
+            if not self.backup['running']:
+                raise base.libvirt_error(libvirt.VIR_ERR_NO_DOMAIN_BACKUP,
+                                         'no domain backup job present')
+            return ("<domainbackup mode='pull'><disks><disk name='vda' "
+                    "backup='yes' type='file'><scratch file='%s'/></disk>"
+                    "</disks></domainbackup>" % self.scratch)
         handle.backupBegin.side_effect = begin
         handle.jobStats.side_effect = job_stats
+        handle.backupGetXMLDesc.side_effect = backup_xml
         handle.abortJob.side_effect = lambda: self.backup.update(
             running=False)
 
@@ -556,8 +594,9 @@ class EndTestCase(PullBackupTestCase):
         self._end()
 
         self.assertTrue(self.backup['running'])
-        self.assertEqual(['nbd.sock', 'scratch.qcow2'],
+        self.assertEqual(['export', 'scratch.qcow2'],
                          sorted(os.listdir(self.work_dir)))
+        self.assertEqual(['nbd.sock'], os.listdir(self.export_dir))
         self.assertIn('still runs after its abort', self.logs.output)
 
     def test_libvirtd_gone_for_good_is_logged_not_raised(self):
@@ -571,9 +610,26 @@ class EndTestCase(PullBackupTestCase):
 
         self._end()
 
-        self.assertEqual(['nbd.sock', 'scratch.qcow2'],
+        self.assertEqual(['export', 'scratch.qcow2'],
                          sorted(os.listdir(self.work_dir)))
         self.assertIn('Could not end the pull backup of vda',
+                      self.logs.output)
+
+    def test_a_backup_that_is_not_ours_is_never_aborted(self):
+        # Ours ended (the guard aborted it); someone else's began since:
+        # abortJob would abort whichever runs.
+        self.begin_backup()
+        other = os.path.join(self.tmp, 'someone-elses-scratch.qcow2')
+        self.domain.mock.backupGetXMLDesc.side_effect = lambda flags=0: (
+            "<domainbackup mode='pull'><disks><disk name='vda' backup='yes'"
+            " type='file'><scratch file='%s'/></disk></disks>"
+            "</domainbackup>" % other)
+
+        self._end()
+
+        self.domain.mock.abortJob.assert_not_called()
+        self.assertTrue(self.backup['running'])
+        self.assertIn("A backup job that is not this snapshot's runs",
                       self.logs.output)
 
     def test_only_the_scratch_and_socket_are_removed(self):
@@ -616,7 +672,8 @@ class ScratchGuardTestCase(PullBackupTestCase):
     def _assert_exhausted(self, guard, used_h, free_h, cap_h):
         exc = self.assertRaises(exception.ScratchSpaceExhausted, guard.check)
 
-        self.abort.assert_called_once_with(self.domain.mock)
+        self.abort.assert_called_once_with(self.domain.mock, ours=mock.ANY,
+                                           instance=None)
         self.domain.mock.abortJob.assert_called_once_with()
         self.assertFalse(self.backup['running'])
         message = str(exc)
@@ -663,7 +720,8 @@ class ScratchGuardTestCase(PullBackupTestCase):
         # The next read raises the same error; nothing is aborted twice.
         exc = self.assertRaises(exception.ScratchSpaceExhausted, guard.check)
         self.assertIs(guard.error, exc)
-        self.abort.assert_called_once_with(self.domain.mock)
+        self.abort.assert_called_once_with(self.domain.mock, ours=mock.ANY,
+                                           instance=None)
 
     def test_a_watcher_within_bounds_stops_when_told(self):
         self.flags(stream_scratch_max_mb=8, group='snapdriver')
@@ -799,8 +857,8 @@ class StreamTestCase(PullBackupTestCase):
         self.calls.attach_mock(self.domain.mock, 'domain')
         self.calls.attach_mock(self.step, 'step')
         self.export = self.useFixture(fixtures.MockPatchObject(
-            stream, 'Export', side_effect=lambda path, name: FakeExport(
-                self.data, self.calls))).mock
+            stream, 'Export', side_effect=lambda path, name, instance: (
+                FakeExport(self.data, self.calls)))).mock
         self.guard = self.useFixture(fixtures.MockPatchObject(
             stream, 'ScratchGuard',
             side_effect=lambda plan, domain, instance=None: FakeGuard(
@@ -823,7 +881,8 @@ class StreamTestCase(PullBackupTestCase):
     def _changes(self):
         """What the stream did, the domain's reads left out."""
         return [c for c in self.calls.mock_calls
-                if c[0].split('.')[-1] not in ('jobStats', 'XMLDesc')]
+                if c[0].split('.')[-1] not in ('jobStats', 'XMLDesc',
+                                               'backupGetXMLDesc')]
 
     def test_streams_the_disk_and_ends_the_backup(self):
         size = self._stream()
@@ -834,11 +893,14 @@ class StreamTestCase(PullBackupTestCase):
         self.assertEqual(
             [begin, mock.call.step('streaming'),
              mock.call.step('streaming', size=size), mock.call.upload(size),
-             mock.call.close(), mock.call.domain.abortJob()],
+             # The backup ends before the export closes: a read stuck on
+             # it then fails at once.
+             mock.call.domain.abortJob(), mock.call.close()],
             self._changes())
         self.assertEqual(stream.backup_xml(self.guest, self.plan),
                          self.domain.mock.backupBegin.call_args.args[0])
-        self.export.assert_called_once_with(self.socket, 'vda')
+        self.export.assert_called_once_with(self.socket, 'vda',
+                                            self.instance)
         self.guard.assert_called_once_with(self.plan, self.domain.mock,
                                            instance=self.instance)
         self.assertFalse(self.backup['running'])
@@ -847,12 +909,35 @@ class StreamTestCase(PullBackupTestCase):
         self.assertIn('Streamed 3.0 MiB; the scratch file peaked at '
                       '1.0 MiB', self.logs.output)
 
+    def test_qemu_of_another_user_gets_a_socket_dir_of_its_group(self):
+        # libvirt-qemu (64055) runs QEMU; nova-compute is in its group.
+        xml = self.domain.xml
+        self.domain.xml = lambda flags=0: xml(flags).replace(
+            '</devices>', "</devices><seclabel type='dynamic' model='dac' "
+            "relabel='yes'><label>+64055:+64055</label></seclabel>")
+        made = {}
+
+        def chown(path, uid, gid):
+            made['chown'] = (path, uid, gid)
+            made['mode'] = stat.S_IMODE(os.stat(path).st_mode)
+        self.useFixture(fixtures.MockPatch('os.geteuid', return_value=120))
+        self.useFixture(fixtures.MockPatch('os.chown', side_effect=chown))
+        mode = self.useFixture(fixtures.MockPatch(
+            'os.chmod', wraps=os.chmod)).mock
+
+        self._stream()
+
+        self.assertEqual((self.export_dir, -1, 64055), made['chown'])
+        self.assertEqual(0o700, made['mode'])  # private until handed over
+        mode.assert_any_call(self.export_dir, 0o730)
+        self.assert_files_removed()
+
     def test_quiesce_freezes_only_around_the_backup_begin(self):
         self.assertEqual(len(self.data), self._stream(quiesce=True))
 
         self.assertEqual(
             ['domain.fsFreeze', 'domain.backupBegin', 'domain.fsThaw',
-             'step', 'step', 'upload', 'close', 'domain.abortJob'],
+             'step', 'step', 'upload', 'domain.abortJob', 'close'],
             [c[0] for c in self._changes()])
 
     def test_a_failed_begin_is_thawed_raised_and_not_ended(self):
@@ -887,7 +972,7 @@ class StreamTestCase(PullBackupTestCase):
         exc = self.assertRaises(IOError, self._stream)
 
         self.assertIs(self.upload_error, exc)
-        self.assertEqual(['upload', 'close', 'domain.abortJob'],
+        self.assertEqual(['upload', 'domain.abortJob', 'close'],
                          [c[0] for c in self._changes()][-3:])
         self.end.assert_called_once_with(self.driver, self.instance,
                                          self.guest, self.plan)

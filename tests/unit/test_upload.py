@@ -159,6 +159,20 @@ class RewindTestCase(base.TestCase):
         self.meter.update.assert_not_called()
         self.assertNotIn('retried', self.logs.output)
 
+    def test_a_retry_after_a_first_read_that_failed_starts_the_file_at_0(
+            self):
+        # Nothing was sent, but the file moved on: it is rewound all the
+        # same, with no pass counted.
+        fileobj = io.BytesIO(BIG)
+        fileobj.seek(1234)
+        reader = self._reader(fileobj)
+
+        self.assertEqual(0, reader.seek(0))
+
+        self.assertEqual(0, fileobj.tell())
+        self.assertEqual(1, reader.passes)
+        self.assertEqual(BIG, reader.read())
+
     def test_tell_and_seeks_that_stay_put_report_the_position(self):
         reader = self._reader()
         reader.read(100)
