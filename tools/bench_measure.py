@@ -455,7 +455,9 @@ def settle():
     just before their first upload: that is page cache the kernel writes
     back once about 10 % of memory is dirty (vm.dirty_background_ratio),
     while whatever runs next is timed.  Each timed run (snapshot or floor)
-    starts with nothing dirty instead; runs before session 9 did not.
+    starts with nothing dirty instead; runs committed before 2026-12-01's
+    two-floor run (doc/benchmark/2026-12-01-1g-4g-instance-two-floors) did
+    not.
     """
     os.sync()
 
@@ -755,6 +757,8 @@ def measure(args, on_case=None):
     so far (bench.py saves them, so an interrupted run keeps its figures).
     """
     args.workdir = tempfile.mkdtemp(prefix='snapdriver-bench-')
+    # QEMU runs as a user of its own: it must enter the instances below.
+    os.chmod(args.workdir, 0o711)
     libvirtd.ensure_running()
     glance = test_glance.GlanceServer(os.path.join(args.workdir, 'glance'))
     glance.start()

@@ -20,6 +20,7 @@ from tests.testbed import nova_env  # noqa: I100  (imports nova.tests first)
 from nova.compute import utils as compute_utils  # noqa: E402
 from nova.image import glance as nova_glance  # noqa: E402
 
+from nova_snapdriver import journal  # noqa: E402
 from nova_snapdriver import progress  # noqa: E402
 
 from tests.testbed import compute_host as test_compute_host  # noqa: E402
@@ -43,14 +44,83 @@ def unique_domain_names():
         0x1000000)
 
 
+def let_qemu_in(path, top='/'):
+    """Let QEMU (an unprivileged user) enter ``path`` and its parents.
+
+    Directories made by mkdtemp and pytest are 0700; libvirt hands QEMU
+    the files a domain uses (dynamic_ownership), but QEMU must still pass
+    through every directory above them.  Adds search (x) permission for
+    others from ``path`` up to ``top``, nothing else.
+    """
+    path = os.path.abspath(path)
+    top = os.path.abspath(top)
+    while True:
+        mode = os.stat(path).st_mode
+        if not mode & 0o001:
+            os.chmod(path, (mode & 0o7777) | 0o011)
+        if path == top or path == os.path.dirname(path):
+            return
+        path = os.path.dirname(path)
+
+
+def method_expected(asked, compressed):
+    """The capture method the plan must pick on this host, no fallback.
+
+    This host streams: libvirt 9.0 and QEMU 7.2 run pull-mode backups,
+    libnbd is linked in, the tier runs on native threads, and QEMU's
+    socket is within reach.  A compressed image is never streamed: copy.
+    """
+    if asked in ('stream', 'auto'):
+        return 'copy' if compressed else 'stream'
+    return asked
+
+
+@pytest.fixture(autouse=True)
+def method_that_ran(request, monkeypatch):
+    """Fail a test whose live snapshot ran another method than it asked.
+
+    Each journal record begun in this process is checked against the
+    options in force when it began ([snapdriver] capture_method, [libvirt]
+    snapshot_compression; ``method_expected``).  A plan that fell back
+    (libnbd missing, QEMU's socket out of reach) would otherwise pass as
+    the method asked for.  A test that means a fallback is marked
+    ``fallback_allowed``.
+    """
+    wrong = []
+    begin = journal.begin
+
+    def begin_and_check(**fields):
+        ran = fields.get('capture_method')
+        if ran is not None:  # None: a cold snapshot
+            expected = method_expected(
+                nova_env.CONF.snapdriver.capture_method,
+                bool(nova_env.CONF.libvirt.snapshot_compression))
+            if ran != expected:
+                wrong.append((expected, ran))
+        return begin(**fields)
+    monkeypatch.setattr(journal, 'begin', begin_and_check)
+    yield
+    if not request.node.get_closest_marker('fallback_allowed'):
+        assert wrong == [], ('capture method (expected, ran): a live '
+                             'snapshot fell back to another method')
+
+
 @pytest.fixture(scope='session')
 def workdir():
     path = tempfile.mkdtemp(prefix='snapdriver-func-')
+    let_qemu_in(path, tempfile.gettempdir())
     yield path
     if os.environ.get('SNAPDRIVER_KEEP_WORKDIR'):
         print('functional test workdir kept: %s' % path)
     else:
         shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def qemu_tmp_path(tmp_path, tmp_path_factory):
+    """pytest's tmp_path, which QEMU (an unprivileged user) can enter."""
+    let_qemu_in(tmp_path, tmp_path_factory.getbasetemp().parent)
+    return tmp_path
 
 
 @pytest.fixture(scope='session')

@@ -13,10 +13,12 @@ a new snapshot of the same instance in flight leaves that snapshot's job
 and domain alone (``test_stale_record_leaves_a_snapshot_in_flight_alone``).
 """
 
+import json
 import os
 import stat
 import subprocess
 import sys
+import time
 from xml.etree import ElementTree
 
 import libvirt
@@ -66,6 +68,78 @@ def test_killed_snapshot_is_repaired_by_recover(
     test_child.kill9(child)
     recover_all(nova_conf, instance, image, glance_client, reference,
                 snapshots_dir)
+
+
+@pytest.mark.parametrize('method,stop_at', [
+    ('copy', 'copying'), ('backup', 'backup'), ('stream', 'streaming'),
+    ('stream', 'upload-data')])
+def test_killed_mid_job_is_repaired_for_every_method(
+        method, stop_at, nova_conf, instance, make_image, glance_client,
+        reference, snapshots_dir):
+    """kill -9 while the method's block job runs, then recover.
+
+    copy's mirror, backup's push job, and stream's pull backup both
+    before its first read and mid-upload.
+    """
+    image = make_image(instance)
+    child = test_child.run_until(
+        nova_conf, instance, image['id'], stop_at,
+        options={'snapdriver': {'capture_method': method}})
+    path = os.path.join(journal.directory(), image['id'] + '.json')
+    with open(path) as f:
+        record = json.load(f)
+    assert record['capture_method'] == method, record
+    # None of these undefines the domain, and each has its job running.
+    assert instance.is_persistent()
+    domain = instance.lookup()
+    if method == 'copy':
+        assert checks.block_jobs(domain) != {}
+    else:
+        assert domain.jobStats().get('type') != libvirt.VIR_DOMAIN_JOB_NONE
+
+    test_child.kill9(child)
+    recover_all(nova_conf, instance, image, glance_client, reference,
+                snapshots_dir)
+    assert domain.jobStats().get('type') == libvirt.VIR_DOMAIN_JOB_NONE
+
+
+def test_periodic_recovery_repairs_without_a_restart(
+        nova_conf, conf, instance, make_image, glance_client, reference,
+        snapshots_dir):
+    """A running nova-compute repairs a snapshot another one left.
+
+    The serving child started before the snapshot died, so its start-up
+    recovery found nothing: only its periodic run can repair it.
+    """
+    server = test_child.serve(
+        nova_conf, options={'snapdriver': {'recovery_interval': 1}})
+    try:
+        image = make_image(instance)
+        child = test_child.run_until(nova_conf, instance, image['id'],
+                                     'undefined')
+        test_child.kill9(child)
+        assert not instance.is_persistent()
+
+        wait_for(lambda: journal.paths() == [], 'the periodic recovery',
+                 timeout=120)
+        assert instance.is_persistent()
+        assert instance.state() == libvirt.VIR_DOMAIN_RUNNING
+        assert checks.block_jobs(instance.lookup()) == {}
+        assert checks.same_content(instance.disk_path, reference)
+        assert checks.leftovers(snapshots_dir) == []
+        wait_for(lambda: image_status(glance_client, image['id']) ==
+                 'deleted', 'the queued image to be deleted', timeout=60)
+    finally:
+        test_child.kill9(server)
+
+
+def wait_for(predicate, what, timeout):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError('timed out after %d s waiting for %s'
+                                 % (timeout, what))
+        time.sleep(0.2)
 
 
 def recover_all(nova_conf, instance, image, glance_client, reference,

@@ -128,10 +128,17 @@ class WhileStoring(Upload):
             self.done_at = done
 
 
+# rebase stages a file that nova's image API reads; backup too, written by
+# QEMU; stream reads the running disk over NBD into the upload.
+METHODS = ('rebase', 'backup', 'stream')
+
+
+@pytest.mark.parametrize('method', METHODS)
 def test_glance_killed_mid_upload(
-        driver, context, conf, instance, image, glance, listener,
+        method, driver, context, conf, instance, image, glance, listener,
         reference, snapshots_dir):
     conf('glance', num_retries=1)
+    conf('snapdriver', capture_method=method)
     upload = WhileStoring(instance.uuid, glance, image['id'],
                           lambda: kill_glance(glance))
     listener(upload)
@@ -183,11 +190,14 @@ class BusyGlance(object):
         self.sock.close()
 
 
+@pytest.mark.parametrize('method', METHODS)
 def test_glance_restarted_between_nova_retries_gets_the_whole_image(
-        driver, context, conf, instance, image, glance, glance_client,
-        listener, reference, snapshots_dir, workdir, monkeypatch):
+        method, driver, context, conf, instance, image, glance,
+        glance_client, listener, reference, snapshots_dir, workdir,
+        monkeypatch):
     # nova sleeps 1 s between attempts; Glance takes a few to start.
     conf('glance', num_retries=20)
+    conf('snapdriver', capture_method=method)
     upload = Upload(instance.uuid)
     listener(upload)
     busy = []
@@ -203,12 +213,9 @@ def test_glance_restarted_between_nova_retries_gets_the_whole_image(
 
     def restart_glance():
         try:
-            # The upload is under way: its first bytes were read and the
-            # socket buffers are full (nothing more is read for a while).
+            # The upload is under way: its first bytes were read.  Glance's
+            # only worker is held, so it can neither store nor finish them.
             wait_for(lambda: upload.read > 0, 'the upload to start')
-            wait_for(lambda: time.monotonic() - upload.updates[-1][0] > 0.5,
-                     'the upload to stall behind the busy Glance')
-            restart['read'] = upload.read
             assert not os.path.exists(stored_path(glance, image['id']))
             kill_glance(glance)
             glance.start()
@@ -226,8 +233,9 @@ def test_glance_restarted_between_nova_retries_gets_the_whole_image(
     assert 'error' not in restart, restart.get('error')
     assert restart.get('up')
 
-    # Sent again from the first byte, after what the first attempt read.
-    assert upload.restarts() == [restart['read']]
+    # Sent again from the first byte, once, after part of the image.
+    first, = upload.restarts()
+    assert 0 < first <= upload.read
     stored = glance_client.images.get(image['id'])
     assert stored.status == 'active'
     path = checks.download(glance_client, image['id'],

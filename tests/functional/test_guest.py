@@ -47,7 +47,8 @@ def _remove_domain(dom_uuid):
 
 
 def test_guest_writes_consistent_markers(libvirt_conn, boot_files,
-                                         tmp_path):
+                                         qemu_tmp_path):
+    tmp_path = qemu_tmp_path
     kernel, initrd = boot_files
     base = tmp_path / 'base.raw'
     disk = tmp_path / 'disk'

@@ -87,7 +87,9 @@ def _wait_listening(ns, port, timeout=15):
     raise AssertionError('nothing listens on port %d in %s' % (port, ns.name))
 
 
-def test_guest_gets_a_lease_its_key_and_ssh(netns, boot_files, tmp_path):
+def test_guest_gets_a_lease_its_key_and_ssh(netns, boot_files,
+                                            qemu_tmp_path):
+    tmp_path = qemu_tmp_path
     kernel, initrd = boot_files
     assert _host_guest_lines() == []
     # The user's key pair, RSA as nova makes them; the public half where

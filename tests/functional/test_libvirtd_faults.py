@@ -77,8 +77,8 @@ def test_libvirtd_killed_during_the_block_job(
     down = LONG_DOWN_SECONDS if outage == 'long-outage' else DOWN_SECONDS
     if method == 'backup':
         # Slowed through QEMU's monitor once begun: still running when
-        # libvirtd dies.
-        inst = make_instance(disk_mib=2048)
+        # libvirtd dies (512 MiB of data: not done before the throttle).
+        inst = make_instance(disk_mib=2048, prefill_markers_mib=512)
         step = 'step:backup'
     else:
         conf('snapdriver', block_job_bandwidth=1)
@@ -126,6 +126,53 @@ def test_libvirtd_killed_during_the_block_job(
         assert [r['state'] for r in reports if r['record']] == \
             ['recovered'], reports
         assert len(reports) == (2 if method == 'rebase' else 1), reports
+    assert_all_repaired(inst, reference, snapshots_dir, libvirt_conn)
+    os.unlink(reference)
+
+
+@pytest.mark.parametrize('outage', ['short-outage', 'long-outage'])
+def test_libvirtd_killed_during_a_stream(
+        outage, driver, context, conf, make_instance, make_image, listener,
+        libvirt_conn, restart_libvirtd, image_api, glance_client,
+        snapshots_dir, workdir):
+    """The stream reads QEMU's export, not libvirtd: the image is whole.
+
+    Only ending the pull backup needs libvirtd.  Back within
+    ``libvirt_reconnect_timeout``, the snapshot ends it itself; still away,
+    the snapshot keeps its record, and recovery ends the backup once
+    libvirtd is back.  Either way the image is the disk, uploaded once.
+    """
+    conf('snapdriver', capture_method='stream',
+         libvirt_reconnect_timeout=RECONNECT_TIMEOUT[outage])
+    down = LONG_DOWN_SECONDS if outage == 'long-outage' else DOWN_SECONDS
+    inst = make_instance(disk_mib=256, prefill_markers_mib=64)
+    reference = checks.reference_copy(inst, workdir)
+    killed = []
+
+    def on_step(uuid, phase, done, total):
+        if uuid == inst.uuid and phase == 'step:streaming' and not killed:
+            killed.append(restart_libvirtd(down))
+    listener(on_step)
+    image = make_image(inst)
+
+    driver.snapshot(context, inst.obj, image['id'], lambda **kw: None)
+
+    assert killed, 'libvirtd was never killed'
+    restart_libvirtd.wait()
+    if outage == 'long-outage':
+        # The backup could not be ended: the record says so, for recovery.
+        assert len(journal.paths()) == 1
+        reports = recovery.recover(libvirt_conn, image_api, context)
+        assert [r['state'] for r in reports if r['record']] == \
+            ['recovered'], reports
+    stored = glance_client.images.get(image['id'])
+    assert stored.status == 'active'
+    path = checks.download(glance_client, image['id'],
+                           os.path.join(workdir, image['id'] + '.img'))
+    try:
+        assert checks.same_content(path, reference)
+    finally:
+        os.unlink(path)
     assert_all_repaired(inst, reference, snapshots_dir, libvirt_conn)
     os.unlink(reference)
 

@@ -87,6 +87,9 @@ def test_live_snapshot_as_nova(method, fmt, compute_host, nova_instance,
 
     assert result.ok, result
     assert result.result['uid'] == compute_host.uid
+    # The method asked for ran (auto: stream on this host), no fallback.
+    assert result.methods == ['stream' if method == 'auto' else method], \
+        result
     assert_image_is_the_disk(glance_client, image['id'], fmt, reference,
                              workdir)
     assert checks.same_content(inst.disk_path, reference)
@@ -108,6 +111,7 @@ def test_compressed_live_snapshot_as_nova(method, compute_host,
         libvirt={'snapshot_compression': 'true'})
 
     assert result.ok, result
+    assert result.methods == [method], result
     assert_image_is_the_disk(glance_client, image['id'], 'qcow2', reference,
                              workdir)
     assert_host_as_before(compute_host, inst)
@@ -126,6 +130,7 @@ def test_cold_snapshot_as_nova(fmt, compute_host, nova_instance, make_image,
         inst, image['id'], libvirt={'snapshot_image_format': fmt})
 
     assert result.ok, result
+    assert result.methods == [None], result  # cold: no capture method
     assert_image_is_the_disk(glance_client, image['id'], fmt, reference,
                              workdir)
     assert_host_as_before(compute_host, inst, libvirt.VIR_DOMAIN_SHUTOFF)

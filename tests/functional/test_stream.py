@@ -12,10 +12,14 @@ export.
 """
 
 import os
+import pwd
+import stat
 import subprocess
 import time
 
+import glanceclient.exc
 import libvirt
+from nova import exception as nova_exception
 import pytest
 
 from nova_snapdriver import exception
@@ -24,6 +28,7 @@ from nova_snapdriver import recovery
 from tests.testbed import checks
 from tests.testbed import child as test_child
 from tests.testbed import guest as test_guest
+from tests.testbed import libvirtd
 
 MiB = 1024 * 1024
 
@@ -235,7 +240,7 @@ def test_glance_killed_mid_stream_fails_cleanly(
             killed.append(done)
     listener(kill_at_4_mib)
 
-    with pytest.raises(Exception) as err:
+    with pytest.raises(nova_exception.GlanceConnectionFailed) as err:
         driver.snapshot(context, inst.obj, image['id'], lambda **kw: None)
 
     assert killed, 'the stream ended before Glance was killed'
@@ -255,13 +260,19 @@ def test_nova_compute_killed_mid_stream_is_repaired_by_recover(
     work_dir = os.path.join(snapshots_dir, image['id'])
     assert inst.lookup().jobStats().get('operation') == \
         libvirt.VIR_DOMAIN_JOB_OPERATION_BACKUP
-    assert sorted(os.listdir(work_dir)) == ['nbd.sock', 'scratch.qcow2']
+    assert sorted(os.listdir(work_dir)) == ['export', 'scratch.qcow2']
+    # QEMU (libvirt-qemu) made the socket in the directory of its group.
+    export = os.path.join(work_dir, 'export')
+    assert os.listdir(export) == ['nbd.sock']
+    assert stat.S_IMODE(os.stat(export).st_mode) == 0o730
+    assert os.stat(os.path.join(export, 'nbd.sock')).st_uid == \
+        pwd.getpwnam(libvirtd.QEMU_USER).pw_uid
 
     test_child.kill9(child)
     reports = recovery.recover(libvirt_conn, image_api, context)
 
     assert [r['state'] for r in reports] == ['recovered'], reports
     assert any('deleted image' in a for a in reports[0]['actions'])
-    with pytest.raises(Exception):
+    with pytest.raises(glanceclient.exc.HTTPNotFound):
         glance_client.images.get(image['id'])
     assert_instance_as_before(inst, snapshots_dir)

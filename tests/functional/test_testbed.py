@@ -4,13 +4,18 @@ These tests never skip: a missing libvirtd or Glance is a failure, because
 every other functional test depends on them.
 """
 
+import grp
 import hashlib
 import io
 import logging
 import os
+import pwd
+import stat
 import time
 import uuid
+from xml.etree import ElementTree
 
+import glanceclient.exc
 import libvirt
 import pytest
 
@@ -67,8 +72,6 @@ def test_tcg_domain_lifecycle(conn):
     dom = conn.defineXML(xml)
     try:
         t_define = time.monotonic() - t0
-        # ~36 s here means QEMU is not running as root (see libvirtd.py).
-        assert t_define < 5, 'defineXML took %.1f s' % t_define
         dom.create()
         assert dom.isActive()
         assert dom.state()[0] == libvirt.VIR_DOMAIN_RUNNING
@@ -79,9 +82,40 @@ def test_tcg_domain_lifecycle(conn):
             dom.destroy()
         dom.undefine()
     assert name not in conn.listDefinedDomains()
-    elapsed = time.monotonic() - t0
-    LOG.info('define %.3f s, whole lifecycle %.2f s', t_define, elapsed)
-    assert elapsed < 15
+    # Timings are logged, not asserted (the bench measures speed).
+    LOG.info('define %.3f s, whole lifecycle %.2f s', t_define,
+             time.monotonic() - t0)
+
+
+def test_qemu_runs_unprivileged_as_shipped(conn):
+    """QEMU as distributions run it: libvirt-qemu, /dev/kvm as udev sets it.
+
+    A /dev/kvm its user cannot open makes libvirt re-probe QEMU at every
+    defineXML (about 36 s each): the cause is checked, not the time.
+    """
+    name = 'snapdriver-testbed-%s' % uuid.uuid4().hex[:8]
+    dom = conn.createXML(DOMAIN_XML.format(virt_type=libvirtd.virt_type(),
+                                           name=name), 0)
+    try:
+        label = ElementTree.fromstring(dom.XMLDesc(0)).find(
+            "./seclabel[@model='dac']/label").text
+        qemu = pwd.getpwnam(libvirtd.QEMU_USER)
+        assert label == '+%d:+%d' % (qemu.pw_uid,
+                                     grp.getgrnam(libvirtd.QEMU_GROUP).gr_gid)
+        with open('/run/libvirt/qemu/%s.pid' % name) as f:
+            pid = int(f.read())
+        with open('/proc/%d/status' % pid) as f:
+            uid = [line.split()[1] for line in f if line.startswith('Uid:')]
+        assert uid == [str(qemu.pw_uid)]
+    finally:
+        dom.destroy()
+    if os.path.exists(libvirtd.KVM_DEVICE):
+        st = os.stat(libvirtd.KVM_DEVICE)
+        assert stat.S_IMODE(st.st_mode) == 0o660
+        kvm = grp.getgrnam(libvirtd.KVM_GROUP)
+        assert st.st_gid == kvm.gr_gid
+        assert (kvm.gr_gid == qemu.pw_gid or
+                libvirtd.QEMU_USER in kvm.gr_mem)
 
 
 def test_glance_image_roundtrip_survives_restart(glance_server):
@@ -98,7 +132,7 @@ def test_glance_image_roundtrip_survives_restart(glance_server):
 
     glance_server.stop()
     assert not glance_server.is_running()
-    with pytest.raises(Exception):
+    with pytest.raises(glanceclient.exc.CommunicationError):
         gc.images.get(image.id)
 
     t0 = time.monotonic()

@@ -4,7 +4,6 @@ import json
 import os
 import subprocess
 
-import libvirt
 import libvirt_qemu
 
 
@@ -52,10 +51,12 @@ def leftovers(directory):
 
 
 def block_jobs(domain, disk='vda'):
-    try:
-        return domain.blockJobInfo(disk, 0)
-    except libvirt.libvirtError:
-        return {}
+    """The block job on ``disk`` ({} if none).
+
+    A libvirt that cannot answer (domain gone, connection dead) raises:
+    "no job" must never be assumed.
+    """
+    return domain.blockJobInfo(disk, 0)
 
 
 def throttle_block_jobs(domain, bytes_per_second=1024 * 1024):
@@ -69,7 +70,10 @@ def throttle_block_jobs(domain, bytes_per_second=1024 * 1024):
         reply = libvirt_qemu.qemuMonitorCommand(
             domain, json.dumps({'execute': command,
                                 'arguments': arguments}), 0)
-        return json.loads(reply)['return']
+        answer = json.loads(reply)
+        if 'return' not in answer:
+            raise AssertionError('QEMU refused %s: %s' % (command, reply))
+        return answer['return']
     jobs = [job['device'] for job in qmp('query-block-jobs')]
     for job in jobs:
         qmp('block-job-set-speed', device=job, speed=bytes_per_second)

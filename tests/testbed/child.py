@@ -12,6 +12,9 @@ instance described by INSTANCE_JSON.  When the snapshot reaches STOP_AT, a
 journal step ('overlay', 'undefined', 'copying', 'extracting',
 'uploading') or 'upload-data' (the first bytes sent to Glance), it prints
 "REACHED <STOP_AT>" and waits, so the parent can kill -9 it right there.
+
+``serve`` starts a child that only starts the driver, as nova-compute
+does (``init_host``, then periodic recovery), and runs until killed.
 """
 
 import json
@@ -42,7 +45,7 @@ def run_until(nova_conf, inst, image_id, stop_at, timeout=120,
     env = dict(os.environ, SNAPDRIVER_CHILD_OPTIONS=json.dumps(options or {}))
     child = subprocess.Popen(
         [sys.executable, '-m', 'tests.testbed.child', nova_conf,
-         inst.ref_json(), image_id, stop_at],
+         inst.ref_json() if inst else '{}', image_id, stop_at],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
         env=env, bufsize=0)  # unbuffered: no line waits where select misses
     deadline = time.monotonic() + timeout
@@ -66,12 +69,30 @@ def kill9(child):
     child.stdout.close()
 
 
-def main(conf_path, instance_json, image_id, stop_at):
+def serve(nova_conf, options=None, timeout=120):
+    """A child that runs as nova-compute does, until killed.
+
+    It starts the driver (``init_host``), whose periodic recovery then
+    runs every ``[snapdriver] recovery_interval`` s (set it in
+    ``options``); returned once the driver has started.
+    """
+    return run_until(nova_conf, None, '-', 'serving', timeout, options)
+
+
+def _configure(conf_path):
     nova_env.configure_from(conf_path)
     options = json.loads(os.environ.get('SNAPDRIVER_CHILD_OPTIONS') or '{}')
     for group, values in options.items():
         for name, value in values.items():
             nova_env.CONF.set_override(name, value, group)
+
+
+def main(conf_path, instance_json, image_id, stop_at):
+    _configure(conf_path)
+    if stop_at == 'serving':
+        nova_env.load_driver()
+        print('REACHED serving', flush=True)
+        time.sleep(3600)
     driver = nova_env.load_driver()
     inst = test_instance.InstanceRef(**json.loads(instance_json))
     obj = test_instance.make_instance_object(inst)

@@ -6,8 +6,11 @@ Run by ``tests/testbed/compute_host.py`` through ``runuser -u nova``, with
 the compute venv's python.  It parses the CONF files as nova-compute does,
 loads DRIVER by name (``snapdriver.SnapLibvirtDriver`` or nova's own
 ``libvirt.LibvirtDriver``), starts it with ``init_host`` and snapshots the
-instance.  Its last line is ``RESULT {"ok": ..., "error": ..., "uid": ...}``
-(JSON); the log goes to stderr, merged by the caller.
+instance.  Its last line is ``RESULT {"ok": ..., "error": ..., "uid": ...,
+"methods": [...]}`` (JSON): ``methods`` holds the capture method of each
+journal record the snapshot began (None for a cold snapshot), so a test
+can tell the method that ran from one that a fallback picked.  The log
+goes to stderr, merged by the caller.
 """
 
 import json
@@ -29,7 +32,15 @@ def main(driver_name, instance_json, image_id, *conf_paths):
     nova_config.parse_args(args, configure_db=False)
     objects.register_all()
     import nova_snapdriver.conf  # noqa: F401  registers [snapdriver]
-    result = {'uid': os.geteuid(), 'ok': False, 'error': None}
+    from nova_snapdriver import journal
+    result = {'uid': os.geteuid(), 'ok': False, 'error': None,
+              'methods': []}
+    begin = journal.begin
+
+    def begin_and_note(**fields):
+        result['methods'].append(fields.get('capture_method'))
+        return begin(**fields)
+    journal.begin = begin_and_note
     try:
         driver = nova_env.load_driver(driver_name)
         inst = test_instance.InstanceRef(**json.loads(instance_json))

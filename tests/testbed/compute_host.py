@@ -49,6 +49,11 @@ class SnapshotResult(object):
     def error(self):
         return (self.result or {}).get('error', '')
 
+    @property
+    def methods(self):
+        """The capture method of each journal record begun (None: cold)."""
+        return (self.result or {}).get('methods')
+
     def __repr__(self):
         return 'SnapshotResult(rc=%s, %s)\n%s' % (
             self.returncode, self.result, self.output[-4000:])

@@ -26,6 +26,18 @@ command line flag snapdata=1 mounts the ext4 file system on the disk's
 first partition (/dev/vda1, below MARKER_BASE) on /root, so that what a
 test writes in root's home over SSH is in the disk and its snapshots.
 A guest without a NIC or the flag boots exactly as before.
+
+A guest given nova's guest agent channel (a virtio-serial port named
+org.qemu.guest_agent.0, what nova adds for an image with
+hw_qemu_guest_agent=yes) runs Debian's real QEMU guest agent on it, as a
+cloud image with qemu-guest-agent installed does, so libvirt's
+fsFreeze/fsThaw reach a real agent, which freezes a real file system:
+an ext2 on a RAM disk mounted on FREEZABLE_MOUNT (the initramfs itself
+cannot be frozen; the instance's disk is left alone).  Its fsfreeze hook
+prints "SNAPGUEST FSFREEZE freeze" on the serial console just before each
+freeze and "SNAPGUEST FSFREEZE thaw" just after each thaw.  The kernel
+command line flag snapagent=0 leaves the port with nothing listening: a
+guest whose agent does not answer.
 """
 
 import glob
@@ -46,18 +58,31 @@ MARKER_MAGIC = b'SNAPMARK'
 READY = 'SNAPGUEST READY'
 SSH_READY = 'SNAPGUEST SSH READY'
 DEBIAN_PACKAGES = ('linux-image-cloud-amd64', 'busybox-static', 'cpio',
-                   'dropbear-bin')
+                   'dropbear-bin', 'qemu-guest-agent')
 # insmod does not resolve dependencies, so this order matters.
 MODULES = ('virtio_ring', 'virtio', 'virtio_pci_modern_dev',
            'virtio_pci_legacy_dev', 'virtio_pci', 'virtio_blk')
 # Loaded after MODULES, and only if the guest has a virtio NIC.
 NET_MODULES = ('failover', 'net_failover', 'virtio_net')
+# Loaded after MODULES, and only if the guest has a virtio-serial device:
+# its ports, and RAM disks (brd) for a file system the agent can freeze.
+AGENT_MODULES = ('virtio_console', 'brd')
 BUSYBOX = '/bin/busybox'
 # From Debian's dropbear-bin (never the 'dropbear' package: that one
 # also installs and starts an SSH server on the host).  They go into the
 # initramfs at these paths, with the shared libraries they load.
 DROPBEAR = '/usr/sbin/dropbear'
 DROPBEARKEY = '/usr/bin/dropbearkey'
+# From Debian's qemu-guest-agent, with its libraries, at the same path.
+QEMU_GA = '/usr/sbin/qemu-ga'
+# The channel nova names, and qemu-ga's default path for it (udev's link).
+AGENT_CHANNEL = 'org.qemu.guest_agent.0'
+FSFREEZE_HOOK = '/etc/qemu/fsfreeze-hook'
+# Where the guest mounts the file system its agent freezes (no file
+# system of the initramfs or the kernel's own can be frozen).
+FREEZABLE_MOUNT = '/mnt'
+FSFREEZE = 'SNAPGUEST FSFREEZE'
+AGENT_STARTED = 'SNAPGUEST AGENT STARTED'
 # Where the libraries go: on the dynamic loader's default search path,
 # so the guest needs no ld.so.cache.
 LIBDIR = 'lib/x86_64-linux-gnu'
@@ -145,6 +170,45 @@ net_and_ssh() {
     echo "%(ssh_ready)s ip=$addr"
 }
 
+# Debian's qemu-guest-agent on nova's channel, as udev starts it on a
+# cloud image: the port's /dev/virtio-ports link is udev's, made here.
+# qemu-ga runs the fsfreeze hook before each freeze and after each thaw.
+# It freezes every mounted file system on a block device: here a small
+# ext2 on the first RAM disk, kept off the instance's disk.
+start_agent() {
+    i=0
+    while [ ! -b /dev/ram0 ] && [ $i -lt 50 ]; do
+        sleep 0.1
+        i=$((i + 1))
+    done
+    mkdir -p %(freezable)s
+    mke2fs /dev/ram0 1024 >/dev/null &&
+        mount -t ext2 /dev/ram0 %(freezable)s ||
+        echo "SNAPGUEST NO FREEZABLE FS"
+    port=
+    i=0
+    while [ -z "$port" ] && [ $i -lt 50 ]; do
+        for p in /sys/class/virtio-ports/*; do
+            [ "$(cat $p/name 2>/dev/null)" = %(agent_channel)s ] &&
+                port=/dev/${p##*/}
+        done
+        [ -n "$port" ] || sleep 0.1
+        i=$((i + 1))
+    done
+    if [ -z "$port" ]; then
+        echo "SNAPGUEST NO AGENT PORT"
+        return 1
+    fi
+    mkdir -p /dev/virtio-ports
+    ln -sf $port /dev/virtio-ports/%(agent_channel)s
+    /usr/sbin/qemu-ga --daemonize --method=virtio-serial \
+        --path=/dev/virtio-ports/%(agent_channel)s --statedir=/run \
+        --pidfile=/run/qemu-ga.pid --logfile=/dev/ttyS0 \
+        --fsfreeze-hook=%(fsfreeze_hook)s ||
+        { echo "SNAPGUEST AGENT FAILED"; return 1; }
+    echo "%(agent_started)s port=$port"
+}
+
 for m in %(modules)s; do
     load $m
 done
@@ -158,16 +222,27 @@ if grep -qx 0x0001 /sys/bus/virtio/devices/*/device 2>/dev/null; then
     load net_failover
     load virtio_net csum=0 gso=0
 fi
+# A virtio-serial device (virtio device id 3) carries the agent's port.
+if grep -qx 0x0003 /sys/bus/virtio/devices/*/device 2>/dev/null; then
+    for m in %(agent_modules)s; do
+        load $m
+    done
+fi
 mode=idle
 marks=100000
 data=0
+agent=1
 for arg in $(cat /proc/cmdline); do
     case $arg in
         snapmode=*) mode=${arg#snapmode=} ;;
         snapmarks=*) marks=${arg#snapmarks=} ;;
         snapdata=*) data=${arg#snapdata=} ;;
+        snapagent=*) agent=${arg#snapagent=} ;;
     esac
 done
+if [ -e /sys/class/virtio-ports ] && [ "$agent" != 0 ]; then
+    start_agent
+fi
 i=0
 while [ ! -b /dev/vda ] && [ $i -lt 300 ]; do
     sleep 0.1
@@ -211,7 +286,17 @@ while :; do
 done
 """ % {'modules': ' '.join(MODULES), 'base': MARKER_BASE,
        'size': MARKER_SIZE, 'ready': READY, 'ssh_ready': SSH_READY,
-       'key_url': KEY_URL}
+       'key_url': KEY_URL, 'agent_modules': ' '.join(AGENT_MODULES),
+       'agent_channel': AGENT_CHANNEL, 'fsfreeze_hook': FSFREEZE_HOOK,
+       'agent_started': AGENT_STARTED, 'freezable': FREEZABLE_MOUNT}
+
+# qemu-ga runs this with "freeze" before it freezes the guest's file
+# systems and with "thaw" after it thawed them; a failure fails the
+# freeze.  Its output goes to /dev/null, so it writes to the console.
+FSFREEZE_HOOK_SCRIPT = r"""#!/bin/sh
+# qemu-ga's fsfreeze hook in the snapshot test guest (tests/testbed/guest.py).
+echo "%s $1" > /dev/ttyS0
+""" % FSFREEZE
 
 # udhcpc runs this at each DHCP event ($1) with the lease in the
 # environment: $interface, $ip, $mask (a prefix length), $router,
@@ -314,7 +399,8 @@ def _module_paths(version):
             rel = line.split(':', 1)[0]
             name = re.sub(r'\.ko(\.xz)?$', '', os.path.basename(rel))
             paths[name.replace('-', '_')] = os.path.join(moddir, rel)
-    missing = [m for m in MODULES + NET_MODULES if m not in paths]
+    missing = [m for m in MODULES + NET_MODULES + AGENT_MODULES
+               if m not in paths]
     if missing:
         raise RuntimeError('kernel %s lacks modules %s (want .ko or .ko.xz)'
                            % (version, ', '.join(missing)))
@@ -364,7 +450,8 @@ def initramfs_files(version):
     """
     for what, path in (('Static busybox', BUSYBOX),
                        ('Dropbear', DROPBEAR),
-                       ('dropbearkey', DROPBEARKEY)):
+                       ('dropbearkey', DROPBEARKEY),
+                       ('The QEMU guest agent', QEMU_GA)):
         if not os.path.exists(path):
             raise _missing('%s (%s)' % (what, path))
     files = {
@@ -373,6 +460,7 @@ def initramfs_files(version):
         'bin/sudo': (0o755, SUDO_SCRIPT.encode()),
         'bin/nohup': (0o755, NOHUP_SCRIPT.encode()),
         'etc/udhcpc/default.script': (0o755, UDHCPC_SCRIPT.encode()),
+        FSFREEZE_HOOK.lstrip('/'): (0o755, FSFREEZE_HOOK_SCRIPT.encode()),
         'root': (0o700, None),
         'tmp': (0o1777, None),
     }
@@ -381,13 +469,15 @@ def initramfs_files(version):
     for name, text in ETC_FILES.items():
         files[name] = (0o644, text.encode())
     modules = _module_paths(version)
-    for name in MODULES + NET_MODULES:
+    for name in MODULES + NET_MODULES + AGENT_MODULES:
         src = modules[name]
         opener = lzma.open if src.endswith('.xz') else open
         files['lib/modules/%s.ko' % name] = (0o644, _read(src, opener))
-    # /init runs them as /usr/sbin/dropbear and /usr/bin/dropbearkey.
+    # /init runs them as /usr/sbin/dropbear, /usr/bin/dropbearkey and
+    # /usr/sbin/qemu-ga.
     for binary, path in ((DROPBEAR, 'usr/sbin/dropbear'),
-                         (DROPBEARKEY, 'usr/bin/dropbearkey')):
+                         (DROPBEARKEY, 'usr/bin/dropbearkey'),
+                         (QEMU_GA, 'usr/sbin/qemu-ga')):
         files[path] = (0o755, _read(binary))
         for lib, host_path in _shared_libraries(binary):
             files[lib] = (0o755, _read(host_path))
@@ -455,12 +545,14 @@ def build_boot_files(cache_dir):
 
 def domain_xml(uuid, name, disk_path, disk_format, kernel, initrd,
                serial_log, mode='idle', marks=100000, virt_type='qemu',
-               memory_mib=256, emulator=None):
+               memory_mib=256, emulator=None, channel=None, agent=True):
     """Return libvirt XML for the guest, shaped like a nova instance.
 
     TCG (virt_type 'qemu') is the default because nested KVM does not
     boot this guest dependably.  No network and no graphics: the serial
-    log file is the only channel back to the test.
+    log file is the only channel back to the test.  ``channel`` is the
+    XML of a guest agent channel device (nova's), added as it is; with
+    ``agent`` false, nothing in the guest listens on it.
     """
     E = ElementTree.SubElement
     dom = ElementTree.Element('domain', type=virt_type)
@@ -472,8 +564,9 @@ def domain_xml(uuid, name, disk_path, disk_format, kernel, initrd,
     E(os_, 'type', arch='x86_64', machine='pc').text = 'hvm'
     E(os_, 'kernel').text = kernel
     E(os_, 'initrd').text = initrd
-    E(os_, 'cmdline').text = ('console=ttyS0 snapmode=%s snapmarks=%d'
-                              % (mode, marks))
+    E(os_, 'cmdline').text = ('console=ttyS0 snapmode=%s snapmarks=%d%s'
+                              % (mode, marks,
+                                 '' if agent else ' snapagent=0'))
     features = E(dom, 'features')
     E(features, 'acpi')
     E(features, 'apic')
@@ -491,6 +584,8 @@ def domain_xml(uuid, name, disk_path, disk_format, kernel, initrd,
     serial = E(devices, 'serial', type='file')
     E(serial, 'source', path=serial_log)
     E(serial, 'target', port='0')
+    if channel:
+        devices.append(ElementTree.fromstring(channel))
     E(devices, 'memballoon', model='none')
     return ElementTree.tostring(dom, encoding='unicode')
 
@@ -530,6 +625,17 @@ def last_console_mark(serial_log):
     """
     marks = re.findall(r'^MARK (\d+)$', _read_text(serial_log), re.M)
     return max(map(int, marks), default=0)
+
+
+def fsfreeze_events(serial_log):
+    """Return the guest agent's freezes and thaws so far, in order.
+
+    A list of 'freeze' and 'thaw', one per line the fsfreeze hook
+    printed: a freeze is printed before the agent freezes, a thaw after
+    it thawed.
+    """
+    return re.findall(r'^%s (freeze|thaw)$' % FSFREEZE,
+                      _read_text(serial_log), re.M)
 
 
 def read_markers(image_path, fmt, count=None):

@@ -8,6 +8,11 @@ Known data is written with qemu-io before the domain starts: the base holds
 one pattern, the instance's own layer another on top of part of it, so a
 snapshot that lost either layer, or its backing file, is caught by
 ``qemu-img compare`` against the disk.
+
+An instance of an image with hw_qemu_guest_agent=yes gets the guest agent
+channel nova's libvirt driver adds, made by nova's own code, and the
+guest runs the real QEMU guest agent on it (or, to play a guest whose
+agent does not answer, nothing).
 """
 
 import hashlib
@@ -15,9 +20,13 @@ import json
 import os
 import shutil
 import subprocess
+import time
 
 import libvirt
+import libvirt_qemu
+from nova.network import model as network_model
 from nova import objects
+from nova.virt.libvirt import driver as libvirt_driver
 from oslo_utils import uuidutils
 
 from tests.testbed import guest as test_guest
@@ -30,6 +39,10 @@ UNKNOWN_EXT = bytes.fromhex('5eed0001')
 # Patterns (offset MiB, length MiB, byte): all below guest.MARKER_BASE.
 BASE_DATA = ((0, 8, 0xa1), (20, 4, 0xa2))
 DISK_DATA = ((4, 8, 0xb1), (28, 2, 0xb2))
+# NovaInstance(agent=...): the guest runs qemu-ga on nova's channel, or
+# the channel is there and nothing in the guest answers on it.
+AGENT_QEMU_GA = 'qemu-ga'
+AGENT_SILENT = 'silent'
 
 
 def qemu_io(path, fmt, *commands):
@@ -65,7 +78,10 @@ class NovaInstance(object):
     """One test instance: files, domain and the nova object that names it.
 
     ``mode`` is the guest's: 'idle' (never writes) or 'markers' (writes
-    numbered markers, see tests/testbed/guest.py).
+    numbered markers, see tests/testbed/guest.py).  ``agent``: None (no
+    guest agent channel), AGENT_QEMU_GA or AGENT_SILENT (nova's channel;
+    qemu-ga answers on it, or nothing does).  The image property
+    hw_qemu_guest_agent, which nova checks, is the test's to set.
     """
 
     _next_id = 1
@@ -74,7 +90,7 @@ class NovaInstance(object):
                  mode='idle', marks=100000, image_meta=None,
                  instances_path=None, cache_name='_base', owner=None,
                  backing_format_in_header=True, emulator=None,
-                 prefill_markers_mib=0):
+                 prefill_markers_mib=0, agent=None):
         self.conn = conn
         self.kernel, self.initrd = boot_files
         self.base_format = base_format
@@ -94,6 +110,9 @@ class NovaInstance(object):
         # Old data where the guest will write its markers: copy-before-
         # write then has something to copy (zeros it writes as zeros).
         self.prefill_markers_mib = prefill_markers_mib
+        assert agent in (None, AGENT_QEMU_GA, AGENT_SILENT), agent
+        self.agent = agent
+        self.agent_socket = None
         self.base_path = os.path.join(
             instances, cache_name,
             hashlib.sha1(self.uuid.encode()).hexdigest())
@@ -132,20 +151,49 @@ class NovaInstance(object):
         return self.obj.name
 
     def xml(self):
+        channel = None
+        if self.agent:
+            channel = nova_agent_channel(self.obj)
+            self.agent_socket = channel.source_path
+            channel = channel.to_xml()
         return test_guest.domain_xml(
             self.uuid, self.name, self.disk_path, 'qcow2',
             self.kernel, self.initrd, self.console_log, mode=self.mode,
-            marks=self.marks, emulator=self.emulator)
+            marks=self.marks, emulator=self.emulator, channel=channel,
+            agent=self.agent != AGENT_SILENT)
 
     def start(self):
-        """Create files, define and start the domain; wait for the guest."""
+        """Create files, define and start the domain; wait for the guest.
+
+        With a running agent, also until libvirt reaches it.
+        """
         self.obj = make_instance_object(self)
         self.create_disks()
         self.domain = self.conn.defineXML(self.xml())
         self.domain.create()
         test_guest.wait_for_console(self.console_log, test_guest.READY,
                                     timeout=120)
+        if self.agent == AGENT_QEMU_GA:
+            self.wait_for_agent()
         return self
+
+    # -- guest agent ---------------------------------------------------
+    def agent_command(self, command, timeout=10):
+        """Run a guest agent command through libvirt; return its result."""
+        reply = libvirt_qemu.qemuAgentCommand(
+            self.lookup(), json.dumps({'execute': command}), timeout, 0)
+        return json.loads(reply)['return']
+
+    def wait_for_agent(self, timeout=60):
+        """Wait until the guest agent answers a guest-ping."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return self.agent_command('guest-ping')
+            except libvirt.libvirtError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
 
     def ref_json(self):
         """The instance for ``tests.testbed.child``, as JSON."""
@@ -172,10 +220,15 @@ class NovaInstance(object):
             if dom.isActive():
                 dom.destroy()  # a transient domain is gone after this
             if persistent:
-                dom.undefineFlags(libvirt.VIR_DOMAIN_UNDEFINE_NVRAM)
+                dom.undefineFlags(
+                    libvirt.VIR_DOMAIN_UNDEFINE_NVRAM |
+                    # A cold snapshot by nova's code saves the guest.
+                    libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE)
         shutil.rmtree(self.dir, ignore_errors=True)
-        if os.path.exists(self.base_path):
-            os.unlink(self.base_path)
+        # QEMU removes its socket when it exits, but not when killed.
+        for path in (self.base_path, self.agent_socket):
+            if path and os.path.lexists(path):
+                os.unlink(path)
 
 
 class InstanceRef(object):
@@ -185,6 +238,24 @@ class InstanceRef(object):
         self.uuid = uuid
         self.id = id
         self.image_meta = image_meta
+
+
+class _Devices(list):
+    """A guest config that only collects what is added to it."""
+
+    add_device = list.append
+
+
+def nova_agent_channel(instance):
+    """The guest agent channel nova's libvirt driver gives ``instance``.
+
+    Made by nova's own ``_add_qga_device``, which uses nothing of the
+    driver but the instance's name.
+    """
+    devices = _Devices()
+    libvirt_driver.LibvirtDriver._add_qga_device(None, devices, instance)
+    [channel] = devices
+    return channel
 
 
 def make_instance_object(inst):
@@ -205,4 +276,10 @@ def make_instance_object(inst):
         kernel_id='', ramdisk_id='', os_type='linux',
         host='localhost', node='localhost', vm_state='active',
         task_state='image_snapshot', power_state=1,
-        flavor=flavor, system_metadata=sysmeta, metadata={})
+        flavor=flavor, system_metadata=sysmeta, metadata={},
+        # What nova's suspend and resume (a cold snapshot of a running
+        # guest) read: no PCI device, no port.
+        pci_devices=objects.PciDeviceList(objects=[]), numa_topology=None,
+        pci_requests=objects.InstancePCIRequests(requests=[]),
+        info_cache=objects.InstanceInfoCache(
+            network_info=network_model.NetworkInfo()))
