@@ -39,6 +39,7 @@ from minicloud_lib import guestnet
 from minicloud_lib.images import build_guest_images
 from minicloud_lib.images import create_flavors_and_images
 from minicloud_lib.images import IMAGES
+from minicloud_lib.methods import cmd_methods
 from minicloud_lib.processes import http_answers
 from minicloud_lib.processes import pid_of
 from minicloud_lib.processes import port_free
@@ -298,6 +299,10 @@ def main(argv=None):
     for name, func in (('up', cmd_up), ('down', cmd_down),
                        ('status', cmd_status), ('env', cmd_env)):
         sub.add_parser(name).set_defaults(func=func)
+    sub.add_parser(
+        'methods', help='check that every live snapshot in nova-compute\'s '
+        'log ran the capture method it was configured with').set_defaults(
+            func=cmd_methods)
     tempest = sub.add_parser(
         'tempest', help='run tempest 47 against the cloud: '
         'tempest.api.compute.images and our plugin')

@@ -3,7 +3,10 @@
 tempest 47 with our plugin (the venv of tools/check-tempest-plugin), its
 configuration for this cloud, the run of tempest.api.compute.images,
 tempest.scenario.test_snapshot_pattern and our plugin's tests, and the
-check that every skipped test is explained in tests/e2e/tempest-skips.txt.
+checks of its result: every skipped test is explained in
+tests/e2e/tempest-skips.txt, no class (setUpClass) or module was skipped
+as a whole, and every test that tempest lists for the run's regex has a
+result.
 
 SSH validation is on: tempest runs inside NETNS_EXT (``ip netns exec``),
 the one namespace with an address on the guests' network, and reaches the
@@ -143,6 +146,18 @@ def cmd_tempest(args):
             keystone=url('keystone'), region=REGION, image=image,
             flavor=ids[FLAVORS[0][0]], flavor_alt=ids[FLAVORS[1][0]],
             network=NETWORK_NAME, network_id=guestnet.network_id()))
+    # The tests the run must report, each with a result: a class whose
+    # setUpClass skips (or a module, or a lost worker) reports none of its
+    # own, and would otherwise pass unnoticed.  Listing needs no cloud.
+    res = subprocess.run([tempest, 'run', '--list-tests', '--regex',
+                          args.regex], cwd=work, env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         text=True, timeout=600)
+    if res.returncode:
+        raise MinicloudError('tempest run --list-tests failed:\n%s%s'
+                             % (res.stdout[-3000:], res.stderr[-3000:]))
+    expected = listed_tests(res.stdout, args.regex)
+    log('tempest lists %d tests for %s', len(expected), args.regex)
     cmd = ['ip', 'netns', 'exec', NETNS_EXT, tempest, 'run',
            '--concurrency', str(args.concurrency), '--regex', args.regex]
     log('running %s', ' '.join(cmd))
@@ -172,22 +187,140 @@ def cmd_tempest(args):
     if proc.returncode:
         print(output[-6000:])
         return proc.returncode
-    unexplained = unexplained_skips(output)
-    if unexplained:
-        print('minicloud: %d skipped test(s) not explained in %s:\n  %s'
-              % (len(unexplained), TEMPEST_SKIPS, '\n  '.join(unexplained)))
+    problems = check_run(output, expected, load_allowed_skips())
+    if problems:
+        print('minicloud: tempest passed, but the run is not accepted:\n  %s'
+              % '\n  '.join(problems))
         return 1
     return 0
 
 
 TEMPEST_SKIPS = os.path.join(REPO, 'tests', 'e2e', 'tempest-skips.txt')
 
+# What tempest run prints of each result: stestr's subunit-trace
+# (stestr/subunit_trace.py show_outcome, stestr 4.2.1 as pinned by
+# tools/tempest-constraints.txt), one line a test:
+#   {0} tempest.api...ImagesTestJSON.test_x [1.234567s] ... ok
+#   {1} tempest.api...ImagesTestJSON.test_y [0.5s] ... FAILED
+#   {0} tempest.api...ImagesTestJSON.test_z ... SKIPPED: <reason>
+# (no duration on a skip, no ': <reason>' if the reason is empty; other
+# statuses as '... <status>').  The id is the subunit test id with its
+# first '[...]' (tempest's tags: id-<uuid>, smoke) cut out.
+TRACE_LINE = re.compile(
+    r'^\{\d+\} (?P<id>.+?)(?: \[[^\]\n]*\])? \.\.\. '
+    r'(?:(?P<skip>SKIPPED)(?:: (?P<reason>.*))?|(?P<status>\S+))$', re.M)
 
-def unexplained_skips(output):
-    """Skipped tests of a tempest run that tempest-skips.txt lacks."""
-    with open(TEMPEST_SKIPS) as f:
-        allowed = {line.split()[0] for line in f
-                   if line.strip() and not line.startswith('#')}
-    skipped = re.findall(r'^\{\d+\} (\S+?)(?:\[\S*\])? \.\.\. SKIPPED',
-                         output, re.M)
-    return sorted(set(skipped) - allowed)
+# A setUpClass that raises SkipTest (tempest's skip_checks, or anything
+# else in tempest's BaseTestCase.setUpClass) is reported by unittest's
+# TestSuite._handleClassSetUp as ONE skipped pseudo-test, an _ErrorHolder
+# whose id is 'setUpClass (<module>.<class>)', and none of the class's
+# tests is run or reported at all; a setUpModule skip likewise as
+# 'setUpModule (<module>)'.  A real test id has no space.
+FIXTURE_ID = re.compile(r'^(?P<fixture>\w+) \((?P<parent>[\w.]+)\)$')
+
+
+def strip_tags(test_id):
+    """A test id as subunit-trace prints it: its first '[...]' cut out.
+
+    stestr's subunit_trace.cleanup_test_name; tempest's ids are
+    'module.Class.test_x[id-<uuid>,smoke]'.
+    """
+    start = test_id.find('[')
+    end = test_id.find(']')
+    if start > 0 and end > start:
+        test_id = test_id[:start] + test_id[end + 1:]
+    return test_id
+
+
+def parse_results(output):
+    """(test id, status, reason) of each result line of a tempest run.
+
+    status is 'ok', 'FAILED', 'skip' or whatever else subunit-trace
+    printed; reason is the skip's reason ('' if none; its first line).
+    """
+    results = []
+    for m in TRACE_LINE.finditer(output):
+        if m.group('skip'):
+            results.append((strip_tags(m.group('id')), 'skip',
+                            (m.group('reason') or '').strip()))
+        else:
+            results.append((strip_tags(m.group('id')), m.group('status'),
+                            ''))
+    return results
+
+
+def load_allowed_skips(path=TEMPEST_SKIPS):
+    """The test ids tempest-skips.txt allows to skip (its first words)."""
+    with open(path) as f:
+        return {strip_tags(line.split()[0]) for line in f
+                if line.strip() and not line.startswith('#')}
+
+
+def class_level_skips(results):
+    """(what, reason) of each skip of a whole class (or module).
+
+    what is e.g. 'setUpClass (tempest.api.compute.images.test_images.
+    ImagesTestJSON)'.  tempest-skips.txt cannot allow these: it lists
+    tests, and a class that cannot run here belongs out of the run's
+    --regex, not in a skip that hides all its tests.
+
+    A class split over workers (no group_regex) is skipped once in each:
+    it is given once.
+    """
+    return sorted({(test_id, reason) for test_id, status, reason in results
+                   if status == 'skip' and FIXTURE_ID.match(test_id)})
+
+
+def unexplained_skips(results, allowed):
+    """Skipped tests of a tempest run that tempest-skips.txt lacks.
+
+    Class- and module-level skips are class_level_skips', not these.
+    """
+    return sorted({test_id for test_id, status, _ in results
+                   if status == 'skip' and not FIXTURE_ID.match(test_id)
+                   and test_id not in allowed})
+
+
+def listed_tests(listing, regex):
+    """The test ids of 'tempest run --list-tests --regex REGEX' output.
+
+    stestr's list command prints one id a line (with tempest's tags);
+    anything else on its output (a warning) is not an id: ids have no
+    space and match REGEX, as stestr selects them (re.search).
+    """
+    pattern = re.compile(regex)
+    return sorted({strip_tags(line.strip()) for line in listing.splitlines()
+                   if re.fullmatch(r'\S+', line.strip())
+                   and pattern.search(line.strip())})
+
+
+def missing_tests(expected, results):
+    """The expected test ids that got no result line at all."""
+    seen = {test_id for test_id, _, _ in results}
+    return sorted(set(expected) - seen)
+
+
+def check_run(output, expected, allowed):
+    """Why a tempest run that exited 0 is not accepted ([] if it is).
+
+    output is what tempest run printed; expected the ids it listed for
+    the same --regex (listed_tests), or None not to check them; allowed
+    the ids tempest-skips.txt explains (load_allowed_skips).
+    """
+    results = parse_results(output)
+    problems = []
+    for what, reason in class_level_skips(results):
+        m = FIXTURE_ID.match(what)
+        problems.append('%s %s skipped as a whole in %s (none of its tests '
+                        'ran): %s' % ('module' if 'Module' in m.group(
+                            'fixture') else 'class', m.group('parent'),
+                            m.group('fixture'), reason or '(no reason)'))
+    for test_id in unexplained_skips(results, allowed):
+        problems.append('skipped, not explained in %s: %s'
+                        % (TEMPEST_SKIPS, test_id))
+    if expected is not None:
+        if not expected:
+            problems.append('tempest listed no test for the regex')
+        for test_id in missing_tests(expected, results):
+            problems.append('listed but no result (not run): %s' % test_id)
+    return problems

@@ -1,0 +1,63 @@
+"""``tools/minicloud methods``: nova-compute's log, method by method."""
+
+import os
+import sys
+import unittest
+
+TOOLS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__)))), 'tools')
+if TOOLS not in sys.path:
+    sys.path.append(TOOLS)
+from minicloud_lib import methods  # noqa: E402
+
+STARTED = ('2026-12-07 04:00:00.000 1 INFO nova_snapdriver.driver [-] '
+           'nova-snapdriver takes the snapshots on this host: '
+           'capture_method = %s')
+PLANNED = ('2026-12-07 04:01:00.000 1 INFO nova_snapdriver.plan [req-1] '
+           '[instance: 7d1c] Planned %s snapshot (capture method %s) of '
+           '/var/lib/nova/instances/7d1c/disk (qcow2, 1.0 GiB virtual)')
+FALLBACK = ('2026-12-07 04:01:00.000 1 WARNING nova_snapdriver.plan '
+            '[instance: 7d1c] capture_method stream cannot run on this '
+            'host: ...; using backup for this snapshot')
+
+
+class CheckTestCase(unittest.TestCase):
+
+    def test_every_live_snapshot_streamed(self):
+        counts, problems = methods.check([
+            STARTED % 'stream', PLANNED % ('live', 'stream'),
+            PLANNED % ('cold', 'none'), PLANNED % ('live', 'stream')])
+        self.assertEqual({'stream': 2}, counts)
+        self.assertEqual([], problems)
+
+    def test_a_fallback_is_a_problem(self):
+        counts, problems = methods.check([
+            STARTED % 'stream', FALLBACK, PLANNED % ('live', 'backup')])
+        self.assertEqual({'backup': 1}, counts)
+        self.assertEqual(1, len(problems))
+        self.assertIn('line 3: capture_method stream', problems[0])
+        self.assertIn('ran backup', problems[0])
+
+    def test_auto_must_stream(self):
+        self.assertEqual([], methods.check([
+            STARTED % 'auto', PLANNED % ('live', 'stream')])[1])
+        self.assertEqual(1, len(methods.check([
+            STARTED % 'auto', PLANNED % ('live', 'copy')])[1]))
+
+    def test_a_restart_with_another_method_is_followed(self):
+        # The e2e crash test restarts nova-compute with rebase, then back.
+        counts, problems = methods.check([
+            STARTED % 'stream', PLANNED % ('live', 'stream'),
+            STARTED % 'rebase', PLANNED % ('live', 'rebase'),
+            STARTED % 'stream', PLANNED % ('live', 'stream')])
+        self.assertEqual({'stream': 2, 'rebase': 1}, counts)
+        self.assertEqual([], problems)
+
+    def test_no_live_snapshot_at_all_fails(self):
+        self.assertEqual(['no live snapshot was planned'], methods.check([
+            STARTED % 'stream', PLANNED % ('cold', 'none')])[1])
+
+    def test_a_snapshot_before_the_start_line_fails(self):
+        # A driver that never logged its method cannot be checked.
+        problems = methods.check([PLANNED % ('live', 'stream')])[1]
+        self.assertIn('before nova-compute said which method', problems[0])

@@ -1,0 +1,63 @@
+"""``tools/minicloud methods``: did each snapshot run the method asked for?
+
+The driver falls back from ``stream`` to another capture method, with a
+warning, on a host that cannot stream (libnbd missing, eventlet, nova not
+in QEMU's group).  A cloud that fell back would still pass every image
+test, so this reads nova-compute's log and checks each live snapshot's
+plan against the ``capture_method`` that nova-compute started with (the
+driver logs it in ``init_host``; a test may restart nova-compute with
+another).  ``auto`` must pick ``stream`` here, as on any host that
+streams.  At least one live snapshot must have been planned.
+"""
+
+import re
+
+from minicloud_lib.config import path
+
+STARTED = re.compile(r'nova-snapdriver takes the snapshots on this host: '
+                     r'capture_method = (\w+)')
+PLANNED = re.compile(r'Planned (live|cold) snapshot \(capture method (\w+)')
+
+
+def expected(configured):
+    """The method a live snapshot must run with ``configured``."""
+    return 'stream' if configured == 'auto' else configured
+
+
+def check(lines):
+    """(live snapshots per method, problems) of nova-compute's log lines."""
+    configured = None
+    counts = {}
+    problems = []
+    for number, line in enumerate(lines, 1):
+        started = STARTED.search(line)
+        if started:
+            configured = started.group(1)
+            continue
+        planned = PLANNED.search(line)
+        if not planned or planned.group(1) != 'live':
+            continue
+        method = planned.group(2)
+        counts[method] = counts.get(method, 0) + 1
+        if configured is None:
+            problems.append('line %d: a live snapshot planned before '
+                            'nova-compute said which method it takes'
+                            % number)
+        elif method != expected(configured):
+            problems.append('line %d: capture_method %s, but the live '
+                            'snapshot ran %s (a fallback: the warning '
+                            'before it says why)'
+                            % (number, configured, method))
+    if not counts:
+        problems.append('no live snapshot was planned')
+    return counts, problems
+
+
+def cmd_methods(args):
+    with open(path('log', 'nova-compute.log'), errors='replace') as f:
+        counts, problems = check(f)
+    print('minicloud: live snapshots by capture method: %s' % (
+        ', '.join('%s %d' % kv for kv in sorted(counts.items())) or 'none'))
+    for problem in problems:
+        print('minicloud: %s' % problem)
+    return 1 if problems else 0
