@@ -1,7 +1,10 @@
 """Errors a snapshot can raise, each worded for the operator who reads it.
 
 All are ``NovaException`` subclasses: nova's compute manager records them in
-the instance's fault and deletes the half-made image.
+the instance's fault and deletes the half-made image.  The troubleshooting
+guide (doc/source/troubleshooting.rst) gives, for each, its usual cause,
+what the operator does and the log lines around it; a class added here
+belongs there too (tests/unit/test_docs.py checks).
 """
 
 from nova import exception
@@ -9,6 +12,12 @@ from nova.i18n import _
 
 
 class SnapshotError(exception.NovaException):
+    """A snapshot by nova-snapdriver failed; the base of every error here.
+
+    See the troubleshooting guide (doc/source/troubleshooting.rst) for what
+    each subclass means and what to do about it.
+    """
+
     msg_fmt = _("Snapshot failed: %(reason)s")
 
 

@@ -22,14 +22,15 @@ This file is the entry point: the arguments, and the run.  What is
 measured and how: tools/bench_measure.py.  The tables, the plot and the
 JSON: tools/bench_report.py.
 
-Writes bench.json, bench.md (tables of ratios, pasteable in the README)
-and bench.png (needs matplotlib, bench-requirements.txt) into --out.  Not
+Writes bench.json, bench.md and bench.rst (tables of ratios; the docs
+include bench.rst) and bench.png (needs matplotlib,
+bench-requirements.txt) into --out.  Not
 part of the test suite.  Needs root, like the functional tests.  Quote
 ratios of one run, never absolute times.
 
 The full run, both layouts, takes about 3 hours on 2 cores, quiet (the
-two 8 GiB random cases took 83 minutes in session 4, with Glance at ~77
-MiB/s);
+two 8 GiB random cases took 83 minutes in the run committed on 2026-11-30
+in 5f416f1, with Glance at ~77 MiB/s);
 its work directory, under $TMPDIR, peaks at about 4x the largest disk (32
 GiB at 8 GiB: the data, in the base or the instance's layer, the image in
 Glance, its local copy and a floor's upload of it; or, in the instance

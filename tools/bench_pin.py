@@ -8,10 +8,12 @@ libvirtd.
 
 Why: on two cores an upload to the bench's Glance is about one core of
 glance-api's work, and a stream adds about half a core of its own on the
-same two cores (session 7's CPU columns).  Pinned, Glance has a core to
-itself in both the stream and the Glance-alone floor, so the ratio of the
-two shows what the stream costs when Glance does not share a CPU with the
-compute host, which is how a cloud runs them.
+same two cores (the CPU columns of the 4 GiB run committed on
+2026-11-30, doc/benchmark/2026-11-30-4g-instance-cpu).  Pinned, Glance has
+a core to itself in both the stream and the Glance-alone floor, while the
+bench, QEMU and libvirtd share the other: closer to a Glance on a host of
+its own, as a cloud runs it, but not the same (doc/source/benchmark.rst,
+known limits).
 
 Affinity is per thread on Linux: each task under /proc/PID/task is
 pinned; threads started later inherit their creator's.  glance-api, the

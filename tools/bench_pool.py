@@ -13,12 +13,13 @@ fixed seed, so the same files always print the same table.  With
 With ``--method image-API-only``, a floor, each of its uploads ÷ the
 ``--floor`` upload next to it (``side_by_side_ratios``).
 
-    tools/bench_pool.py doc/benchmark/session-*/*/bench.json
+    tools/bench_pool.py doc/benchmark/*-instance*/bench.json
     tools/bench_pool.py --method stream --floor image-API-only \\
-        doc/benchmark/session-9/*/bench.json
+        doc/benchmark/*-instance*/bench.json
 
 Pool only runs of the same driver code: which runs those are is for the
-reader to say (doc/source/benchmark.rst does).  Reads figures alone; no
+reader to say (doc/source/benchmark.rst does, and keeps this tool's
+output of them in doc/benchmark/pooled-ratios.txt).  Reads figures alone; no
 test bed.
 """
 

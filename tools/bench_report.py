@@ -1,6 +1,6 @@
 """The reporting half of the benchmark (tools/bench.py): tables, plot, JSON.
 
-What this holds: the markdown tables of ratios (pasteable in the README),
+What this holds: the markdown tables of ratios,
 the plot (needs matplotlib, bench-requirements.txt; without it the rest is
 written and a line says so) and ``report()``, which writes bench.json (the
 run's arguments and every figure), bench.md, bench.rst (the same tables as
