@@ -44,6 +44,7 @@ from oslo_log import log as logging
 from nova_snapdriver import blockjob
 from nova_snapdriver import chain
 from nova_snapdriver import exception
+from nova_snapdriver import novacompat
 from nova_snapdriver import qemu_img
 
 CONF = cfg.CONF
@@ -65,7 +66,7 @@ def lookup_guest(driver, instance, sleep=time.sleep,
     deadline = clock() + timeout
     while True:
         try:
-            return driver._host.get_guest(instance)
+            return novacompat.host(driver).get_guest(instance)
         except nova_exception.InstanceNotFound:
             return None
         except (nova_exception.HypervisorUnavailable,
@@ -82,7 +83,7 @@ def lookup_guest(driver, instance, sleep=time.sleep,
 def connection_lost(guest):
     """True if the connection ``guest`` was looked up on is dead."""
     try:
-        return not guest._domain.connect().isAlive()
+        return not novacompat.domain(guest).connect().isAlive()
     except libvirt.libvirtError:
         return True
 
@@ -117,8 +118,9 @@ def start_copy(guest, plan):
     flags = (libvirt.VIR_DOMAIN_BLOCK_REBASE_COPY |
              libvirt.VIR_DOMAIN_BLOCK_REBASE_REUSE_EXT |
              libvirt.VIR_DOMAIN_BLOCK_REBASE_SHALLOW)
-    guest._domain.blockRebase(plan.disk_dev, plan.overlay_path,
-                              CONF.snapdriver.block_job_bandwidth, flags)
+    novacompat.domain(guest).blockRebase(
+        plan.disk_dev, plan.overlay_path,
+        CONF.snapdriver.block_job_bandwidth, flags)
 
 
 def start_blockcopy(guest, plan):
@@ -138,9 +140,9 @@ def start_blockcopy(guest, plan):
     flags = (libvirt.VIR_DOMAIN_BLOCK_COPY_TRANSIENT_JOB |
              libvirt.VIR_DOMAIN_BLOCK_COPY_SHALLOW |
              libvirt.VIR_DOMAIN_BLOCK_COPY_REUSE_EXT)
-    guest._domain.blockCopy(plan.disk_dev,
-                            ElementTree.tostring(disk, encoding='unicode'),
-                            params, flags)
+    novacompat.domain(guest).blockCopy(
+        plan.disk_dev, ElementTree.tostring(disk, encoding='unicode'),
+        params, flags)
 
 
 def backup_xml(guest, plan):
@@ -176,7 +178,7 @@ def backup_disks(root, guest, plan):
 
 
 def start_backup(guest, plan):
-    guest._domain.backupBegin(
+    novacompat.domain(guest).backupBegin(
         backup_xml(guest, plan), None,
         libvirt.VIR_DOMAIN_BACKUP_BEGIN_REUSE_EXTERNAL)
 
@@ -196,7 +198,7 @@ def redefine(driver, xml, instance, xml_path, sleep=time.sleep,
         attempt += 1
         unreachable = False
         try:
-            driver._host.write_instance_config(xml)
+            novacompat.host(driver).write_instance_config(xml)
             if _persistent_or_gone(driver, instance):
                 LOG.debug('Domain redefined', instance=instance)
                 return
@@ -273,8 +275,7 @@ def _live_mirror(driver, context, instance, guest, plan, xml, step,
     error = None
     try:
         if undefine and guest.has_persistent_configuration():
-            driver._delete_guest_configuration(guest, keep_vtpm=True,
-                                               keep_nvram=True)
+            novacompat.undefine(driver, guest)
             state['undefined'] = True
             LOG.debug('Domain undefined for the block copy',
                       instance=instance)
@@ -362,7 +363,7 @@ def _live_backup(driver, context, instance, guest, plan, step):
                 _thaw(driver, context, instance)
         step('backup')
         blockjob.wait_for_backup(
-            guest._domain, plan.disk_dev, instance,
+            novacompat.domain(guest), plan.disk_dev, instance,
             **_wait_options())
         running = False
     except BaseException as e:
@@ -416,7 +417,7 @@ def _abort_mirror(driver, instance, guest, plan):
 def _abort_backup(driver, instance, guest, plan):
     aborted = _on_fresh_guest(
         driver, instance, guest,
-        lambda g: blockjob.abort_backup(g._domain),
+        lambda g: blockjob.abort_backup(novacompat.domain(g)),
         'Aborting the backup of %s' % plan.disk_dev)
     if aborted:
         LOG.info('Aborted the backup of %(disk)s',
@@ -470,7 +471,7 @@ def leftovers(driver, instance, plan, was_persistent):
     try:
         if guest.get_block_device(plan.disk_dev).get_job_info() is not None:
             problems.append('a block job still runs on %s' % plan.disk_dev)
-        if blockjob.backup_running(guest._domain):
+        if blockjob.backup_running(novacompat.domain(guest)):
             problems.append('a backup job still runs')
         job_may_run = bool(problems)
         if was_persistent and not guest.has_persistent_configuration():

@@ -16,7 +16,6 @@ import threading
 
 import libvirt
 from nova.compute import task_states
-from nova.compute import utils as compute_utils
 from nova import exception as nova_exception
 from nova.virt.libvirt import driver as libvirt_driver
 from oslo_config import cfg
@@ -26,6 +25,7 @@ from nova_snapdriver import capture
 from nova_snapdriver import conf  # noqa: F401  (registers [snapdriver])
 from nova_snapdriver import extract
 from nova_snapdriver import journal
+from nova_snapdriver import novacompat
 from nova_snapdriver import plan as snapshot_plan
 from nova_snapdriver import progress
 from nova_snapdriver import recovery
@@ -89,9 +89,10 @@ class SnapLibvirtDriver(libvirt_driver.LibvirtDriver):
         try:
             if not always and not journal.paths():
                 return
-            reports = recovery.recover(self._host.get_connection(),
-                                       self._image_api,
-                                       recovery.image_context())
+            reports = recovery.recover(
+                novacompat.host(self).get_connection(),
+                novacompat.image_api(self),
+                recovery.image_context())
         except Exception:
             LOG.exception('Recovering interrupted snapshots (%s) failed; '
                           'run "nova-snapdriver-manage recover" to retry',
@@ -112,13 +113,14 @@ class SnapLibvirtDriver(libvirt_driver.LibvirtDriver):
         snapshotted by nova's libvirt driver.
         """
         try:
-            guest = self._host.get_guest(instance)
+            guest = novacompat.host(self).get_guest(instance)
         except nova_exception.InstanceNotFound:
             raise nova_exception.InstanceNotRunning(instance_id=instance.uuid)
 
         try:
             snapshot_plan.root_disk(guest)
-            snapshot_plan.nova_takes_it(guest.get_power_state(self._host))
+            snapshot_plan.nova_takes_it(
+                guest.get_power_state(novacompat.host(self)))
         except snapshot_plan.NotHandled as e:
             LOG.info('Snapshot of %(what)s is left to nova\'s libvirt '
                      'driver', {'what': e}, instance=instance)
@@ -132,7 +134,8 @@ class SnapLibvirtDriver(libvirt_driver.LibvirtDriver):
         with clock.phase('plan'):
             plan = snapshot_plan.build(self, context, instance, image_id,
                                        guest)
-        metadata = self._create_snapshot_metadata(
+        metadata = novacompat.snapshot_metadata(
+            self,
             instance.image_meta, instance, plan.image_format,
             plan.image_name)
         LOG.info('Beginning %(kind)s snapshot process',
@@ -214,7 +217,8 @@ class SnapLibvirtDriver(libvirt_driver.LibvirtDriver):
                               expected_state=task_states.IMAGE_PENDING_UPLOAD)
             step('uploading', size=size)
             with clock.phase('upload'):
-                upload.upload(self._image_api, context, plan.image_id,
+                upload.upload(novacompat.image_api(self), context,
+                              plan.image_id,
                               metadata, plan.image_path, size, instance)
         finally:
             self._finish(instance, plan, record, was_persistent)
@@ -226,13 +230,14 @@ class SnapLibvirtDriver(libvirt_driver.LibvirtDriver):
                           expected_state=task_states.IMAGE_PENDING_UPLOAD)
 
         def send(reader, size):
-            upload.upload_file(self._image_api, context, plan.image_id,
+            upload.upload_file(novacompat.image_api(self), context,
+                               plan.image_id,
                                metadata, reader, size, instance,
                                take_disk_ops=False)
         # nova's disk-ops semaphore ([compute] max_concurrent_disk_ops) is
         # taken before the backup begins, not at the upload: waiting for it
         # with the backup running would grow the scratch file meanwhile.
-        with compute_utils.disk_ops_semaphore, clock.phase('stream'):
+        with novacompat.disk_ops_semaphore(), clock.phase('stream'):
             stream.stream(self, context, instance, guest, plan, step, send)
 
     def _finish(self, instance, plan, record, was_persistent):

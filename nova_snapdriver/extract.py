@@ -7,10 +7,10 @@ file, in the output format.
 
 import os
 
-from nova.compute import utils as compute_utils
 from oslo_config import cfg
 from oslo_log import log as logging
 
+from nova_snapdriver import novacompat
 from nova_snapdriver import progress
 from nova_snapdriver import qemu_img
 
@@ -23,7 +23,7 @@ def extract(plan, captured, instance):
 
     Returns the image's size.
     """
-    with compute_utils.disk_ops_semaphore:
+    with novacompat.disk_ops_semaphore():
         qemu_img.convert(captured, plan.image_path,
                          plan.image_format, compress=plan.compress,
                          coroutines=CONF.snapdriver.convert_coroutines,

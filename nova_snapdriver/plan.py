@@ -15,13 +15,12 @@ import libvirt
 
 from nova.compute import power_state
 from nova import exception as nova_exception
-from nova import utils as nova_utils
-from nova.virt.libvirt import utils as libvirt_utils
 from oslo_config import cfg
 from oslo_log import log as logging
 
 from nova_snapdriver import chain as disk_chain
 from nova_snapdriver import exception
+from nova_snapdriver import novacompat
 from nova_snapdriver import progress
 from nova_snapdriver import qemu_identity
 from nova_snapdriver import qemu_img
@@ -123,8 +122,8 @@ def root_disk(guest):
     """(target dev, path, format) of the root disk, or NotHandled."""
     if CONF.libvirt.virt_type in ('lxc', 'parallels'):
         raise NotHandled('virt_type %s' % CONF.libvirt.virt_type)
-    disk_path, disk_format = libvirt_utils.find_disk(guest)
-    source_type = libvirt_utils.get_disk_type_from_path(disk_path)
+    disk_path, disk_format = novacompat.find_disk(guest)
+    source_type = novacompat.disk_type_from_path(disk_path)
     if source_type is not None or disk_format not in HANDLED_FORMATS:
         raise NotHandled('%s disk %s' % (source_type or disk_format,
                                          disk_path))
@@ -159,9 +158,9 @@ def quiesce_wanted(driver, instance, image_meta, guest=None):
     and, for a required quiesce, that the guest's agent answers at all
     (``virDomainGetTime`` goes through it), before anything is touched.
     """
-    required = bool(driver._requires_quiesce(image_meta))
+    required = bool(novacompat.requires_quiesce(driver, image_meta))
     try:
-        driver._can_quiesce(instance, image_meta)
+        novacompat.can_quiesce(driver, instance, image_meta)
         if required and guest is not None:
             _agent_answers(instance, guest)
     except nova_exception.NovaException as e:
@@ -177,7 +176,7 @@ def quiesce_wanted(driver, instance, image_meta, guest=None):
 def _agent_answers(instance, guest):
     """InstanceQuiesceFailed unless the guest's agent answers."""
     try:
-        guest._domain.getTime()
+        novacompat.domain(guest).getTime()
     except libvirt.libvirtError as e:
         raise nova_exception.InstanceQuiesceFailed(
             reason='the QEMU guest agent (qemu-guest-agent) in the guest '
@@ -270,7 +269,7 @@ def native_threads():
     read-ahead thread and scratch guard would be green threads and locks
     of another hub, which that thread cannot wait on or wake.
     """
-    return nova_utils.concurrency_mode_threading()
+    return novacompat.native_threads()
 
 
 def stream_unavailable(driver, guest, image_format='qcow2',
@@ -287,7 +286,8 @@ def stream_unavailable(driver, guest, image_format='qcow2',
         return ('a stream writes raw or qcow2 images, not %s '
                 '([libvirt] snapshot_image_format)' % image_format)
     if not (backup_known or
-            backup_supported(driver._host.get_connection(), guest)):
+            backup_supported(novacompat.host(driver).get_connection(),
+                             guest)):
         return 'libvirt or QEMU cannot run a backup job on this domain'
     if not libnbd_available():
         return ('libnbd\'s Python binding does not import (install '
@@ -350,7 +350,8 @@ def _best_supported(driver, guest, compress, mirror, instance=None,
     """auto's choice (see capture_method); ``mirror``: copy, else rebase."""
     if compress and mirror == 'copy':
         return 'copy'
-    if not backup_supported(driver._host.get_connection(), guest):
+    if not backup_supported(novacompat.host(driver).get_connection(),
+                            guest):
         return mirror
     if compress:
         return 'backup'  # a stream is never compressed
@@ -380,8 +381,8 @@ def build(driver, context, instance, image_id, guest):
     """Gather the facts of one snapshot; raises before touching anything."""
     disk_dev, disk_path, disk_format = root_disk(guest)
     # The image may have been deleted between the API call and now.
-    image = driver._image_api.get(context, image_id)
-    state = guest.get_power_state(driver._host)
+    image = novacompat.image_api(driver).get(context, image_id)
+    state = guest.get_power_state(novacompat.host(driver))
     live = state in LIVE_STATES
     image_format = output_format(disk_format)
     # Checked before any qemu-img reads it: raises UnsafeDiskChain.

@@ -19,12 +19,12 @@ in use takes ``-U`` (force share).
 import os
 import time
 
-from nova.privsep import qemu as nova_qemu
 from oslo_concurrency import processutils
 from oslo_log import log as logging
 from oslo_serialization import jsonutils
 
 from nova_snapdriver import exception
+from nova_snapdriver import novacompat
 
 LOG = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ def info(node):
     Its sizes are the top image's own; nothing below it is opened.
     """
     return jsonutils.loads(_execute(info_cmd(node),
-                                    nova_qemu.QEMU_IMG_LIMITS))
+                                    novacompat.qemu_img_limits()))
 
 
 def measure(node, out_format):
@@ -108,7 +108,7 @@ def measure(node, out_format):
     Returns the ``required`` figure of ``qemu-img measure``.
     """
     out = jsonutils.loads(_execute(measure_cmd(node, out_format),
-                                   nova_qemu.QEMU_IMG_LIMITS))
+                                   novacompat.qemu_img_limits()))
     return int(out['required'])
 
 

@@ -44,11 +44,11 @@ import shutil
 import time
 from xml.etree import ElementTree
 
+from keystoneauth1 import loading as ks_loading
 import libvirt
 from nova.conf import service_token
 from nova import context as nova_context
 from nova import exception as nova_exception
-from nova import service_auth
 from oslo_config import cfg
 from oslo_log import log as logging
 
@@ -87,8 +87,10 @@ def image_context():
     """
     context = nova_context.get_admin_context()
     try:
-        context.user_auth_plugin = service_auth.get_service_auth_plugin(
-            service_token.SERVICE_USER_GROUP)
+        # keystoneauth's own loader: what nova 33 and 34 wrap as
+        # service_auth.get_service_auth_plugin, which 31 and 32 lack.
+        context.user_auth_plugin = ks_loading.load_auth_from_conf_options(
+            CONF, service_token.SERVICE_USER_GROUP)
     except Exception as e:
         LOG.warning('No [service_user] credentials to clean up Glance '
                     'images with: %s', e)

@@ -41,6 +41,7 @@ from nova_snapdriver import blockjob
 from nova_snapdriver import capture
 from nova_snapdriver import exception
 from nova_snapdriver import imagestream
+from nova_snapdriver import novacompat
 from nova_snapdriver import progress
 from nova_snapdriver import qemu_identity
 from nova_snapdriver import readahead
@@ -314,7 +315,7 @@ def end(driver, instance, guest, plan):
     recovery).  The files stay while the backup may still hold them.
     """
     try:
-        domain = guest._domain
+        domain = novacompat.domain(guest)
         try:
             aborted = blockjob.abort_backup(domain, ours=ours(plan),
                                             instance=instance)
@@ -323,7 +324,7 @@ def end(driver, instance, guest, plan):
                         'the domain up again', {'error': e},
                         instance=instance)
             fresh = capture.lookup_guest(driver, instance)
-            domain = fresh and fresh._domain
+            domain = fresh and novacompat.domain(fresh)
             aborted = bool(domain) and blockjob.abort_backup(
                 domain, ours=ours(plan), instance=instance)
         if (domain is not None and blockjob.backup_running(domain) and
@@ -372,13 +373,15 @@ def stream(driver, context, instance, guest, plan, step, upload):
         if plan.quiesce:
             quiesced = capture._freeze(driver, context, instance, plan)
         try:
-            guest._domain.backupBegin(backup_xml(guest, plan), None, 0)
+            novacompat.domain(guest).backupBegin(
+                backup_xml(guest, plan), None, 0)
             started = True
         finally:
             if quiesced:
                 capture._thaw(driver, context, instance)
         # The scratch grows from now on, read or not.
-        guard = ScratchGuard(plan, guest._domain, instance=instance)
+        guard = ScratchGuard(plan, novacompat.domain(guest),
+                             instance=instance)
         guard.start()
         # The phase stays 'streaming' to the end: the backup job runs until
         # the upload is done, and recovery must know to end it.

@@ -12,11 +12,11 @@ import inspect
 import io
 import sys
 
-from nova.compute import utils as compute_utils
 from oslo_config import cfg
 from oslo_log import log as logging
 
 from nova_snapdriver import exception
+from nova_snapdriver import novacompat
 from nova_snapdriver import progress
 
 CONF = cfg.CONF
@@ -220,7 +220,7 @@ def upload_file(image_api, context, image_id, metadata, fileobj, size,
         # The same call, metadata and semaphore as nova's in-tree
         # driver; nova retries it with the same reader, which rewinds.
         if take_disk_ops:
-            with compute_utils.disk_ops_semaphore:
+            with novacompat.disk_ops_semaphore():
                 image = image_api.update(context, image_id, metadata,
                                          reader)
         else:

@@ -21,6 +21,7 @@ from nova.image import glance
 
 from nova_snapdriver.cmd import manage
 from nova_snapdriver import journal
+from nova_snapdriver import novacompat
 from tests.unit import base
 
 INSTANCES = '/var/lib/nova/instances'
@@ -635,7 +636,7 @@ class ManageTestCase(base.TestCase):
 
         commands = [(c.args[1], c.args[-1] if c.args[1] == 'info' else None,
                      c.kwargs['prlimit']) for c in execute.call_args_list]
-        limits = manage.qemu_img.nova_qemu.QEMU_IMG_LIMITS
+        limits = novacompat.qemu_img_limits()
         self.assertEqual(['create', 'info', 'measure', 'create', 'convert'],
                          [c[0] for c in commands])
         self.assertEqual([None, limits, limits, None, None],

@@ -1165,7 +1165,7 @@ class ImageContextTestCase(base.TestCase):
 
     def test_admin_context_authenticated_as_the_service_user(self):
         plugin = self.useFixture(fixtures.MockPatch(
-            'nova.service_auth.get_service_auth_plugin',
+            'keystoneauth1.loading.load_auth_from_conf_options',
             return_value=mock.sentinel.auth)).mock
 
         context = recovery.image_context()
@@ -1173,11 +1173,11 @@ class ImageContextTestCase(base.TestCase):
         self.assertIsInstance(context, nova_context.RequestContext)
         self.assertTrue(context.is_admin)
         self.assertIs(mock.sentinel.auth, context.user_auth_plugin)
-        plugin.assert_called_once_with('service_user')
+        plugin.assert_called_once_with(recovery.CONF, 'service_user')
 
     def test_no_service_user_still_gives_an_admin_context(self):
         self.useFixture(fixtures.MockPatch(
-            'nova.service_auth.get_service_auth_plugin',
+            'keystoneauth1.loading.load_auth_from_conf_options',
             side_effect=ValueError('no auth_type')))
 
         context = recovery.image_context()

@@ -361,8 +361,8 @@ class UploadTestCase(base.TestCase):
         with open(self.path, 'wb') as f:
             f.write(DATA)
         self.image_api = mock.create_autospec(glance.API, instance=True)
-        self.semaphore = self.useFixture(fixtures.MockPatchObject(
-            upload.compute_utils, 'disk_ops_semaphore')).mock
+        self.semaphore = self.useFixture(fixtures.MockPatch(
+            'nova.compute.utils.disk_ops_semaphore')).mock
         self.instance = self.make_instance()
         self.received = []
 

@@ -1,0 +1,128 @@
+"""nova's private API, reached from this one module.
+
+The driver subclasses nova's ``LibvirtDriver`` and needs some of its
+insides: nova has no public API for them.  Every private nova name the
+package uses is here, each with what it is for, and nothing else in
+``nova_snapdriver`` touches one.  Each was read in, and the unit tier run
+against, the nova releases this driver supports::
+
+    31.3.1 (2025.1)  32.2.1 (2025.2)  33.0.2 (2026.1)  34.0.0 (2026.2)
+
+A name that differs between them is resolved here, and says how.  Before
+supporting another release, read its ``virt/libvirt/driver.py``
+(``snapshot``, ``_live_snapshot``), ``guest.py``, ``host.py``,
+``virt/libvirt/utils.py``, ``compute/utils.py`` and ``privsep/qemu.py``
+for the names below.
+
+One more private thing is relied on, in ``upload``: glanceclient reads an
+upload through a new generator on each of nova's retries
+(``glanceclient.common.http._BaseHTTPClient._chunk_body``, python-
+glanceclient 4.7 to 4.13).
+"""
+
+from nova.compute import utils as compute_utils
+from nova.privsep import qemu as nova_qemu
+from nova import utils as nova_utils
+from nova.virt.libvirt import utils as libvirt_utils
+
+RELEASES_CHECKED = ('31.3.1', '32.2.1', '33.0.2', '34.0.0')
+
+
+# --- the driver's own parts ---------------------------------------------
+
+def host(driver):
+    """``LibvirtDriver._host``: nova's ``Host``, the libvirt connection."""
+    return driver._host
+
+
+def image_api(driver):
+    """``LibvirtDriver._image_api``: nova's Glance API (``glance.API``)."""
+    return driver._image_api
+
+
+def snapshot_metadata(driver, image_meta, instance, image_format, name):
+    """``LibvirtDriver._create_snapshot_metadata``: the image's properties.
+
+    The same call nova's ``snapshot()`` makes, so the image is labelled
+    exactly as nova labels it.
+    """
+    return driver._create_snapshot_metadata(image_meta, instance,
+                                            image_format, name)
+
+
+def requires_quiesce(driver, image_meta):
+    """``LibvirtDriver._requires_quiesce``: ``os_require_quiesce`` set."""
+    return driver._requires_quiesce(image_meta)
+
+
+def can_quiesce(driver, instance, image_meta):
+    """``LibvirtDriver._can_quiesce``: raises if it cannot quiesce."""
+    return driver._can_quiesce(instance, image_meta)
+
+
+def undefine(driver, guest):
+    """``LibvirtDriver._delete_guest_configuration``, keeping vTPM and NVRAM.
+
+    How nova's ``_live_snapshot`` undefines the domain before its copy
+    (the same signature in 31 to 34).
+    """
+    driver._delete_guest_configuration(guest, keep_vtpm=True,
+                                       keep_nvram=True)
+
+
+def domain(guest):
+    """``Guest._domain``: the libvirt ``virDomain`` behind nova's ``Guest``.
+
+    For the calls nova's ``Guest`` does not wrap (backups, block copy with
+    flags, job statistics).
+    """
+    return guest._domain
+
+
+# --- helpers nova keeps in its own modules -------------------------------
+
+def find_disk(guest):
+    """``libvirt_utils.find_disk``: (path, format) of the root disk."""
+    return libvirt_utils.find_disk(guest)
+
+
+def disk_type_from_path(path):
+    """``libvirt_utils.get_disk_type_from_path``: 'rbd', 'lvm' or None."""
+    return libvirt_utils.get_disk_type_from_path(path)
+
+
+def qemu_img_limits():
+    """``nova.privsep.qemu.QEMU_IMG_LIMITS``: the prlimit of qemu-img.
+
+    What nova itself runs ``qemu-img info`` under (a header that asks for
+    too much memory or CPU is cut short).
+    """
+    return nova_qemu.QEMU_IMG_LIMITS
+
+
+def disk_ops_semaphore():
+    """``compute_utils.disk_ops_semaphore``: ``max_concurrent_disk_ops``.
+
+    Read at each use: nova-compute replaces the module's semaphore once
+    its configuration is read.
+    """
+    return compute_utils.disk_ops_semaphore
+
+
+def native_threads():
+    """True unless nova-compute runs under eventlet.
+
+    ``nova.utils.concurrency_mode_threading`` (32 to 34): nova-compute
+    runs on native threads unless eventlet monkey-patched it (32 and 33
+    patch by default, 34 does not).  nova 31 lacks it, and always runs
+    nova-compute under eventlet: there, whether eventlet patched threads
+    is asked of eventlet itself.
+    """
+    mode = getattr(nova_utils, 'concurrency_mode_threading', None)
+    if mode is not None:
+        return mode()
+    try:
+        from eventlet import patcher
+    except ImportError:
+        return True
+    return not patcher.is_monkey_patched('thread')
