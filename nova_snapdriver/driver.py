@@ -1,3 +1,15 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
 """The compute driver: nova's libvirt driver with our ``snapshot()``.
 
 Everything but the snapshot is nova's.  A snapshot runs in phases, one
@@ -22,6 +34,7 @@ from oslo_config import cfg
 from oslo_log import log as logging
 
 from nova_snapdriver import capture
+from nova_snapdriver import coldstream
 from nova_snapdriver import conf  # noqa: F401  (registers [snapdriver])
 from nova_snapdriver import extract
 from nova_snapdriver import journal
@@ -179,7 +192,8 @@ class SnapLibvirtDriver(libvirt_driver.LibvirtDriver):
             # redefine it, here or in recovery.
             persistent=bool(plan.capture_method == 'rebase' and
                             was_persistent),
-            capture_method=plan.capture_method if plan.live else None,
+            capture_method=(plan.capture_method
+                            if plan.live or plan.cold_stream else None),
             phase='planned')
 
         def step(name, **fields):
@@ -187,6 +201,11 @@ class SnapLibvirtDriver(libvirt_driver.LibvirtDriver):
             progress.notify_step(instance, name)
 
         try:
+            if plan.cold_stream:
+                # Nothing staged, not even a directory.
+                self._cold_stream(context, instance, plan, metadata,
+                                  update_task_state, clock, step)
+                return
             os.makedirs(plan.work_dir, mode=0o700, exist_ok=True)
             if plan.live and plan.capture_method == 'stream':
                 self._stream(context, instance, guest, plan, metadata,
@@ -239,6 +258,19 @@ class SnapLibvirtDriver(libvirt_driver.LibvirtDriver):
         # with the backup running would grow the scratch file meanwhile.
         with novacompat.disk_ops_semaphore(), clock.phase('stream'):
             stream.stream(self, context, instance, guest, plan, step, send)
+
+    def _cold_stream(self, context, instance, plan, metadata,
+                     update_task_state, clock, step):
+        """Read a shut-off disk straight into Glance (no temp image)."""
+        update_task_state(task_state=task_states.IMAGE_UPLOADING,
+                          expected_state=task_states.IMAGE_PENDING_UPLOAD)
+
+        def send(reader, size):
+            upload.upload_file(novacompat.image_api(self), context,
+                               plan.image_id, metadata, reader, size,
+                               instance, take_disk_ops=False)
+        with novacompat.disk_ops_semaphore(), clock.phase('stream'):
+            coldstream.stream_disk(instance, plan, step, send)
 
     def _finish(self, instance, plan, record, was_persistent):
         """Remove the temp files, then the record: unless a repair is due.

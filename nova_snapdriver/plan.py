@@ -1,3 +1,15 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
 """Phase 1, plan: every fact a snapshot needs, gathered read-only.
 
 Nothing here changes the domain, the disk or Glance.  Whatever can make the
@@ -9,6 +21,7 @@ touched.
 
 import dataclasses
 import os
+import shutil
 from xml.etree import ElementTree
 
 import libvirt
@@ -41,6 +54,7 @@ NATIVE_FORMATS = ('raw', 'qcow2')
 # domain's block jobs run although its vCPUs don't.
 LIVE_STATES = tuple(set(power_state.STATE_MAP) - {power_state.SHUTDOWN})
 
+QEMU_NBD = 'qemu-nbd'
 OVERLAY_NAME = 'overlay.qcow2'
 BACKUP_NAME = 'backup.qcow2'
 IMAGE_NAME = 'image'
@@ -87,6 +101,11 @@ class SnapshotPlan(object):
     @property
     def overlay_path(self):
         return os.path.join(self.work_dir, OVERLAY_NAME)
+
+    @property
+    def cold_stream(self):
+        """A shut-off disk read over NBD straight into Glance."""
+        return not self.live and self.capture_method == 'stream'
 
     @property
     def single_copy(self):
@@ -215,6 +234,8 @@ def space_needed(live, node, disk_info, image_format, method='rebase',
     only its scratch file: at worst every allocated cluster of the chain,
     copied before the guest overwrites it.
     """
+    if not live and method == 'stream':
+        return 0  # read straight from the disk into Glance
     if live and method == 'stream':
         cap = CONF.snapdriver.stream_scratch_max_mb * 1024 * 1024
         allocated = image_size(node, 'qcow2')
@@ -297,6 +318,43 @@ def stream_unavailable(driver, guest, image_format='qcow2',
                 '([DEFAULT] concurrency_backend = threading, nova\'s '
                 'default)')
     return qemu_identity.unreachable(qemu_identity.of_guest(guest))
+
+
+def cold_stream_unavailable(image_format, compress):
+    """Why a shut-off disk cannot be streamed, or None if it can.
+
+    It needs what a live stream needs but libvirt's backup and QEMU's
+    socket: qemu-nbd (Debian's qemu-utils), libnbd's binding, native
+    threads, and an uncompressed raw or qcow2 image.
+    """
+    if image_format not in NATIVE_FORMATS:
+        return 'a stream writes raw or qcow2 images, not %s' % image_format
+    if compress:
+        return 'a stream writes no compressed image'
+    if not shutil.which(QEMU_NBD):
+        return '%s is not installed (Debian\'s qemu-utils)' % QEMU_NBD
+    if not libnbd_available():
+        return ('libnbd\'s Python binding does not import (install '
+                'python3-libnbd)')
+    if not native_threads():
+        return 'nova-compute runs under eventlet, not native threads'
+    return None
+
+
+def cold_method(compress, image_format, instance=None):
+    """'stream' for a shut-off disk if asked for (stream, auto) and able.
+
+    Else 'rebase', which for a cold snapshot means nova's way: qemu-img
+    convert into a temp image, then the upload.
+    """
+    if CONF.snapdriver.capture_method not in ('stream', 'auto'):
+        return 'rebase'
+    why = cold_stream_unavailable(image_format, compress)
+    if why is None:
+        return 'stream'
+    LOG.info('The shut-off disk is not streamed (%(why)s): converted '
+             'first, as nova does', {'why': why}, instance=instance)
+    return 'rebase'
 
 
 def capture_method(driver, guest, compress=False, instance=None,
@@ -395,7 +453,8 @@ def build(driver, context, instance, image_id, guest):
     compress = bool(CONF.libvirt.snapshot_compression and
                     image_format == 'qcow2')
     method = (capture_method(driver, guest, compress, instance,
-                             image_format) if live else 'rebase')
+                             image_format) if live
+              else cold_method(compress, image_format, instance))
 
     snapshots_dir = CONF.libvirt.snapshots_directory
     os.makedirs(snapshots_dir, exist_ok=True)
@@ -426,7 +485,7 @@ def build(driver, context, instance, image_id, guest):
              'by %(backing)s) into a %(ofmt)s image: needs %(needed)s in '
              '%(dir)s, %(free)s free',
              {'kind': 'live' if live else 'cold', 'disk': disk_path,
-              'method': method if live else 'none',
+              'method': method if live or method == 'stream' else 'none',
               'single': ', single copy' if plan.single_copy else '',
               'fmt': disk_format,
               'vsize': progress.human_size(plan.virtual_size),

@@ -1,3 +1,15 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
 """``capture_method = stream``: the running disk, read over NBD into Glance.
 
 No temp image and no second pass: the capture and the upload are one.
@@ -96,9 +108,15 @@ def backup_xml(guest, plan):
 
 
 class Export(object):
-    """The NBD export of a pull backup, read with libnbd."""
+    """An NBD export read with libnbd: a pull backup's, or qemu-nbd's.
 
-    def __init__(self, path, name, instance=None):
+    ``path``: the unix socket of a pull backup, whose export is ``name``.
+    ``argv``: instead, an NBD server to start (``coldstream``: qemu-nbd),
+    by systemd socket activation: no socket on disk, we are its only
+    client, and it ends with our connection.
+    """
+
+    def __init__(self, path, name, instance=None, argv=None):
         import nbd  # libnbd's binding: only hosts that stream need it
         self._nbd = nbd
         self._ahead = None
@@ -107,8 +125,11 @@ class Export(object):
         self.handle = nbd.NBD()
         try:
             self.handle.add_meta_context('base:allocation')
-            self.handle.set_export_name(name)
-            self.handle.connect_unix(path)
+            if argv:
+                self.handle.connect_systemd_socket_activation(argv)
+            else:
+                self.handle.set_export_name(name)
+                self.handle.connect_unix(path)
             if not self.handle.can_meta_context('base:allocation'):
                 raise exception.SnapshotError(
                     reason='the NBD export of %s has no allocation map'

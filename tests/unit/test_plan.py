@@ -519,3 +519,44 @@ class BuildTestCase(base.TestCase):
         # Only reads: the XML, the power state and the domain id.
         self.assertEqual({'XMLDesc', 'info', 'ID'},
                          {c[0] for c in self.domain.mock.method_calls})
+
+
+class ColdMethodTestCase(base.TestCase):
+    """Which shut-off disks are streamed (coldstream) and which converted."""
+
+    def setUp(self):
+        super(ColdMethodTestCase, self).setUp()
+        self.useFixture(fixtures.MockPatchObject(
+            snapshot_plan, 'native_threads', return_value=True))
+        self.useFixture(fixtures.MockPatchObject(
+            snapshot_plan, 'libnbd_available', return_value=True))
+        self.which = self.useFixture(fixtures.MockPatch(
+            'shutil.which', return_value='/usr/bin/qemu-nbd')).mock
+
+    def test_stream_and_auto_stream_a_shut_off_disk(self):
+        for method in ('stream', 'auto'):
+            self.flags(capture_method=method, group='snapdriver')
+            for fmt in ('raw', 'qcow2'):
+                self.assertEqual('stream', snapshot_plan.cold_method(
+                    False, fmt))
+        self.which.assert_called_with('qemu-nbd')
+
+    def test_other_methods_convert_as_nova_does(self):
+        for method in ('rebase', 'copy', 'backup'):
+            self.flags(capture_method=method, group='snapdriver')
+            self.assertEqual('rebase', snapshot_plan.cold_method(
+                False, 'qcow2'))
+
+    def test_what_cannot_be_streamed_is_converted_and_says_why(self):
+        self.flags(capture_method='auto', group='snapdriver')
+        self.assertEqual('rebase', snapshot_plan.cold_method(True, 'qcow2'))
+        self.assertIn('no compressed image', self.logs.output)
+        self.assertEqual('rebase', snapshot_plan.cold_method(False, 'vmdk'))
+        self.assertIn('not vmdk', self.logs.output)
+        self.which.return_value = None
+        self.assertEqual('rebase', snapshot_plan.cold_method(False, 'raw'))
+        self.assertIn('qemu-nbd is not installed', self.logs.output)
+
+    def test_a_cold_stream_stages_nothing(self):
+        self.assertEqual(0, snapshot_plan.space_needed(
+            False, NODE, {'virtual-size': 10 ** 12}, 'raw', 'stream'))

@@ -38,6 +38,7 @@ import libvirt
 
 from nova_snapdriver import blockjob
 from nova_snapdriver import chain
+from nova_snapdriver import coldstream
 from nova_snapdriver import exception
 from nova_snapdriver import imagestream
 from nova_snapdriver import plan as snapshot_plan
@@ -1027,3 +1028,15 @@ class StreamTestCase(PullBackupTestCase):
         self.end.assert_called_once_with(self.driver, self.instance,
                                          self.guest, self.plan)
         self.assert_files_removed()
+
+
+class ColdStreamTestCase(base.TestCase):
+
+    def test_qemu_nbd_reads_the_pinned_chain_read_only_for_us_alone(self):
+        plan = dataclasses.replace(PLAN, live=False, capture_method='stream')
+        self.assertTrue(plan.cold_stream)
+        self.assertEqual(
+            ['qemu-nbd', '--read-only', '--shared=1', plan.chain.filename()],
+            coldstream.argv(plan))
+        # Every node named, as for qemu-img: nothing probed.
+        self.assertTrue(plan.chain.filename().startswith('json:'))

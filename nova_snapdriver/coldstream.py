@@ -1,0 +1,74 @@
+# Licensed under the Apache License, Version 2.0 (the "License"); you may
+# not use this file except in compliance with the License. You may obtain
+# a copy of the License at
+#
+#      http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS, WITHOUT
+# WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied. See the
+# License for the specific language governing permissions and limitations
+# under the License.
+
+"""A shut-off instance's disk, read over NBD straight into Glance.
+
+Shelve, snapshots of stopped servers, and createBackup of them: with
+``[snapdriver] capture_method`` ``stream`` or ``auto``, a cold snapshot
+takes the same path as a live stream, with no temp image and no convert
+pass (``plan.cold_method`` says when it can).
+
+1. ``qemu-nbd --read-only`` exports the disk's chain, pinned as
+   ``chain`` pins it (one ``json:`` filename, every backing node named,
+   nothing probed).  libnbd starts it by systemd socket activation: no
+   socket on disk, we are its only client (``--shared=1``), and it exits
+   when our connection closes, or with nova-compute.
+2. While it reads, it holds QEMU's shared lock on every image of the
+   chain: a QEMU that would start the domain cannot take its write lock,
+   so the domain stays shut off, and the disk as it was, until the read
+   is done.
+3. ``stream.reader`` lays the image out from the allocation map and
+   reads it ahead; nova's image API uploads it, verified against Glance's
+   hash, as a live stream is.
+"""
+
+from oslo_log import log as logging
+
+from nova_snapdriver import plan as snapshot_plan
+from nova_snapdriver import progress
+from nova_snapdriver import stream
+
+LOG = logging.getLogger(__name__)
+
+
+class NoScratch(object):
+    """A cold read has no scratch file to guard."""
+
+    error = None
+    peak = 0
+
+    def check(self):
+        pass
+
+
+def argv(plan):
+    """qemu-nbd's command line: the chain, read-only, for one client."""
+    return [snapshot_plan.QEMU_NBD, '--read-only', '--shared=1',
+            plan.chain.filename()]
+
+
+def stream_disk(instance, plan, step, upload):
+    """Read the shut-off disk into ``upload(reader, size)``; its size."""
+    export = None
+    try:
+        step('streaming')
+        export = stream.Export(None, plan.disk_dev, instance,
+                               argv=argv(plan))
+        image, size = stream.reader(export, plan, NoScratch(), instance)
+        step('streaming', size=size)
+        upload(image, size)
+        LOG.info('Streamed %(size)s from the shut-off disk',
+                 {'size': progress.human_size(size)}, instance=instance)
+        return size
+    finally:
+        if export is not None:
+            export.close()  # qemu-nbd exits with the connection
