@@ -63,11 +63,13 @@ def leftovers(directory):
 
 
 def block_jobs(domain, disk='vda'):
-    """The block job on ``disk`` ({} if none).
+    """The block job on ``disk`` ({} if none; a shut-off domain has none).
 
     A libvirt that cannot answer (domain gone, connection dead) raises:
     "no job" must never be assumed.
     """
+    if not domain.isActive():
+        return {}
     return domain.blockJobInfo(disk, 0)
 
 
