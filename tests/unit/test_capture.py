@@ -1008,3 +1008,28 @@ class BackupCaptureTestCase(base.TestCase):
         self.domain.mock.abortJob.assert_not_called()
         self.assertTrue(state['running'])
         self.assertEqual([1, 1, 1], self.clock.sleeps)
+
+
+class SavedXmlTestCase(base.TestCase):
+
+    def test_a_link_planted_at_the_path_is_not_followed(self):
+        # The XML holds the domain's secrets: never written through a link.
+        target = os.path.join(self.tmp, 'elsewhere')
+        link = os.path.join(self.tmp, 'instance.xml')
+        os.symlink(target, link)
+
+        self.assertRaises(OSError, capture._save_xml, '<domain/>', link)
+
+        self.assertFalse(os.path.exists(target))
+
+    def test_the_saved_xml_is_0600(self):
+        path = os.path.join(self.tmp, 'instance.xml')
+        with open(path, 'w') as f:
+            f.write('old')
+        os.chmod(path, 0o644)
+
+        capture._save_xml('<domain/>', path)
+
+        self.assertEqual(0o600, os.stat(path).st_mode & 0o777)
+        with open(path) as f:
+            self.assertEqual('<domain/>', f.read())

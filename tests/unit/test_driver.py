@@ -17,6 +17,7 @@ autospec'd Host, qemu-img a fake ``processutils.execute`` writing real files
 in a tmp ``[libvirt] snapshots_directory``, Glance an autospec'd image API.
 """
 
+import io
 import json
 import os
 import stat
@@ -38,6 +39,7 @@ from nova_snapdriver import conf
 from nova_snapdriver import driver
 from nova_snapdriver import exception
 from nova_snapdriver import journal
+from nova_snapdriver import plan as snapshot_plan
 from nova_snapdriver import progress
 from tests.unit import base
 
@@ -640,6 +642,46 @@ class SnapshotTestCase(base.TestCase):
             'set up')
         self.assertIn('Checking the domain after the snapshot failed',
                       self.logs.output)
+
+    def test_a_stream_holds_the_disk_ops_semaphore_before_its_backup(
+            self):
+        # Waiting for [compute] max_concurrent_disk_ops with the backup
+        # running would grow its scratch file meanwhile.
+        held = []
+
+        class Semaphore(object):
+            def __enter__(self):
+                held.append('taken')
+
+            def __exit__(self, *exc):
+                held.append('released')
+        self.useFixture(fixtures.MockPatch(
+            'nova.compute.utils.disk_ops_semaphore', Semaphore()))
+        self.useFixture(fixtures.MockPatchObject(
+            snapshot_plan, 'capture_method', return_value='stream'))
+
+        def fake_stream(driver, context, instance, guest, plan, step, send):
+            self.assertEqual(['taken'], held)  # before anything begins
+            send(io.BytesIO(IMAGE_DATA), len(IMAGE_DATA))
+            self.assertEqual(['taken'], held)  # not taken twice
+        self.useFixture(fixtures.MockPatchObject(
+            driver.stream, 'stream', side_effect=fake_stream))
+
+        self._snapshot()
+
+        self.assertEqual(['taken', 'released'], held)
+        self.assertEqual(IMAGE_DATA, self.uploaded[0][0])
+
+    def test_only_rebase_journals_the_domains_secret_xml(self):
+        # Only rebase undefines the domain and may redefine it from there.
+        for method, has_xml in (('rebase', True), ('copy', False)):
+            self.flags(capture_method=method, group='snapdriver')
+            begun = self.useFixture(fixtures.MockPatchObject(
+                journal, 'begin', wraps=journal.begin)).mock
+            self._snapshot()
+            xml = begun.call_args.kwargs['xml']
+            self.assertEqual(has_xml, xml is not None, method)
+            self.uploaded.clear()
 
     @mock.patch.object(libvirt_driver.LibvirtDriver, 'snapshot',
                        autospec=True)
