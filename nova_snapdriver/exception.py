@@ -31,6 +31,15 @@ class SnapshotError(exception.NovaException):
     """
 
     msg_fmt = _("Snapshot failed: %(reason)s")
+    # Every message ends by naming the page that explains it.
+    hint = _(" (nova-snapdriver %(name)s: see Troubleshooting in its "
+             "documentation)")
+
+    def __init__(self, message=None, **kwargs):
+        super(SnapshotError, self).__init__(message, **kwargs)
+        self.message = '%s%s' % (self.message, self.hint % {
+            'name': type(self).__name__})
+        self.args = (self.message,)
 
 
 class InsufficientSnapshotSpace(SnapshotError):

@@ -245,13 +245,13 @@ class CaptureMethodTestCase(base.TestCase):
         self.assertEqual('copy', snapshot_plan.capture_method(
             self.driver, self.guest))
 
-    def test_native_threads_is_novas_concurrency_mode(self):
-        # The real function (setUp replaced the module's): nova's unit
-        # test package monkey-patches, as [DEFAULT] concurrency_backend =
-        # eventlet does.
-        self.assertFalse(REAL_NATIVE_THREADS())
-        with mock.patch('nova.monkey_patch.is_patched', return_value=False):
-            self.assertTrue(REAL_NATIVE_THREADS())
+    def test_native_threads_is_novacompats_answer(self):
+        # The real function (setUp replaced the module's); how nova
+        # answers on each release: test_novacompat.
+        for native in (True, False):
+            with mock.patch.object(snapshot_plan.novacompat,
+                                   'native_threads', return_value=native):
+                self.assertIs(native, REAL_NATIVE_THREADS())
 
     def test_auto_picks_backup_when_supported_without_libnbd(self):
         self.flags(capture_method='auto', group='snapdriver')

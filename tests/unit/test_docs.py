@@ -147,3 +147,12 @@ def test_readme_links_exist():
         if not os.path.exists(os.path.join(ROOT, path)):
             broken.append(target)
     assert broken == [], 'README links to files that do not exist'
+
+
+def test_every_error_message_points_to_the_troubleshooting_page():
+    from nova_snapdriver import exception
+    error = exception.BackupFailed(disk='vda', instance_uuid='u',
+                                   reason='was cancelled')
+    assert str(error).endswith('(nova-snapdriver BackupFailed: see '
+                               'Troubleshooting in its documentation)')
+    assert error.format_message() == str(error)

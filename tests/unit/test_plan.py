@@ -329,7 +329,9 @@ class SpaceTestCase(base.TestCase):
             'reserve of 268435456 bytes) but only 536870912 bytes '
             '(512.0 MiB) are free. Free some space there, or point '
             '[libvirt] snapshots_directory at a larger filesystem. The '
-            'instance was not touched.', str(exc))
+            'instance was not touched. (nova-snapdriver '
+            'InsufficientSnapshotSpace: see Troubleshooting in its '
+            'documentation)', str(exc))
 
     def test_the_reserve_alone_can_make_space_insufficient(self):
         exc = self.assertRaises(

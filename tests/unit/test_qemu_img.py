@@ -166,8 +166,10 @@ class ExecuteTestCase(base.TestCase):
         self.assertEqual(
             {'command': command, 'exit_code': exit_code, 'stderr': stderr},
             {k: exc.kwargs[k] for k in ('command', 'exit_code', 'stderr')})
-        self.assertEqual("'%s' failed with exit code %s: %s"
-                         % (command, exit_code, stderr), str(exc))
+        self.assertEqual("'%s' failed with exit code %s: %s (nova-snapdriver "
+                         "QemuImgFailed: see Troubleshooting in its "
+                         "documentation)" % (command, exit_code, stderr),
+                         str(exc))
         self.assertIsInstance(exc, exception.SnapshotError)
 
     def test_process_error_becomes_qemu_img_failed_with_stripped_stderr(self):

@@ -216,7 +216,8 @@ class ExportTestCase(NBDTestCase):
                                 [(4 * KiB, 0)], allocation_map=False)
 
         self.assertEqual('Snapshot failed: the NBD export of vda has no '
-                         'allocation map', str(exc))
+                         'allocation map (nova-snapdriver SnapshotError: see '
+                         'Troubleshooting in its documentation)', str(exc))
 
     def test_adjacent_extents_of_a_kind_are_merged(self):
         export = self.export([(4 * KiB, 0), (8 * KiB, 0),
