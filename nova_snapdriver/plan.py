@@ -294,7 +294,7 @@ def native_threads():
 
 
 def stream_unavailable(driver, guest, image_format='qcow2',
-                       backup_known=False):
+                       backup_known=False, work_dir=None):
     """Why this host cannot stream ``guest``'s disk now, or None if it can.
 
     A stream lays out raw or qcow2 images only, and needs a pull-mode
@@ -306,6 +306,9 @@ def stream_unavailable(driver, guest, image_format='qcow2',
     if image_format not in NATIVE_FORMATS:
         return ('a stream writes raw or qcow2 images, not %s '
                 '([libvirt] snapshot_image_format)' % image_format)
+    too_long = work_dir and qemu_identity.socket_path_too_long(work_dir)
+    if too_long:
+        return too_long
     if not (backup_known or
             backup_supported(novacompat.host(driver).get_connection(),
                              guest)):
@@ -358,7 +361,7 @@ def cold_method(compress, image_format, instance=None):
 
 
 def capture_method(driver, guest, compress=False, instance=None,
-                   image_format='qcow2'):
+                   image_format='qcow2', work_dir=None):
     """The live capture method: [snapdriver] capture_method, auto resolved.
 
     auto: stream if the host can (``stream_unavailable``: a pull-mode
@@ -386,13 +389,15 @@ def capture_method(driver, guest, compress=False, instance=None,
                     instance=instance)
         return mirror
     if method == 'stream':
-        why = stream_unavailable(driver, guest, image_format)
+        why = stream_unavailable(driver, guest, image_format,
+                                 work_dir=work_dir)
         if why is None:
             return method
         # What auto picks here: never a stream.
         instead = _best_supported(driver, guest, compress, mirror,
                                   instance, quiet=True,
-                                  image_format=image_format)
+                                  image_format=image_format,
+                                  work_dir=work_dir)
         LOG.warning('capture_method stream cannot run on this host: '
                     '%(why)s; using %(instead)s for this snapshot',
                     {'why': why, 'instead': instead}, instance=instance)
@@ -400,11 +405,11 @@ def capture_method(driver, guest, compress=False, instance=None,
     if method != 'auto':
         return method
     return _best_supported(driver, guest, compress, mirror, instance,
-                           image_format=image_format)
+                           image_format=image_format, work_dir=work_dir)
 
 
 def _best_supported(driver, guest, compress, mirror, instance=None,
-                    quiet=False, image_format='qcow2'):
+                    quiet=False, image_format='qcow2', work_dir=None):
     """auto's choice (see capture_method); ``mirror``: copy, else rebase."""
     if compress and mirror == 'copy':
         return 'copy'
@@ -413,7 +418,8 @@ def _best_supported(driver, guest, compress, mirror, instance=None,
         return mirror
     if compress:
         return 'backup'  # a stream is never compressed
-    why = stream_unavailable(driver, guest, image_format, backup_known=True)
+    why = stream_unavailable(driver, guest, image_format, backup_known=True,
+                             work_dir=work_dir)
     if why is None:
         return 'stream'
     if not quiet:
@@ -452,11 +458,12 @@ def build(driver, context, instance, image_id, guest):
 
     compress = bool(CONF.libvirt.snapshot_compression and
                     image_format == 'qcow2')
+    snapshots_dir = CONF.libvirt.snapshots_directory
+    work_dir = os.path.join(snapshots_dir, image_id)
     method = (capture_method(driver, guest, compress, instance,
-                             image_format) if live
+                             image_format, work_dir) if live
               else cold_method(compress, image_format, instance))
 
-    snapshots_dir = CONF.libvirt.snapshots_directory
     os.makedirs(snapshots_dir, exist_ok=True)
     needed = space_needed(live, node, disk_info, image_format, method,
                           compress)
@@ -476,7 +483,7 @@ def build(driver, context, instance, image_id, guest):
         compress=compress,
         quiesce=quiesce,
         require_quiesce=require_quiesce,
-        work_dir=os.path.join(snapshots_dir, image_id),
+        work_dir=work_dir,
         space_needed=needed,
         capture_method=method,
         compression_type=CONF.snapdriver.compression_type)

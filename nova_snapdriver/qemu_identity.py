@@ -39,6 +39,13 @@ from xml.etree import ElementTree
 
 Identity = collections.namedtuple('Identity', 'uid gid')
 
+# <work dir>/nbd/sock: short, because a unix socket's path must fit in
+# sun_path (108 bytes with its NUL) and the work dir is already
+# <snapshots_directory>/<image uuid>.
+SOCKET_DIR = 'nbd'
+SOCKET_NAME = 'sock'
+SOCKET_PATH_MAX = 107
+
 SHARED_MODE = 0o730   # owner: all; QEMU's group: create, enter; others: no
 PRIVATE_MODE = 0o700  # QEMU runs as nova-compute's own user
 
@@ -102,3 +109,17 @@ def make_shared_dir(path, ident):
     # chmod after chown: a chown by a non-root user may clear mode bits.
     os.chmod(path, SHARED_MODE)
     return SHARED_MODE
+
+
+def socket_path(work_dir):
+    return os.path.join(work_dir, SOCKET_DIR, SOCKET_NAME)
+
+
+def socket_path_too_long(work_dir):
+    """Why QEMU cannot bind the socket of ``work_dir``, or None if it can."""
+    path = socket_path(work_dir)
+    if len(os.fsencode(path)) <= SOCKET_PATH_MAX:
+        return None
+    return ('the NBD socket path %s is %d bytes, more than a unix socket '
+            'takes (%d): give [libvirt] snapshots_directory a shorter path'
+            % (path, len(os.fsencode(path)), SOCKET_PATH_MAX))

@@ -61,9 +61,6 @@ from nova_snapdriver import readahead
 CONF = cfg.CONF
 LOG = logging.getLogger(__name__)
 
-# QEMU creates the socket in SOCKET_DIR, which its group may write.
-SOCKET_DIR = 'export'
-SOCKET_NAME = 'nbd.sock'
 SCRATCH_NAME = 'scratch.qcow2'
 # NBD block status over at most this much per request (reads: readahead).
 STATUS_SPAN = 1 << 30
@@ -72,11 +69,12 @@ MiB = 1024 * 1024
 
 
 def socket_dir(plan):
-    return os.path.join(plan.work_dir, SOCKET_DIR)
+    """Where QEMU creates the socket: a directory its group may write."""
+    return os.path.dirname(socket_path(plan))
 
 
 def socket_path(plan):
-    return os.path.join(socket_dir(plan), SOCKET_NAME)
+    return qemu_identity.socket_path(plan.work_dir)
 
 
 def scratch_path(plan):

@@ -272,12 +272,12 @@ def test_nova_compute_killed_mid_stream_is_repaired_by_recover(
     work_dir = os.path.join(snapshots_dir, image['id'])
     assert inst.lookup().jobStats().get('operation') == \
         libvirt.VIR_DOMAIN_JOB_OPERATION_BACKUP
-    assert sorted(os.listdir(work_dir)) == ['export', 'scratch.qcow2']
+    assert sorted(os.listdir(work_dir)) == ['nbd', 'scratch.qcow2']
     # QEMU (libvirt-qemu) made the socket in the directory of its group.
-    export = os.path.join(work_dir, 'export')
-    assert os.listdir(export) == ['nbd.sock']
+    export = os.path.join(work_dir, 'nbd')
+    assert os.listdir(export) == ['sock']
     assert stat.S_IMODE(os.stat(export).st_mode) == 0o730
-    assert os.stat(os.path.join(export, 'nbd.sock')).st_uid == \
+    assert os.stat(os.path.join(export, 'sock')).st_uid == \
         pwd.getpwnam(libvirtd.QEMU_USER).pw_uid
 
     test_child.kill9(child)

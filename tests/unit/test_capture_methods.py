@@ -196,6 +196,11 @@ class CaptureMethodTestCase(base.TestCase):
         self.guest.get_xml_desc.return_value = DOMAIN_XML % ''
         self._falls_back('stream', 'backup', 'no DAC security label')
 
+    def test_a_socket_path_too_long_backs_up_instead_of_streaming(self):
+        self._libnbd(True)
+        self._falls_back('stream', 'backup', 'more than a unix socket takes',
+                         work_dir='/srv/' + 'x' * 120)
+
     def test_explicit_stream_without_libnbd_backs_up(self):
         self._libnbd(False)
         self._falls_back('stream', 'backup', 'python3-libnbd')

@@ -128,6 +128,18 @@ class SharedDirTestCase(base.TestCase):
         # Never world-writable, nor enterable by others.
         self.assertFalse(self._mode() & 0o007)
 
+    def test_a_socket_path_past_sun_path_is_refused_with_the_fix(self):
+        # <snapshots_directory>/<image uuid>/nbd/sock must fit in 107
+        # bytes; a long snapshots_directory cannot stream.
+        uuid = 'c0ffee00-1234-4abc-8def-0123456789ab'
+        fits = '/var/lib/nova/instances/snapshots/' + uuid
+        self.assertIsNone(qemu_identity.socket_path_too_long(fits))
+        long = '/var/tmp/nova-snapdriver-minicloud/nova/instances/' \
+            'snapshots-of-a-long-name/' + uuid
+        why = qemu_identity.socket_path_too_long(long)
+        self.assertIn('more than a unix socket takes (107)', why)
+        self.assertIn('snapshots_directory a shorter path', why)
+
     def test_an_existing_directory_is_refused(self):
         # The work dir is new for each snapshot: a socket directory that
         # is already there was not made by us.

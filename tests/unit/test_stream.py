@@ -175,8 +175,8 @@ class WorkDirTestCase(base.TestCase):
         self.plan = dataclasses.replace(PLAN, work_dir=self.work_dir)
         self.scratch = os.path.join(self.work_dir, 'scratch.qcow2')
         # QEMU creates the socket in a directory shared with its group.
-        self.export_dir = os.path.join(self.work_dir, 'export')
-        self.socket = os.path.join(self.export_dir, 'nbd.sock')
+        self.export_dir = os.path.join(self.work_dir, 'nbd')
+        self.socket = os.path.join(self.export_dir, 'sock')
 
 
 class NBDTestCase(WorkDirTestCase):
@@ -608,9 +608,9 @@ class EndTestCase(PullBackupTestCase):
         self._end()
 
         self.assertTrue(self.backup['running'])
-        self.assertEqual(['export', 'scratch.qcow2'],
+        self.assertEqual(['nbd', 'scratch.qcow2'],
                          sorted(os.listdir(self.work_dir)))
-        self.assertEqual(['nbd.sock'], os.listdir(self.export_dir))
+        self.assertEqual(['sock'], os.listdir(self.export_dir))
         self.assertIn('still runs after its abort', self.logs.output)
 
     def test_libvirtd_gone_for_good_is_logged_not_raised(self):
@@ -624,7 +624,7 @@ class EndTestCase(PullBackupTestCase):
 
         self._end()
 
-        self.assertEqual(['export', 'scratch.qcow2'],
+        self.assertEqual(['nbd', 'scratch.qcow2'],
                          sorted(os.listdir(self.work_dir)))
         self.assertIn('Could not end the pull backup of vda',
                       self.logs.output)
