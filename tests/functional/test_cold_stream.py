@@ -36,9 +36,14 @@ def assert_left_as_it_was(inst, snapshots_dir):
     assert journal.paths() == []
 
 
-def download(glance_client, image_id, fmt, workdir):
-    return checks.download(glance_client, image_id,
+def assert_image_is(glance_client, image_id, fmt, reference, workdir):
+    """The image in Glance reads, as ``fmt``, as the disk ``reference``."""
+    path = checks.download(glance_client, image_id,
                            os.path.join(workdir, image_id + '.' + fmt))
+    try:
+        assert checks.same_content(path, reference, a_fmt=fmt)
+    finally:
+        os.unlink(path)
 
 
 @pytest.mark.parametrize('method', ['stream', 'auto'])
@@ -67,11 +72,7 @@ def test_shut_off_disk_streams_with_nothing_staged(
     stored = glance_client.images.get(image['id'])
     assert stored.status == 'active'
     assert stored.disk_format == fmt
-    path = download(glance_client, image['id'], fmt, workdir)
-    try:
-        assert checks.same_content(path, reference, a_fmt=fmt)
-    finally:
-        os.unlink(path)
+    assert_image_is(glance_client, image['id'], fmt, reference, workdir)
     assert checks.same_content(inst.disk_path, reference)
     assert_left_as_it_was(inst, snapshots_dir)
     os.unlink(reference)
@@ -101,10 +102,6 @@ def test_a_start_during_the_read_is_refused(
 
     assert refused and refused[0] is not None, 'the domain started'
     assert 'lock' in refused[0], refused[0]
-    path = download(glance_client, image['id'], 'qcow2', workdir)
-    try:
-        assert checks.same_content(path, reference)
-    finally:
-        os.unlink(path)
+    assert_image_is(glance_client, image['id'], 'qcow2', reference, workdir)
     assert_left_as_it_was(inst, snapshots_dir)
     os.unlink(reference)
