@@ -130,8 +130,9 @@ class LibvirtConnectionLost(SnapshotError):
 class UploadNotRewindable(SnapshotError):
     msg_fmt = _("The upload of image %(image_id)s failed after "
                 "%(sent)d bytes (%(sent_h)s) had been read for it, and "
-                "nova's image API retried it, but the snapshot file cannot "
-                "be read again from its first byte: %(reason)s. Nothing "
+                "[glance] num_retries allows another attempt, but the "
+                "snapshot file cannot be read again from its first byte: "
+                "%(reason)s. Nothing "
                 "more was sent, so Glance stores no partial image; the "
                 "image will be deleted. Check that Glance is reachable and "
                 "retry the snapshot.")

@@ -26,13 +26,13 @@ supporting another release, read its ``virt/libvirt/driver.py``
 ``virt/libvirt/utils.py``, ``compute/utils.py`` and ``privsep/qemu.py``
 for the names below.
 
-One more private thing is relied on, in ``upload``: glanceclient reads an
-upload through a new generator on each of nova's retries
-(``glanceclient.common.http._BaseHTTPClient._chunk_body``, python-
-glanceclient 4.7 to 4.13).
 """
 
+import glanceclient.exc
+
 from nova.compute import utils as compute_utils
+from nova import exception as nova_exception
+from nova.image import glance as nova_glance
 from nova.privsep import qemu as nova_qemu
 from nova import utils as nova_utils
 from nova.virt.libvirt import utils as libvirt_utils
@@ -138,3 +138,64 @@ def native_threads():
     except ImportError:
         return True
     return not patcher.is_monkey_patched('thread')
+
+
+# --- nova's Glance client -------------------------------------------------
+
+#: What nova's Glance client retries (``GlanceClientWrapper.call``, the
+#: same four in 31 to 34): a connection that failed or broke, a 503.
+GLANCE_RETRYABLE = (glanceclient.exc.HTTPServiceUnavailable,
+                    glanceclient.exc.InvalidEndpoint,
+                    glanceclient.exc.CommunicationError,
+                    IOError)
+
+
+class GlanceUploader(object):
+    """Sends an image's data to Glance, one attempt per ``send``.
+
+    nova's ``GlanceClientWrapper.call`` retries an upload itself, handing
+    glanceclient the same file object again; ``upload`` keeps the
+    attempts instead, so that each one gets a reader at its first byte.
+    Each attempt is made as nova makes its own:
+
+    - ``GlanceClientWrapper._create_onetime_client``: a client for the
+      request's context, on the next of the Glance API servers (nova's
+      round robin over ``[glance] api_servers`` or the catalog);
+    - ``nova.utils.tpool_wrap`` (33, 34) or ``tpool_execute`` (31, 32):
+      under eventlet the upload runs in a native thread, as nova's
+      ``GlanceImageServiceV2._upload_data`` runs it;
+    - ``nova.image.glance._translate_image_exception``: Glance's HTTP
+      errors become nova's (``ImageNotFound`` when the image was deleted
+      meanwhile, which the compute manager expects).
+    """
+
+    def __init__(self, context):
+        self._context = context
+        self._wrapper = nova_glance.GlanceClientWrapper()
+
+    @property
+    def server(self):
+        """The Glance API server of the last attempt."""
+        return getattr(self._wrapper, 'api_server', None)
+
+    def send(self, image_id, data):
+        """One attempt, no retry; raises nova's exception for Glance's."""
+        client = self._wrapper._create_onetime_client(self._context, 2)
+        try:
+            _in_native_thread(client.images.upload, image_id, data)
+        except GLANCE_RETRYABLE:
+            raise
+        except glanceclient.exc.HTTPException as e:
+            raise nova_glance._translate_image_exception(image_id, e)
+
+    def gave_up(self, reason):
+        """nova's error when the last attempt failed (as its client's)."""
+        return nova_exception.GlanceConnectionFailed(
+            server=str(self.server), reason=str(reason))
+
+
+def _in_native_thread(func, *args):
+    wrap = getattr(nova_utils, 'tpool_wrap', None)
+    if wrap is not None:
+        return wrap(func)(*args)
+    return nova_utils.tpool_execute(func, *args)

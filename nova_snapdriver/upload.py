@@ -17,12 +17,14 @@ receives (``os_hash_algo``/``os_hash_value``, sha512 by default, and the md5
 ``checksum``); if the two disagree the bytes were damaged on the way and the
 snapshot fails, so the compute manager deletes the image instead of leaving
 a corrupt one active.  nova's in-tree driver does not look.
+
+A failed attempt is retried as nova retries it (``[glance] num_retries``),
+but from the image's first byte, with a new reader: nova's own retry hands
+glanceclient the file object it had already read part-way.
 """
 
 import hashlib
-import inspect
-import io
-import sys
+import time
 
 from oslo_config import cfg
 from oslo_log import log as logging
@@ -35,125 +37,31 @@ CONF = cfg.CONF
 LOG = logging.getLogger(__name__)
 
 CHUNK = 64 * 1024
-
-
-_GENERATOR_FLAGS = (inspect.CO_GENERATOR | inspect.CO_COROUTINE |
-                    inspect.CO_ASYNC_GENERATOR)
-
-
-def _reading_generator(frame):
-    """``frame`` if it runs a generator (or coroutine), else None."""
-    if frame is not None and frame.f_code.co_flags & _GENERATOR_FLAGS:
-        return frame
-    return None
+#: nova's pause between two attempts (``GlanceClientWrapper.call``).
+RETRY_DELAY = 1
 
 
 class HashingReader(object):
     """A read-only file that hashes and counts what is read from it.
 
-    It can be read again from the start, hashes, count and progress reset,
-    so that a retried upload sends the whole image and verifies:
-
-    - ``seek(0)`` rewinds (the file protocol; requests rewinds a body this
-      way, and ``tell()`` gives the position it rewinds to);
-    - a new *pass* rewinds by itself.  nova's image API retries a failed
-      upload (``[glance] num_retries``, on a connection error or a 503) by
-      calling glanceclient's ``images.upload(image_id, data)`` again with
-      this same object, and glanceclient reads it through a new generator
-      each time (``_chunk_body``: ``data.read(65536)`` until empty), with no
-      ``seek`` or ``tell``.  So a read from another generator than the one
-      that made the previous reads, or a new iteration of this reader,
-      starts a new pass; reads from plain loops are never taken for one.
-
-    A pass that cannot start from the first byte (the file cannot seek)
-    raises ``UploadNotRewindable``, on that read and every later one: a
-    retry never sends part of the image.
+    One per upload attempt, made when its file is at its first byte: the
+    hashes and the count are those of what that attempt sent.  A retry's
+    reader (``again``) sets the progress meter back to 0 when it is first
+    read: an attempt that never got to send leaves the meter alone.
     """
 
-    def __init__(self, fileobj, meter, image_id=None, instance=None):
+    def __init__(self, fileobj, meter, again=False):
         self._file = fileobj
         self._meter = meter
-        self._image_id = image_id
-        self._instance = instance
-        # The generator reading this pass (a strong reference: a frame
-        # that lives on can never be mistaken for a new one).
-        self._consumer = None
-        self._broken = None
-        self.passes = 1
-        self._reset()
-
-    def _reset(self):
+        self._again = again
         self.sha512 = hashlib.sha512()
         self.md5 = hashlib.md5(usedforsecurity=False)
         self.sent = 0
 
-    def seekable(self):
-        try:
-            return bool(self._file.seekable())
-        except (AttributeError, OSError, ValueError):
-            return False
-
-    def tell(self):
-        return self.sent
-
-    def seek(self, offset, whence=io.SEEK_SET):
-        """Rewind (``seek(0)``), or stay (the current offset); no more.
-
-        The hashes cover the bytes in the order read, so no other jump is
-        possible: it raises ``io.UnsupportedOperation`` (an ``OSError``).
-        """
-        if whence == io.SEEK_SET and offset == 0:
-            self.rewind()
-        elif not ((whence == io.SEEK_SET and offset == self.sent) or
-                  (whence == io.SEEK_CUR and offset == 0)):
-            raise io.UnsupportedOperation(
-                'the upload reader can only rewind to 0, not seek to '
-                '%r (whence %r)' % (offset, whence))
-        return self.sent
-
-    def rewind(self):
-        """Start again from the first byte, with fresh hashes and count."""
-        if self._broken is not None:
-            raise self._broken
-        sent = self.sent
-        if not sent:
-            # Nothing was sent, but a read may have failed part-way and
-            # moved the file on: start it again all the same.
-            if self.seekable():
-                self._file.seek(0)
-            return
-        try:
-            if not self.seekable():
-                raise io.UnsupportedOperation('the file is not seekable')
-            self._file.seek(0)
-        except (OSError, ValueError) as e:
-            self._broken = exception.UploadNotRewindable(
-                image_id=self._image_id, sent=sent,
-                sent_h=progress.human_size(sent), reason=e)
-            LOG.error('%s', self._broken, instance=self._instance)
-            raise self._broken
-        self.passes += 1
-        LOG.warning('The upload to image %(image)s is being retried '
-                    '(attempt %(attempt)d) after %(sent)s had been read for '
-                    'it: sending it again from the first byte',
-                    {'image': self._image_id, 'attempt': self.passes,
-                     'sent': progress.human_size(sent)},
-                    instance=self._instance)
-        self._reset()
-        self._meter.update(0)
-
-    def _new_pass(self, consumer):
-        if consumer is None:
-            return
-        if self._consumer is not None and consumer is not self._consumer:
-            self.rewind()
-        self._consumer = consumer
-
     def read(self, size=-1):
-        # The caller: a generator that reads us is one pass of the upload.
-        self._new_pass(_reading_generator(sys._getframe(1)))
-        if self._broken is not None:
-            raise self._broken
+        if self._again:
+            self._again = False
+            self._meter.update(0)
         data = self._file.read(size if size is not None else -1)
         if data:
             self.sha512.update(data)
@@ -169,9 +77,65 @@ class HashingReader(object):
                 return
             yield data
 
-    def close(self):
-        """Forget the last reader; the file is its opener's to close."""
-        self._consumer = None
+
+def _rewind(fileobj, image_id, sent, instance):
+    """Put ``fileobj`` back at its first byte for another attempt.
+
+    ``sent`` is what the last attempt read.  Raises ``UploadNotRewindable``
+    if it read some and the file cannot go back (a pipe): a retry never
+    sends part of the image.
+    """
+    try:
+        seekable = fileobj.seekable()
+    except (AttributeError, OSError, ValueError):
+        seekable = False
+    if not seekable and not sent:
+        return
+    try:
+        if not seekable:
+            raise OSError('the file is not seekable')
+        fileobj.seek(0)
+    except (OSError, ValueError) as e:
+        error = exception.UploadNotRewindable(
+            image_id=image_id, sent=sent, sent_h=progress.human_size(sent),
+            reason=e)
+        LOG.error('%s', error, instance=instance)
+        raise error
+
+
+def send(context, image_id, fileobj, meter, instance):
+    """Send ``fileobj`` as the image's data; return the attempt's reader.
+
+    Tried ``1 + [glance] num_retries`` times on the errors nova's Glance
+    client retries, as nova does, but each attempt reads the file from
+    its first byte with fresh hashes: nova would hand glanceclient the
+    same file object again, already read part-way.
+    """
+    uploader = novacompat.GlanceUploader(context)
+    attempts = 1 + CONF.glance.num_retries
+    sent = 0
+    for attempt in range(1, attempts + 1):
+        if attempt > 1:
+            _rewind(fileobj, image_id, sent, instance)
+        reader = HashingReader(fileobj, meter, again=attempt > 1)
+        try:
+            uploader.send(image_id, reader)
+            return reader, attempt
+        except novacompat.GLANCE_RETRYABLE as e:
+            sent = reader.sent
+            last = attempt == attempts
+            (LOG.error if last else LOG.warning)(
+                'Uploading image %(image)s to Glance at %(server)s failed '
+                'after %(sent)s (attempt %(attempt)d of %(attempts)d, '
+                '[glance] num_retries): %(error)s%(next)s',
+                {'image': image_id, 'server': uploader.server,
+                 'sent': progress.human_size(sent), 'attempt': attempt,
+                 'attempts': attempts, 'error': e,
+                 'next': '' if last else '; sending it again from the '
+                 'first byte'}, instance=instance)
+            if last:
+                raise uploader.gave_up(e)
+            time.sleep(RETRY_DELAY)
 
 
 def _stored(image, key):
@@ -181,7 +145,7 @@ def _stored(image, key):
     return image.get('properties', {}).get(key)
 
 
-def verify(image_id, image, reader):
+def verify(image_id, image, reader, instance=None):
     """Compare Glance's hash of the image with ours; raise on mismatch."""
     algo = _stored(image, 'os_hash_algo')
     stored = _stored(image, 'os_hash_value')
@@ -195,7 +159,7 @@ def verify(image_id, image, reader):
     if not stored:
         LOG.warning('Glance reported no hash for image %(image)s; its '
                     'content could not be verified', {'image': image_id},
-                    instance=reader._instance)
+                    instance=instance)
         return None
     if stored != sent:
         raise exception.UploadVerificationFailed(
@@ -220,30 +184,36 @@ def upload_file(image_api, context, image_id, metadata, fileobj, size,
 
     ``fileobj`` is a file or a stream (``imagestream.StreamReader``) of
     exactly ``size`` bytes; it must support ``seek(0)`` for a retried
-    upload to start again.  Returns Glance's image.  The upload holds
-    nova's disk-ops semaphore (``[compute] max_concurrent_disk_ops``)
-    unless the caller holds it already (``take_disk_ops=False``).
+    upload to start again.  Returns Glance's image.
+
+    The calls nova's in-tree driver makes, in its order: the image's
+    properties (``image_api.update``), its data, then the image as Glance
+    stored it.  They hold nova's disk-ops semaphore (``[compute]
+    max_concurrent_disk_ops``) unless the caller holds it already
+    (``take_disk_ops=False``).
     """
     meter = progress.Progress(instance, 'upload', size,
                               CONF.snapdriver.progress_log_interval)
-    reader = HashingReader(fileobj, meter, image_id=image_id,
-                           instance=instance)
-    try:
-        # The same call, metadata and semaphore as nova's in-tree
-        # driver; nova retries it with the same reader, which rewinds.
-        if take_disk_ops:
-            with novacompat.disk_ops_semaphore():
-                image = image_api.update(context, image_id, metadata,
-                                         reader)
-        else:
-            image = image_api.update(context, image_id, metadata, reader)
-    finally:
-        reader.close()
-    algo = verify(image_id, image, reader)
+    if take_disk_ops:
+        with novacompat.disk_ops_semaphore():
+            reader, attempts, image = _upload(image_api, context, image_id,
+                                              metadata, fileobj, meter,
+                                              instance)
+    else:
+        reader, attempts, image = _upload(image_api, context, image_id,
+                                          metadata, fileobj, meter, instance)
+    algo = verify(image_id, image, reader, instance)
     LOG.info('Uploaded %(size)s to image %(image)s%(verified)s%(passes)s',
              {'size': progress.human_size(reader.sent), 'image': image_id,
               'verified': ' (%s verified)' % algo if algo else '',
-              'passes': ', sent %d times' % reader.passes
-              if reader.passes > 1 else ''},
+              'passes': ', sent %d times' % attempts
+              if attempts > 1 else ''},
              instance=instance)
     return image
+
+
+def _upload(image_api, context, image_id, metadata, fileobj, meter,
+            instance):
+    image_api.update(context, image_id, metadata)
+    reader, attempts = send(context, image_id, fileobj, meter, instance)
+    return reader, attempts, image_api.get(context, image_id)

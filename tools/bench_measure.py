@@ -603,12 +603,10 @@ def read_to_nowhere(image_api, context, image_id, metadata, fileobj, size,
     """upload.upload_file that reads and hashes the stream, sends nothing."""
     reader = upload.HashingReader(fileobj, progress.Progress(
         instance, 'upload', size,
-        nova_env.CONF.snapdriver.progress_log_interval),
-        image_id=image_id, instance=instance)
+        nova_env.CONF.snapdriver.progress_log_interval))
     # As glanceclient reads the image.
     while reader.read(glanceclient_http.CHUNKSIZE):
         pass
-    reader.close()
 
 
 def run_snapshot(bench, name, inst, bandwidth=0, writer=None):

@@ -191,6 +191,10 @@ class GlanceV2Data(fixtures.Fixture):
     uploading data makes it ``active`` with its size, md5 ``checksum`` and
     sha512 ``os_hash_value``, and ``status`` is not writable.
     ``corrupt_hash`` makes Glance report a hash of other bytes.
+
+    The driver sends an image's data through its own Glance client
+    (``novacompat.GlanceUploader``, for its retries); here that client
+    stores into this fixture too.
     """
 
     def __init__(self, glance):
@@ -206,6 +210,16 @@ class GlanceV2Data(fixtures.Fixture):
         for name in ('create', 'update'):
             setattr(self.glance, name, getattr(self, name))
             self.addCleanup(delattr, self.glance, name)
+        fake = self
+
+        class Uploader(object):
+            def __init__(self, context):
+                self.server = 'http://localhost:9292'
+
+            def send(self, image_id, data):
+                fake._store(image_id, b''.join(iter(data)))
+        self.useFixture(fixtures.MockPatch(
+            'nova_snapdriver.novacompat.GlanceUploader', Uploader))
 
     @staticmethod
     def _as_sent(metadata):
@@ -249,15 +263,20 @@ class GlanceV2Data(fixtures.Fixture):
                 data = data.read()
             else:
                 data = b''.join(data)
-            self.data[image_id] = data
-            hashed = data + b'!' if self.corrupt_hash else data
-            image.update({
-                'status': 'active', 'size': len(data),
-                'checksum': hashlib.md5(
-                    hashed, usedforsecurity=False).hexdigest(),
-                'os_hash_algo': 'sha512',
-                'os_hash_value': hashlib.sha512(hashed).hexdigest()})
+            self._store(image_id, data)
         return dict(image)
+
+    def _store(self, image_id, data):
+        if image_id not in self.glance.images:
+            raise nova_exception.ImageNotFound(image_id=image_id)
+        self.data[image_id] = data
+        hashed = data + b'!' if self.corrupt_hash else data
+        self.glance.images[image_id].update({
+            'status': 'active', 'size': len(data),
+            'checksum': hashlib.md5(
+                hashed, usedforsecurity=False).hexdigest(),
+            'os_hash_algo': 'sha512',
+            'os_hash_value': hashlib.sha512(hashed).hexdigest()})
 
 
 class CreateImageTestBase(base.ServersTestBase):

@@ -367,6 +367,52 @@ def glance_image(data, **fields):
     return image
 
 
+class FakeGlance(fixtures.Fixture):
+    """nova's Glance API for the driver's tests: properties, data, image.
+
+    ``image_api`` is an autospecced ``glance.API``; the image's data,
+    sent through ``novacompat.GlanceUploader``, is read whole and kept
+    with what ``on_upload()`` returned then.  ``get`` answers the image
+    as Glance stored the last upload (``stored`` replaces its bytes), or
+    ``before`` until one came.
+    """
+
+    def __init__(self, image_api, on_upload=lambda: None,
+                 before=None):
+        self.image_api = image_api
+        self.on_upload = on_upload
+        self.before = before or {'name': 'snap'}
+        self.uploaded = []
+        self.stored = None
+        self.send_error = None
+
+    def _setUp(self):
+        fake = self
+
+        class Uploader(object):
+            server = 'http://glance.test:9292'
+
+            def __init__(self, context):
+                pass
+
+            def send(self, image_id, data):
+                if fake.send_error is not None:
+                    raise fake.send_error
+                fake.uploaded.append((b''.join(iter(data)),
+                                      fake.on_upload()))
+
+        self.useFixture(fixtures.MockPatch(
+            'nova_snapdriver.novacompat.GlanceUploader', Uploader))
+        self.image_api.update.return_value = {}
+        self.image_api.get.side_effect = self._get
+
+    def _get(self, context, image_id):
+        if not self.uploaded:
+            return dict(self.before)
+        data = self.uploaded[-1][0] if self.stored is None else self.stored
+        return glance_image(data)
+
+
 class FakeClock(object):
     """A monotonic clock that only ``sleep`` moves."""
 

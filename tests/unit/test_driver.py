@@ -120,8 +120,12 @@ class SnapshotTestCase(base.TestCase):
         self.conn = base.FakeConnection(self.domain)
         self.driver = self.make_driver()
         self.connect_host(self.driver, self.conn)
-        self.driver._image_api.get.return_value = {'name': 'my snap'}
-        self.driver._image_api.update.side_effect = self._glance_update
+        self.glance = self.useFixture(base.FakeGlance(
+            self.driver._image_api,
+            # What is on disk while the image is sent.
+            on_upload=lambda: sorted(os.listdir(self.work_dir)),
+            before={'name': 'my snap'}))
+        self.uploaded = self.glance.uploaded
         self.record_path = os.path.join(self.journal_dir,
                                         base.IMAGE_ID + '.json')
         self.qemu_img, self.execute = self.patch_execute(base.FakeQemuImg(
@@ -131,14 +135,6 @@ class SnapshotTestCase(base.TestCase):
         self.clock = self.fake_capture_clock()
         self.instance = self.make_instance()
         self.update_task_state = mock.Mock()
-        self.uploaded = []
-
-    def _glance_update(self, context, image_id, metadata, data=None,
-                       purge_props=True):
-        # What is on disk while the image is sent.
-        self.uploaded.append((b''.join(iter(data)),
-                              sorted(os.listdir(self.work_dir))))
-        return base.glance_image(self.uploaded[-1][0])
 
     def _snapshot(self):
         return self.driver.snapshot(self.context, self.instance,
@@ -205,8 +201,7 @@ class SnapshotTestCase(base.TestCase):
                             'owner_id': self.instance.project_id,
                             'ramdisk_id': self.instance.ramdisk_id,
                             'os_type': 'linux'},
-             'disk_format': 'qcow2', 'container_format': 'bare'},
-            mock.ANY)
+             'disk_format': 'qcow2', 'container_format': 'bare'})
         self._assert_cleaned_up()
         self.assertFalse(os.path.exists(self.xml_path))
         self.assertIn('Snapshot image upload complete in ', self.logs.output)
@@ -351,7 +346,7 @@ class SnapshotTestCase(base.TestCase):
 
     def test_image_deleted_during_upload_is_reraised(self):
         error = nova_exception.ImageNotFound(image_id=base.IMAGE_ID)
-        self.driver._image_api.update.side_effect = error
+        self.glance.send_error = error
 
         raised = self.assertRaises(nova_exception.ImageNotFound,
                                    self._snapshot)
@@ -400,8 +395,7 @@ class SnapshotTestCase(base.TestCase):
             self.saved_xml)
 
     def test_damaged_upload_fails_the_snapshot_and_cleans_up(self):
-        self.driver._image_api.update.side_effect = (
-            lambda *a, **k: base.glance_image(b'damaged'))
+        self.glance.stored = b'damaged'
 
         self.assertRaises(exception.UploadVerificationFailed, self._snapshot)
 
@@ -517,9 +511,7 @@ class SnapshotTestCase(base.TestCase):
     def test_cold_snapshot_records_no_xml_and_only_its_own_steps(self):
         self.domain.state = libvirt.VIR_DOMAIN_SHUTOFF
         seen = []
-        self.driver._image_api.update.side_effect = (
-            lambda *a, **k: seen.append(self._read_record()) or
-            self._glance_update(*a, **k))
+        self.glance.on_upload = lambda: seen.append(self._read_record())
         steps = self._record_steps()
 
         self._snapshot()
@@ -576,12 +568,12 @@ class SnapshotTestCase(base.TestCase):
 
     def _during_the_upload(self, change):
         """``change()`` while the image is sent, after the capture."""
-        update = self.driver._image_api.update.side_effect
+        on_upload = self.glance.on_upload
 
-        def side_effect(*args, **kwargs):
+        def changed():
             change()
-            return update(*args, **kwargs)
-        self.driver._image_api.update.side_effect = side_effect
+            return on_upload()
+        self.glance.on_upload = changed
 
     def test_domain_gone_at_the_end_removes_the_record(self):
         # Deleted while the image was sent: nothing is left to repair.

@@ -101,188 +101,6 @@ class HashingReaderTestCase(base.TestCase):
         meter.update.assert_not_called()
 
 
-def glanceclient_pass(reader):
-    """A fresh read of ``reader`` the way glanceclient reads a body.
-
-    Each call of ``images.upload`` (so each retry by nova's image API)
-    wraps the same object in a new ``_chunk_body`` generator.
-    """
-    return glance_http._BaseHTTPClient._chunk_body(reader)
-
-
-class Unseekable(io.BytesIO):
-    """A stream that can be read once, like a pipe."""
-
-    def seekable(self):
-        return False
-
-
-class ReadOnly(object):
-    """A file-like object with nothing but ``read``."""
-
-    def __init__(self, data):
-        self.read = io.BytesIO(data).read
-
-
-class RewindTestCase(base.TestCase):
-    """A retried upload reads the file again from its first byte."""
-
-    def setUp(self):
-        super(RewindTestCase, self).setUp()
-        self.meter = mock.Mock(spec=['update'])
-        self.instance = self.make_instance()
-
-    def _reader(self, fileobj=None):
-        return upload.HashingReader(
-            io.BytesIO(BIG) if fileobj is None else fileobj, self.meter,
-            image_id=base.IMAGE_ID, instance=self.instance)
-
-    def assertHashes(self, data, reader):
-        self.assertEqual(len(data), reader.sent)
-        self.assertEqual(hashlib.sha512(data).hexdigest(),
-                         reader.sha512.hexdigest())
-        self.assertEqual(hashlib.md5(data).hexdigest(),
-                         reader.md5.hexdigest())
-
-    def test_seek_zero_rewinds_with_hashes_count_and_progress_reset(self):
-        reader = self._reader()
-        reader.read(5000)
-        self.meter.reset_mock()
-
-        self.assertEqual(0, reader.seek(0))
-
-        self.assertEqual(0, reader.tell())
-        self.assertHashes(b'', reader)
-        self.meter.update.assert_called_once_with(0)
-        self.assertEqual(BIG, reader.read())
-        self.assertHashes(BIG, reader)
-        self.assertEqual(2, reader.passes)
-        self.assertIn('WARNING The upload to image %s is being retried '
-                      '(attempt 2) after 4.9 KiB had been read for it: '
-                      'sending it again from the first byte'
-                      % base.IMAGE_ID, self.logs.output)
-
-    def test_seek_zero_before_any_read_does_nothing(self):
-        reader = self._reader()
-
-        self.assertEqual(0, reader.seek(0))
-
-        self.assertEqual(1, reader.passes)
-        self.meter.update.assert_not_called()
-        self.assertNotIn('retried', self.logs.output)
-
-    def test_a_retry_after_a_first_read_that_failed_starts_the_file_at_0(
-            self):
-        # Nothing was sent, but the file moved on: it is rewound all the
-        # same, with no pass counted.
-        fileobj = io.BytesIO(BIG)
-        fileobj.seek(1234)
-        reader = self._reader(fileobj)
-
-        self.assertEqual(0, reader.seek(0))
-
-        self.assertEqual(0, fileobj.tell())
-        self.assertEqual(1, reader.passes)
-        self.assertEqual(BIG, reader.read())
-
-    def test_tell_and_seeks_that_stay_put_report_the_position(self):
-        reader = self._reader()
-        reader.read(100)
-
-        self.assertEqual(100, reader.tell())
-        self.assertEqual(100, reader.seek(100))
-        self.assertEqual(100, reader.seek(0, io.SEEK_CUR))
-        self.assertEqual(BIG[100:200], reader.read(100))
-        self.assertTrue(reader.seekable())
-
-    def test_any_other_seek_is_refused_as_unsupported(self):
-        reader = self._reader()
-        reader.read(100)
-
-        for args in ((10,), (0, io.SEEK_END), (5, io.SEEK_CUR)):
-            # An OSError, as requests expects from a stream it cannot size.
-            self.assertRaises(io.UnsupportedOperation, reader.seek, *args)
-        self.assertEqual(100, reader.tell())
-        self.assertEqual(BIG[100:200], reader.read(100))
-
-    def test_a_new_glanceclient_pass_after_a_broken_one_starts_over(self):
-        reader = self._reader()
-        first = glanceclient_pass(reader)
-        self.assertEqual(BIG[:GC_CHUNK], next(first))
-
-        second = b''.join(glanceclient_pass(reader))
-
-        self.assertEqual(BIG, second)
-        self.assertHashes(BIG, reader)
-        self.assertEqual(2, reader.passes)
-        self.assertIn('(attempt 2) after 1.0 MiB had been read',
-                      self.logs.output)
-
-    def test_a_new_glanceclient_pass_after_a_finished_one_starts_over(self):
-        reader = self._reader()
-        passes = [b''.join(glanceclient_pass(reader)) for _ in range(3)]
-
-        self.assertEqual([BIG] * 3, passes)
-        self.assertHashes(BIG, reader)
-        self.assertEqual(3, reader.passes)
-
-    def test_a_new_iteration_starts_over(self):
-        reader = self._reader()
-        broken = iter(reader)
-        next(broken)
-
-        self.assertEqual(BIG, b''.join(reader))
-        self.assertEqual(BIG, b''.join(reader))
-        self.assertHashes(BIG, reader)
-
-    def test_the_same_pass_reads_on_and_plain_loops_are_one_pass(self):
-        reader = self._reader()
-        chunks = glanceclient_pass(reader)
-        next(chunks)
-        reader.read(10)   # not from a generator: no new pass
-        rest = b''.join(chunks)
-
-        self.assertEqual(BIG[GC_CHUNK + 10:], rest)
-        self.assertEqual(b'', reader.read(10))
-        self.assertEqual(1, reader.passes)
-        self.assertHashes(BIG, reader)
-
-    def test_unrewindable_file_fails_the_retry_and_every_later_read(self):
-        for fileobj in (Unseekable(BIG), ReadOnly(BIG)):
-            reader = self._reader(fileobj)
-            next(glanceclient_pass(reader))
-
-            retry = glanceclient_pass(reader)
-            exc = self.assertRaises(exception.UploadNotRewindable,
-                                    next, retry)
-
-            message = str(exc)
-            self.assertIn('The upload of image %s failed after 1048576 bytes '
-                          '(1.0 MiB) had been read for it' % base.IMAGE_ID,
-                          message)
-            self.assertIn('cannot be read again from its first byte',
-                          message)
-            self.assertIn('Glance stores no partial image', message)
-            # Never the rest of the file, however it is asked for.
-            self.assertRaises(exception.UploadNotRewindable, reader.read)
-            self.assertRaises(exception.UploadNotRewindable, reader.seek, 0)
-            self.assertRaises(exception.UploadNotRewindable, list, reader)
-            self.assertIn('ERROR The upload of image %s failed'
-                          % base.IMAGE_ID, self.logs.output)
-
-    def test_seek_failing_in_the_file_is_not_rewindable(self):
-        class SeekFails(io.BytesIO):
-            def seek(self, *args):
-                raise OSError(29, 'Illegal seek')
-        reader = self._reader(SeekFails(DATA))
-        reader.read(10)
-
-        exc = self.assertRaises(exception.UploadNotRewindable,
-                                reader.seek, 0)
-
-        self.assertIn('Illegal seek', str(exc))
-
-
 class VerifyTestCase(base.TestCase):
 
     def _verify(self, image, data=DATA):
@@ -365,7 +183,225 @@ class VerifyTestCase(base.TestCase):
             base.glance_image(DATA, size=None)))
 
 
-class UploadTestCase(base.TestCase):
+URL = 'http://glance.test:9292'
+OTHER_URL = 'http://glance2.test:9292'
+
+
+class Unseekable(io.BytesIO):
+    """A stream that can be read once, like a pipe."""
+
+    def seekable(self):
+        return False
+
+
+class GlanceTestCase(base.TestCase):
+    """nova's real Glance client, glanceclient and requests; Glance faked.
+
+    Only the HTTP exchange is faked (requests_mock): the image's file
+    (``PUT /v2/images/<id>/file``), where a connection may break after
+    part of the body went out.
+    """
+
+    def setUp(self):
+        super(GlanceTestCase, self).setUp()
+        self.flags(api_servers=[URL], num_retries=1, group='glance')
+        self.sleep = self.useFixture(
+            fixtures.MockPatchObject(upload.time, 'sleep')).mock
+        self.http = self.useFixture(requests_mock_fixture.Fixture())
+        self.context.auth_token = 'token'
+        self.instance = self.make_instance()
+        self.meter = mock.Mock(spec=['update'])
+        # Per attempt: (server, the chunks Glance received).
+        self.bodies = []
+
+    def _glance(self, *breaks, url=URL):
+        """Attempt n reads ``breaks[n]`` chunks, then the connection drops.
+
+        None: it reads it all and answers 204; an int >= 400: it reads it
+        all and answers with that status.
+        """
+        attempts = iter(breaks)
+
+        def put(request, context):
+            chunks, received = next(attempts), []
+            self.bodies.append((url, received))
+            if chunks is not None and chunks < 400:
+                received.extend(itertools.islice(request.body, chunks))
+                raise requests.exceptions.ConnectionError(
+                    'Connection aborted: connection reset by peer')
+            received.extend(request.body)
+            context.status_code = chunks or 204
+            return ''
+        self.http.put(url + '/v2/images/%s/file' % base.IMAGE_ID, text=put)
+
+    def _received(self):
+        return [b''.join(body) for url, body in self.bodies]
+
+
+class SendTestCase(GlanceTestCase):
+    """Each attempt reads the file from its first byte, hashes afresh."""
+
+    def _send(self, fileobj=None):
+        return upload.send(self.context, base.IMAGE_ID,
+                           io.BytesIO(BIG) if fileobj is None else fileobj,
+                           self.meter, self.instance)
+
+    def assertHashes(self, data, reader):
+        self.assertEqual(len(data), reader.sent)
+        self.assertEqual(hashlib.sha512(data).hexdigest(),
+                         reader.sha512.hexdigest())
+        self.assertEqual(hashlib.md5(data).hexdigest(),
+                         reader.md5.hexdigest())
+
+    def test_one_attempt_sends_the_file(self):
+        self._glance(None)
+
+        reader, attempts = self._send()
+
+        self.assertEqual([BIG], self._received())
+        self.assertHashes(BIG, reader)
+        self.assertEqual(1, attempts)
+        self.sleep.assert_not_called()
+
+    def test_a_retry_after_a_broken_connection_sends_it_all_again(self):
+        self._glance(1, None)
+
+        reader, attempts = self._send()
+
+        self.assertEqual([BIG[:GC_CHUNK], BIG], self._received())
+        self.assertHashes(BIG, reader)
+        self.assertEqual(2, attempts)
+        self.sleep.assert_called_once_with(1)
+        self.assertIn('WARNING Uploading image %s to Glance at %s failed '
+                      'after 1.0 MiB (attempt 1 of 2, [glance] '
+                      'num_retries): ' % (base.IMAGE_ID, URL),
+                      self.logs.output)
+        self.assertIn('sending it again from the first byte',
+                      self.logs.output)
+
+    def test_a_retry_starts_over_however_glanceclient_reads_the_body(self):
+        # Read by a plain loop, not a generator: the retry must still
+        # start at the first byte (telling attempts apart by the frame
+        # that reads could not see this one).
+        self.useFixture(fixtures.MockPatchObject(
+            glance_http._BaseHTTPClient, '_chunk_body',
+            staticmethod(lambda body: iter(
+                lambda: body.read(GC_CHUNK), b''))))
+        self._glance(2, None)
+
+        reader, attempts = self._send()
+
+        self.assertEqual([BIG[:2 * GC_CHUNK], BIG], self._received())
+        self.assertHashes(BIG, reader)
+
+    def test_a_503_after_the_whole_body_is_retried_from_the_first_byte(self):
+        self._glance(503, None)
+
+        reader, attempts = self._send()
+
+        self.assertEqual([BIG, BIG], self._received())
+        self.assertHashes(BIG, reader)
+        self.assertEqual(2, attempts)
+
+    def test_attempts_go_round_the_glance_api_servers(self):
+        self.flags(api_servers=[URL, OTHER_URL], group='glance')
+        self._glance(1, url=URL)
+        self._glance(1, url=OTHER_URL)
+        self.flags(num_retries=1, group='glance')
+        self.useFixture(fixtures.MockPatch('random.shuffle'))
+
+        self.assertRaises(nova_exception.GlanceConnectionFailed, self._send)
+
+        self.assertEqual([URL, OTHER_URL], [url for url, _ in self.bodies])
+
+    def test_the_last_failure_raises_nova_s_connection_error(self):
+        self.flags(num_retries=2, group='glance')
+        self._glance(1, 1, 1)
+
+        exc = self.assertRaises(nova_exception.GlanceConnectionFailed,
+                                self._send)
+
+        self.assertEqual(3, len(self.bodies))
+        self.assertIn(URL, str(exc))
+        self.assertEqual([mock.call(1)] * 2, self.sleep.call_args_list)
+        self.assertIn('ERROR Uploading image %s to Glance at %s failed after '
+                      '1.0 MiB (attempt 3 of 3, [glance] num_retries)'
+                      % (base.IMAGE_ID, URL), self.logs.output)
+
+    def test_no_retries_means_one_attempt(self):
+        self.flags(num_retries=0, group='glance')
+        self._glance(1, None)
+
+        self.assertRaises(nova_exception.GlanceConnectionFailed, self._send)
+
+        self.assertEqual(1, len(self.bodies))
+        self.sleep.assert_not_called()
+
+    def test_glance_s_refusal_is_nova_s_error_and_not_retried(self):
+        for status, error in ((404, nova_exception.ImageNotFound),
+                              (403, nova_exception.ImageNotAuthorized),
+                              (413, nova_exception.ImageQuotaExceeded)):
+            self.bodies = []
+            self._glance(status, None)
+
+            self.assertRaises(error, self._send)
+
+            self.assertEqual(1, len(self.bodies), status)
+        self.sleep.assert_not_called()
+
+    def test_an_unrewindable_file_fails_the_retry_before_it_sends(self):
+        self.flags(num_retries=3, group='glance')
+        self._glance(1, None, None, None)
+
+        exc = self.assertRaises(exception.UploadNotRewindable, self._send,
+                                Unseekable(BIG))
+
+        # Not one byte of a second attempt.
+        self.assertEqual([BIG[:GC_CHUNK]], self._received())
+        message = str(exc)
+        self.assertIn('The upload of image %s failed after 1048576 bytes '
+                      '(1.0 MiB) had been read for it' % base.IMAGE_ID,
+                      message)
+        self.assertIn('cannot be read again from its first byte', message)
+        self.assertIn('Glance stores no partial image', message)
+        self.assertIn('ERROR The upload of image %s failed' % base.IMAGE_ID,
+                      self.logs.output)
+
+    def test_an_unrewindable_file_may_retry_an_attempt_that_read_nothing(
+            self):
+        self.flags(num_retries=2, group='glance')
+        self._glance(0, None)
+
+        reader, attempts = self._send(Unseekable(BIG))
+
+        self.assertEqual([b'', BIG], self._received())
+        self.assertEqual(2, attempts)
+
+    def test_the_meter_starts_again_only_when_a_retry_reads(self):
+        self.flags(num_retries=2, group='glance')
+        self._glance(1, 0, None)
+
+        self._send()
+
+        updates = [c.args[0] for c in self.meter.update.call_args_list]
+        # Attempt 2 never read; attempt 3 started the meter at 0 again.
+        self.assertEqual([GC_CHUNK, 0, GC_CHUNK, 2 * GC_CHUNK, len(BIG)],
+                         updates)
+
+    def test_a_seek_that_fails_is_not_rewindable(self):
+        class SeekFails(io.BytesIO):
+            def seek(self, *args):
+                raise OSError(29, 'Illegal seek')
+        self._glance(1, None)
+
+        exc = self.assertRaises(exception.UploadNotRewindable, self._send,
+                                SeekFails(BIG))
+
+        self.assertIn('Illegal seek', str(exc))
+
+
+class UploadTestCase(GlanceTestCase):
+    """The calls nova makes, in its order, under its semaphore."""
 
     def setUp(self):
         super(UploadTestCase, self).setUp()
@@ -375,87 +411,94 @@ class UploadTestCase(base.TestCase):
         self.image_api = mock.create_autospec(glance.API, instance=True)
         self.semaphore = self.useFixture(fixtures.MockPatch(
             'nova.compute.utils.disk_ops_semaphore')).mock
-        self.instance = self.make_instance()
-        self.received = []
+        self.calls = []
+        self.image_api.update.side_effect = self._record('update')
+        self.stored = None
+        self.image_api.get.side_effect = self._record('get')
 
-    def _glance_update(self, stored=None, **fields):
-        """image_api.update as Glance: read it all, report its hashes."""
-        def update(context, image_id, metadata, data=None,
-                   purge_props=True):
-            # Under the semaphore, like nova's in-tree upload.
+    def _record(self, name):
+        def call(*args, **kwargs):
+            # Each under the semaphore, like nova's in-tree upload.
             self.semaphore.__enter__.assert_called_once_with()
             self.semaphore.__exit__.assert_not_called()
-            self.received.append(b''.join(iter(data)))
-            return base.glance_image(
-                self.received[-1] if stored is None else stored, **fields)
-        self.image_api.update.side_effect = update
+            self.calls.append(name)
+            if name == 'get':
+                received = self._received()[-1]
+                return base.glance_image(
+                    received if self.stored is None else self.stored,
+                    **self.fields)
+            return {}
+        self.fields = {}
+        return call
+
+    def _glance(self, *breaks, **kwargs):
+        super(UploadTestCase, self)._glance(*breaks, **kwargs)
+        self.http.add_matcher(self._put_matcher)
+
+    def _put_matcher(self, request):
+        if request.method == 'PUT':
+            self.calls.append('upload')
+        return None
 
     def _upload(self):
         return upload.upload(self.image_api, self.context, base.IMAGE_ID,
                              mock.sentinel.metadata, self.path, len(DATA),
                              self.instance)
 
-    def test_streams_the_file_to_glance_and_returns_its_image(self):
-        self._glance_update(name='stored')
+    def test_labels_sends_and_reads_back_the_image_in_nova_s_order(self):
+        self._glance(None)
+        self.fields = {'name': 'stored'}
 
         image = self._upload()
 
         self.assertEqual(base.glance_image(DATA, name='stored'), image)
-        self.assertEqual([DATA], self.received)
+        self.assertEqual(['update', 'upload', 'get'], self.calls)
         self.image_api.update.assert_called_once_with(
-            self.context, base.IMAGE_ID, mock.sentinel.metadata, mock.ANY)
-        self.assertIsInstance(self.image_api.update.call_args.args[3],
-                              upload.HashingReader)
+            self.context, base.IMAGE_ID, mock.sentinel.metadata)
+        self.image_api.get.assert_called_once_with(self.context,
+                                                   base.IMAGE_ID)
+        self.assertEqual([DATA], self._received())
         self.semaphore.__exit__.assert_called_once_with(None, None, None)
         self.assertIn('INFO Uploaded 107.4 KiB to image %s (sha512 verified)'
-                      % base.IMAGE_ID, self.logs.output)
+                      '\n' % base.IMAGE_ID, self.logs.output)
 
     def test_progress_is_reported_against_the_image_size(self):
         updates = []
         listener = lambda *a: updates.append(a)  # noqa: E731
         progress.listen(listener)
         self.addCleanup(progress.unlisten, listener)
-        self._glance_update()
+        self._glance(None)
 
         self._upload()
 
         self.assertEqual((base.INSTANCE_UUID, 'upload', len(DATA), len(DATA)),
                          updates[-1])
-        self.assertEqual(2, len(updates))
 
     def test_damaged_upload_raises_verification_failed(self):
-        self._glance_update(stored=DATA[:-1] + b'?')
+        self._glance(None)
+        self.stored = DATA[:-1] + b'?'
 
         self.assertRaises(exception.UploadVerificationFailed, self._upload)
 
     def test_unverifiable_upload_returns_the_image_and_says_so(self):
-        self._glance_update(checksum=None, os_hash_algo=None,
-                            os_hash_value=None)
+        self._glance(None)
+        self.fields = dict(checksum=None, os_hash_algo=None,
+                           os_hash_value=None)
 
         self.assertEqual(None, self._upload()['checksum'])
         self.assertIn('INFO Uploaded 107.4 KiB to image %s\n' % base.IMAGE_ID,
                       self.logs.output + '\n')
+        self.assertIn('WARNING Glance reported no hash for image %s'
+                      % base.IMAGE_ID, self.logs.output)
 
-    def test_retry_after_a_partial_read_sends_it_all_and_verifies(self):
+    def test_a_retried_upload_verifies_what_its_last_attempt_sent(self):
         with open(self.path, 'wb') as f:
             f.write(BIG)
-
-        def update(context, image_id, metadata, data=None,
-                   purge_props=True):
-            # nova's image API: the first attempt breaks after 2 chunks,
-            # the retry reads the same object again.
-            self.received.append(next(glanceclient_pass(data)))
-            self.received.append(b''.join(glanceclient_pass(data)))
-            return base.glance_image(self.received[-1])
-        self.image_api.update.side_effect = update
+        self._glance(1, None)
 
         image = self._upload()
 
-        self.assertEqual([BIG[:GC_CHUNK], BIG], self.received)
         self.assertEqual(base.glance_image(BIG), image)
-        self.assertIn('WARNING The upload to image %s is being retried '
-                      '(attempt 2) after 1.0 MiB had been read for it'
-                      % base.IMAGE_ID, self.logs.output)
         self.assertIn('INFO Uploaded 2.2 MiB to image %s (sha512 '
                       'verified), sent 2 times' % base.IMAGE_ID,
                       self.logs.output)
@@ -466,88 +509,18 @@ class UploadTestCase(base.TestCase):
 
         self.assertRaises(nova_exception.ImageNotFound, self._upload)
         self.semaphore.__exit__.assert_called_once()
+        self.assertEqual([], self.bodies)
 
+    def test_held_semaphore_is_not_taken_again(self):
+        self._glance(None)
+        self.semaphore.__enter__.side_effect = AssertionError('taken')
+        self.image_api.update.side_effect = None
+        self.image_api.get.side_effect = None
+        self.image_api.get.return_value = base.glance_image(DATA)
 
-class NovaRetryTestCase(base.TestCase):
-    """nova's real retry loop, glanceclient and requests; Glance mocked.
+        with open(self.path, 'rb') as f:
+            upload.upload_file(self.image_api, self.context, base.IMAGE_ID,
+                               mock.sentinel.metadata, f, len(DATA),
+                               self.instance, take_disk_ops=False)
 
-    ``GlanceClientWrapper.call`` retries ``upload`` on a connection error
-    by calling ``images.upload(image_id, data)`` again with the same
-    reader; glanceclient streams it as a chunked body.  Only the HTTP
-    exchange is faked (requests_mock), where a connection breaks after
-    part of the body went out.
-    """
-
-    URL = 'http://glance.test:9292'
-
-    def setUp(self):
-        super(NovaRetryTestCase, self).setUp()
-        self.flags(num_retries=1, group='glance')
-        self.useFixture(fixtures.MockPatchObject(glance.time, 'sleep'))
-        self.http = self.useFixture(requests_mock_fixture.Fixture())
-        self.context.auth_token = 'token'
-        self.bodies = []
-        self.reader = upload.HashingReader(
-            io.BytesIO(BIG), mock.Mock(spec=['update']),
-            image_id=base.IMAGE_ID, instance=self.make_instance())
-
-    def _glance(self, *breaks):
-        """PUT .../file: attempt n reads ``breaks[n]`` chunks, then fails.
-
-        None: reads it all and answers 204.
-        """
-        attempts = iter(breaks)
-
-        def put(request, context):
-            chunks, received = next(attempts), []
-            self.bodies.append(received)
-            received.extend(itertools.islice(request.body, chunks))
-            if chunks is not None:
-                raise requests.exceptions.ConnectionError(
-                    'Connection aborted: connection reset by peer')
-            context.status_code = 204
-            return ''
-        self.http.put(self.URL + '/v2/images/%s/file' % base.IMAGE_ID,
-                      text=put)
-
-    def _call(self):
-        wrapper = glance.GlanceClientWrapper(self.context, self.URL)
-        return wrapper.call(self.context, 2, 'upload',
-                            args=(base.IMAGE_ID, self.reader))
-
-    def test_retry_after_a_broken_connection_sends_everything(self):
-        self._glance(1, None)
-
-        self._call()
-
-        self.assertEqual([BIG[:GC_CHUNK], BIG],
-                         [b''.join(body) for body in self.bodies])
-        self.assertEqual(2, self.reader.passes)
-        upload.verify(base.IMAGE_ID, base.glance_image(BIG), self.reader)
-        self.assertIn("Error contacting glance server '%s' for 'upload', "
-                      "retrying." % self.URL, self.logs.output)
-        self.assertIn('(attempt 2) after 1.0 MiB had been read',
-                      self.logs.output)
-
-    def test_without_rewind_the_retry_would_send_the_tail(self):
-        # What nova's retry did before: the same reader, read on.
-        self.reader._new_pass = lambda consumer: None
-        self._glance(1, None)
-
-        self._call()
-
-        stored = b''.join(self.bodies[-1])
-        self.assertEqual(BIG[GC_CHUNK:], stored)
-        self.assertRaises(exception.UploadVerificationFailed, upload.verify,
-                          base.IMAGE_ID, base.glance_image(stored),
-                          self.reader)
-
-    def test_unrewindable_retry_sends_nothing_and_is_not_retried_again(self):
-        self.reader._file = Unseekable(BIG)
-        self.flags(num_retries=3, group='glance')
-        self._glance(1, None, None, None)
-
-        self.assertRaises(exception.UploadNotRewindable, self._call)
-
-        # The retry raised on its first read: not one byte more.
-        self.assertEqual([[BIG[:GC_CHUNK]], []], self.bodies)
+        self.assertEqual([DATA], self._received())
