@@ -206,7 +206,7 @@ class SnapLibvirtDriver(libvirt_driver.LibvirtDriver):
                 self._cold_stream(context, instance, plan, metadata,
                                   update_task_state, clock, step)
                 return
-            os.makedirs(plan.work_dir, mode=0o700, exist_ok=True)
+            os.mkdir(plan.work_dir, 0o700)  # a new name: nothing is there
             if plan.live and plan.capture_method == 'stream':
                 self._stream(context, instance, guest, plan, metadata,
                              update_task_state, clock, step)

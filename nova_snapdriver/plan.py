@@ -21,6 +21,7 @@ touched.
 
 import dataclasses
 import os
+import secrets
 import shutil
 from xml.etree import ElementTree
 
@@ -441,6 +442,19 @@ def check_space(directory, needed):
     return free
 
 
+def work_dir_name(snapshots_dir, image_id):
+    """Where one snapshot's temp files go: a name nobody can guess.
+
+    ``<first 8 of the image id>.<12 random hex digits>``: an operator
+    tells whose it is, nobody else can plant something there first (nova
+    in-tree uses ``mkdtemp``), and the NBD socket's path under it stays
+    short (``qemu_identity.socket_path_too_long``).  The driver creates
+    it, 0700, and fails if anything is there already.
+    """
+    name = '%s.%s' % (image_id[:8], secrets.token_hex(6))
+    return os.path.join(snapshots_dir, name)
+
+
 def build(driver, context, instance, image_id, guest):
     """Gather the facts of one snapshot; raises before touching anything."""
     disk_dev, disk_path, disk_format = root_disk(guest)
@@ -459,7 +473,7 @@ def build(driver, context, instance, image_id, guest):
     compress = bool(CONF.libvirt.snapshot_compression and
                     image_format == 'qcow2')
     snapshots_dir = CONF.libvirt.snapshots_directory
-    work_dir = os.path.join(snapshots_dir, image_id)
+    work_dir = work_dir_name(snapshots_dir, image_id)
     method = (capture_method(driver, guest, compress, instance,
                              image_format, work_dir) if live
               else cold_method(compress, image_format, instance))

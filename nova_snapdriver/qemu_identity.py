@@ -41,7 +41,7 @@ Identity = collections.namedtuple('Identity', 'uid gid')
 
 # <work dir>/nbd/sock: short, because a unix socket's path must fit in
 # sun_path (108 bytes with its NUL) and the work dir is already
-# <snapshots_directory>/<image uuid>.
+# <snapshots_directory>/<8 of the image uuid>.<12 hex> (plan.work_dir_name).
 SOCKET_DIR = 'nbd'
 SOCKET_NAME = 'sock'
 SOCKET_PATH_MAX = 107

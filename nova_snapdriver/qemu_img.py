@@ -26,6 +26,11 @@ list, and a function that runs it.  Commands that read an image take a
 (``nova.privsep.qemu.QEMU_IMG_LIMITS``, what nova's own
 ``qemu-img info`` runs under).  Read-only inspection of a disk
 in use takes ``-U`` (force share).
+
+Every file a command writes is created first, empty and 0600, by
+``_private_file`` (qemu-img keeps the mode of a file that exists): a
+snapshot's data is never readable by others, whatever nova-compute's
+umask.  Nothing may be at the path yet, and a link there is not followed.
 """
 
 import os
@@ -95,13 +100,21 @@ def _execute(cmd, limits=None):
     return out
 
 
+def _private_file(path):
+    """Create ``path`` empty and 0600; raise if anything is there."""
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL |
+                     os.O_NOFOLLOW, 0o600))
+
+
 def create_overlay(path, backing, size):
     """Create an empty qcow2 of ``size`` bytes backed by ``backing``."""
+    _private_file(path)
     _execute(create_overlay_cmd(path, backing, size))
 
 
 def create(path, fmt, size):
     """Create an empty, unbacked image of ``size`` bytes."""
+    _private_file(path)
     _execute(create_cmd(path, fmt, size))
 
 
@@ -127,6 +140,7 @@ def measure(node, out_format):
 def convert(node, dst, dst_format, compress=False, coroutines=16,
             compression_type='zlib'):
     """Write the whole chain of ``node`` into a flat ``dst``."""
+    _private_file(dst)
     _execute(convert_cmd(node, dst, dst_format, compress=compress,
                          coroutines=coroutines,
                          compression_type=compression_type))

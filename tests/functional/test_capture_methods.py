@@ -23,6 +23,7 @@ block_job_timeout, fails the snapshot and leaves the instance as it was.
 """
 
 import os
+import stat
 
 import libvirt
 import pytest
@@ -61,6 +62,19 @@ def assert_instance_as_before(inst, snapshots_dir, reference=None):
     assert journal.paths() == []
 
 
+def staged_files(snapshots_dir):
+    """{path: mode} of every regular file and directory staged now."""
+    found = {}
+    for top, dirs, files in os.walk(snapshots_dir):
+        for name in dirs + files:
+            path = os.path.join(top, name)
+            st = os.lstat(path)
+            if stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode):
+                found[os.path.relpath(path, snapshots_dir)] = \
+                    stat.S_IMODE(st.st_mode)
+    return found
+
+
 def download(glance_client, image_id, workdir):
     return checks.download(glance_client, image_id,
                            os.path.join(workdir, image_id + '.img'))
@@ -70,12 +84,27 @@ def download(glance_client, image_id, workdir):
                                     'auto'])
 def test_method_gives_a_flat_equal_image_and_leaves_nothing(
         method, driver, context, conf, make_instance, make_image,
-        glance_client, snapshots_dir, workdir, recorded):
+        glance_client, snapshots_dir, workdir, recorded, listener):
     conf('snapdriver', capture_method=method)
     inst = make_instance()
     image = make_image(inst)
+    staged = {}
+    listener(lambda uuid, phase, done, total: staged.update(
+        staged_files(snapshots_dir)))
+    umask = os.umask(0o022)  # nova-compute's usual; group and others read
+    try:
+        driver.snapshot(context, inst.obj, image['id'], lambda **kw: None)
+    finally:
+        os.umask(umask)
 
-    driver.snapshot(context, inst.obj, image['id'], lambda **kw: None)
+    # What was staged on the way: under a directory nobody can guess the
+    # name of, files for their owner alone, whatever the umask.
+    work_dir = os.path.basename(recorded[0]['work_dir'])
+    assert work_dir != image['id'] and work_dir.startswith(image['id'][:8])
+    files = {p: m for p, m in staged.items() if p != work_dir and
+             not p.startswith(os.path.join(work_dir, 'nbd'))}
+    assert files and set(files.values()) == {0o600}, staged
+    assert staged[work_dir] in (0o700, 0o701), staged
 
     # auto: stream on this host (backup API and libnbd are there).
     expected = 'stream' if method == 'auto' else method

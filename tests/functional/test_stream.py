@@ -269,10 +269,14 @@ def test_nova_compute_killed_mid_stream_is_repaired_by_recover(
     child = test_child.run_until(
         nova_conf, inst, image['id'], 'streaming',
         options={'snapdriver': {'capture_method': 'stream'}})
-    work_dir = os.path.join(snapshots_dir, image['id'])
+    record = os.path.join(journal.directory(), image['id'] + '.json')
+    work_dir = journal.load(record).data['work_dir']
     assert inst.lookup().jobStats().get('operation') == \
         libvirt.VIR_DOMAIN_JOB_OPERATION_BACKUP
     assert sorted(os.listdir(work_dir)) == ['nbd', 'scratch.qcow2']
+    # Named so that nobody can guess it, and only for its owner.
+    assert os.path.basename(work_dir) != image['id']
+    assert os.listdir(snapshots_dir) == [os.path.basename(work_dir)]
     # QEMU (libvirt-qemu) made the socket in the directory of its group.
     export = os.path.join(work_dir, 'nbd')
     assert os.listdir(export) == ['sock']

@@ -57,6 +57,7 @@ CONF = cfg.CONF
 
 INSTANCE_UUID = '6f1b1a3c-2b5e-4c8e-9a0d-3e2f1c4b5a69'
 IMAGE_ID = 'c0ffee00-1234-4abc-8def-0123456789ab'
+WORK_DIR_RANDOM = '5eed5eed5eed'
 DISK_DEV = 'vda'
 DISK_SIZE = 10 * 1024 ** 3
 MiB = 1024 * 1024
@@ -449,6 +450,17 @@ class TestCase(oslotest_base.BaseTestCase):
 
     def flags(self, group=None, **kw):
         self.conf.config(group=group, **kw)
+
+    def fix_work_dir(self):
+        """The work dir a snapshot of IMAGE_ID plans, made predictable.
+
+        Its random part (``plan.work_dir_name``) is fixed for the test.
+        """
+        self.useFixture(fixtures.MockPatch(
+            'nova_snapdriver.plan.secrets.token_hex',
+            return_value=WORK_DIR_RANDOM))
+        return os.path.join(self.snapshots_dir,
+                            IMAGE_ID[:8] + '.' + WORK_DIR_RANDOM)
 
     def make_disk(self, fmt='qcow2', backing_fmt='raw'):
         """nova's layout in tmp: a base in the image cache, a disk over it.

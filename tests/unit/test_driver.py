@@ -100,7 +100,7 @@ class SnapshotTestCase(base.TestCase):
     def setUp(self):
         super(SnapshotTestCase, self).setUp()
         self.flags(reserved_space_mb=0, group='snapdriver')
-        self.work_dir = os.path.join(self.snapshots_dir, base.IMAGE_ID)
+        self.work_dir = self.fix_work_dir()
         self.overlay = os.path.join(self.work_dir, 'overlay.qcow2')
         self.image_path = os.path.join(self.work_dir, 'image')
         self.xml_path = os.path.join(self.snapshots_dir,

@@ -347,6 +347,28 @@ class SpaceTestCase(base.TestCase):
                                                 reserved_mb=0))
 
 
+class WorkDirNameTestCase(base.TestCase):
+
+    def test_names_its_image_and_cannot_be_guessed(self):
+        names = {snapshot_plan.work_dir_name(self.snapshots_dir,
+                                             base.IMAGE_ID)
+                 for _ in range(100)}
+
+        self.assertEqual(100, len(names))
+        for name in names:
+            self.assertEqual(self.snapshots_dir, os.path.dirname(name))
+            self.assertRegex(os.path.basename(name),
+                             r'^c0ffee00\.[0-9a-f]{12}$')
+
+    def test_leaves_the_nbd_socket_more_room_than_the_image_id(self):
+        # The work dir used to be <snapshots_directory>/<image id>.
+        name = snapshot_plan.work_dir_name(self.snapshots_dir,
+                                           base.IMAGE_ID)
+
+        self.assertLess(len(name), len(os.path.join(self.snapshots_dir,
+                                                    base.IMAGE_ID)))
+
+
 class BuildTestCase(base.TestCase):
     """build() against the real driver, a FakeDomain and a fake qemu-img."""
 
@@ -355,6 +377,7 @@ class BuildTestCase(base.TestCase):
         self.flags(reserved_space_mb=0, group='snapdriver')
         self.qemu_img, self.execute = self.patch_execute()
         self.qemu_img.required = 3 * MiB
+        self.work_dir = self.fix_work_dir()
         # What the header says is never what the plan reads.
         self.qemu_img.disk_info = {
             'virtual-size': base.DISK_SIZE, 'actual-size': 2 * MiB,
@@ -386,8 +409,7 @@ class BuildTestCase(base.TestCase):
                              chain.Node(self.base, 'raw')),
             virtual_size=base.DISK_SIZE,
             image_format='qcow2', compress=True, quiesce=True,
-            require_quiesce=False,
-            work_dir=os.path.join(self.snapshots_dir, base.IMAGE_ID),
+            require_quiesce=False, work_dir=self.work_dir,
             space_needed=5 * MiB), plan)
         self.driver._image_api.get.assert_called_once_with(
             self.context, base.IMAGE_ID)

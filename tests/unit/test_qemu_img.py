@@ -13,6 +13,7 @@
 """qemu_img: the command lines, how they run, and how running one fails."""
 
 import os
+import stat
 from unittest import mock
 
 import fixtures
@@ -106,6 +107,9 @@ class ExecuteTestCase(base.TestCase):
         self.execute = self.useFixture(fixtures.MockPatchObject(
             processutils, 'execute', autospec=True,
             return_value=('{"required": 12345, "virtual-size": 7}', ''))).mock
+        # What the commands write: files are made before qemu-img runs.
+        self.out = os.path.join(self.tmp, 'o')
+        self.dst = os.path.join(self.tmp, 'd')
 
     def _assert_ran(self, cmd, limits=None):
         # As this process's user: no run_as_root, no root_helper.
@@ -113,21 +117,23 @@ class ExecuteTestCase(base.TestCase):
             *cmd, prlimit=limits, env_variables=base.QEMU_IMG_ENV)
 
     def test_create_runs_unlimited_as_this_user_in_the_c_locale(self):
-        qemu_img.create('/o', 'qcow2', 5)
+        qemu_img.create(self.out, 'qcow2', 5)
 
-        self._assert_ran(['qemu-img', 'create', '-f', 'qcow2', '/o', '5'])
+        self._assert_ran(['qemu-img', 'create', '-f', 'qcow2', self.out,
+                          '5'])
 
     def test_create_overlay_runs_its_builder_command(self):
-        qemu_img.create_overlay('/o', DISK.backing, 9)
+        qemu_img.create_overlay(self.out, DISK.backing, 9)
 
-        self._assert_ran(qemu_img.create_overlay_cmd('/o', DISK.backing, 9))
+        self._assert_ran(qemu_img.create_overlay_cmd(self.out, DISK.backing,
+                                                     9))
 
     def test_convert_runs_its_builder_command_without_limits(self):
-        qemu_img.convert(DISK, '/d', 'qcow2', compress=True, coroutines=2,
-                         compression_type='zstd')
+        qemu_img.convert(DISK, self.dst, 'qcow2', compress=True,
+                         coroutines=2, compression_type='zstd')
 
         self._assert_ran(qemu_img.convert_cmd(
-            DISK, '/d', 'qcow2', compress=True, coroutines=2,
+            DISK, self.dst, 'qcow2', compress=True, coroutines=2,
             compression_type='zstd'))
 
     def test_info_runs_under_novas_qemu_img_limits(self):
@@ -146,11 +152,11 @@ class ExecuteTestCase(base.TestCase):
                          nova_qemu.QEMU_IMG_LIMITS)
 
     def test_nothing_asks_for_root(self):
-        qemu_img.create('/o', 'raw', 1)
-        qemu_img.create_overlay('/o', DISK.backing, 1)
+        qemu_img.create(self.out, 'raw', 1)
+        qemu_img.create_overlay(self.out + '2', DISK.backing, 1)
         qemu_img.info(DISK)
         qemu_img.measure(DISK, 'qcow2')
-        qemu_img.convert(DISK, '/d', 'raw')
+        qemu_img.convert(DISK, self.dst, 'raw')
 
         self.assertEqual(5, self.execute.call_count)
         for call in self.execute.call_args_list:
@@ -189,7 +195,7 @@ class ExecuteTestCase(base.TestCase):
     def test_unexpected_error_is_not_translated(self):
         self.execute.side_effect = ValueError(mock.sentinel.message)
 
-        self.assertRaises(ValueError, qemu_img.create, '/o', 'qcow2', 1)
+        self.assertRaises(ValueError, qemu_img.create, self.out, 'qcow2', 1)
 
 
 class RealQemuImgTestCase(base.TestCase):
@@ -239,3 +245,40 @@ class RealQemuImgTestCase(base.TestCase):
 
         self.assertEqual(missing, chain.captured(overlay, 'qcow2',
                                                  missing).backing)
+
+    def test_every_file_written_is_0600_whatever_the_umask(self):
+        old = os.umask(0o002)
+        self.addCleanup(os.umask, old)
+        overlay = os.path.join(self.tmp, 'overlay.qcow2')
+        target = os.path.join(self.tmp, 'target.qcow2')
+
+        qemu_img.create_overlay(overlay, chain.Node(self.base, 'raw'),
+                                base.MiB)
+        qemu_img.create(target, 'qcow2', base.MiB)
+        qemu_img.convert(chain.Node(self.disk, 'qcow2',
+                                    chain.Node(self.base, 'raw')),
+                         self.image, 'raw')
+
+        for path in (overlay, target, self.image):
+            self.assertEqual(0o600, stat.S_IMODE(os.stat(path).st_mode),
+                             path)
+        self.assertEqual(b'BASE' * 1024, self._read_image())
+
+    def test_a_file_already_there_is_not_written(self):
+        base.make_raw(self.image, b'KEEP')
+
+        self.assertRaises(FileExistsError, qemu_img.convert,
+                          chain.Node(self.base, 'raw'), self.image, 'raw')
+
+        self.assertEqual(b'KEEP', self._read_image()[:4])
+
+    def test_a_link_planted_at_the_path_is_not_followed(self):
+        elsewhere = os.path.join(self.tmp, 'elsewhere')
+        base.make_raw(elsewhere, b'KEEP')
+        os.symlink(elsewhere, self.image)
+
+        self.assertRaises(OSError, qemu_img.create, self.image, 'raw',
+                          base.MiB)
+
+        with open(elsewhere, 'rb') as f:
+            self.assertEqual(b'KEEP', f.read(4))
