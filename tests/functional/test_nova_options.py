@@ -23,11 +23,18 @@ must give way to one that can, as ``auto`` would, and convert.
 ``[workarounds] disable_libvirt_livesnapshot`` is nova's: with it, a
 running guest is suspended (managed save) for a cold snapshot and resumed,
 by nova's code, whichever driver is loaded.
+
+``[compute] max_concurrent_disk_ops``: with its one slot taken, neither
+driver sends a byte to Glance, and a stream does not begin its backup,
+until the slot is free.
 """
 
 import os
+import threading
+import time
 
 import libvirt
+from nova.compute import utils as compute_utils
 import pytest
 
 from nova_snapdriver import journal
@@ -36,6 +43,9 @@ from tests.testbed import nova_env
 
 FORMATS = ('raw', 'qcow2', 'vmdk', 'vdi')
 METHODS = ('rebase', 'copy', 'backup', 'stream', 'auto')
+# How long a test holds nova's disk-ops semaphore: a snapshot of a small
+# disk that ignored it would be done well within this.
+HELD = 8
 # Properties that differ between any two uploads by nature.
 PER_UPLOAD = {'id', 'name', 'checksum', 'os_hash_value', 'size',
               'virtual_size', 'created_at', 'updated_at', 'file', 'self',
@@ -141,6 +151,53 @@ def test_disable_libvirt_livesnapshot_suspends_the_guest_as_nova_does(
     # Our driver handed it to nova's code: nothing of ours was planned.
     assert begun == []
     assert qemu_pid(inst) != before, 'the guest was never stopped'
+    assert glance_client.images.get(image['id']).status == 'active'
+    assert_same_as_the_disk(glance_client, image['id'], inst, 'qcow2',
+                            workdir)
+    assert_untouched(inst, snapshots_dir)
+
+
+@pytest.mark.parametrize('which', ['in-tree', 'backup', 'stream'])
+def test_max_concurrent_disk_ops_holds_the_snapshot_as_nova_does(
+        which, driver, intree, context, conf, make_instance, make_image,
+        glance_client, snapshots_dir, workdir, begun, monkeypatch):
+    """The slot is taken (an image download, say) for HELD seconds."""
+    # What nova-compute makes of max_concurrent_disk_ops = 1 at start.
+    monkeypatch.setattr(compute_utils, 'disk_ops_semaphore',
+                        threading.BoundedSemaphore(1))
+    conf('compute', max_concurrent_disk_ops=1)
+    if which != 'in-tree':
+        conf('snapdriver', capture_method=which)
+    inst = make_instance()
+    image = make_image(inst)
+    errors = []
+
+    def snapshot():
+        try:
+            (intree if which == 'in-tree' else driver).snapshot(
+                context, inst.obj, image['id'], lambda **kw: None)
+        except Exception as e:
+            errors.append(e)
+
+    compute_utils.disk_ops_semaphore.acquire()
+    worker = threading.Thread(target=snapshot)
+    try:
+        worker.start()
+        time.sleep(HELD)
+        assert worker.is_alive(), errors
+        assert glance_client.images.get(image['id']).status == 'queued'
+        if which == 'stream':
+            # Waiting before backupBegin: no scratch grows meanwhile.
+            assert inst.lookup().jobStats().get('type') == \
+                libvirt.VIR_DOMAIN_JOB_NONE
+            assert [p for p in checks.leftovers(snapshots_dir)
+                    if not os.path.isdir(p)] == []
+    finally:
+        compute_utils.disk_ops_semaphore.release()
+        worker.join(timeout=300)
+
+    assert not worker.is_alive() and errors == []
+    assert begun == ([] if which == 'in-tree' else [which])
     assert glance_client.images.get(image['id']).status == 'active'
     assert_same_as_the_disk(glance_client, image['id'], inst, 'qcow2',
                             workdir)
