@@ -24,12 +24,8 @@ import time
 import types
 import unittest
 
-TOOLS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__)))), 'tools')
-if TOOLS not in sys.path:
-    sys.path.append(TOOLS)
-import bench_pin  # noqa: E402
-import bench_report  # noqa: E402
+import bench_pin
+import bench_report
 
 # A child with two threads that waits for its stdin to close.
 CHILD = '''

@@ -19,16 +19,11 @@ its rows' walls.
 import io
 import json
 import os
-import sys
 import tempfile
 import unittest
 from unittest import mock
 
-TOOLS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__)))), 'tools')
-if TOOLS not in sys.path:
-    sys.path.append(TOOLS)
-import bench_pool  # noqa: E402
+import bench_pool
 
 
 def case(size, stream, glance, api=None):

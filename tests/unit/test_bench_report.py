@@ -18,15 +18,9 @@ image-API floor wrote it (``--replot`` of their bench.json must still
 work), and read the table rows they give.
 """
 
-import os
-import sys
 import unittest
 
-TOOLS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__)))), 'tools')
-if TOOLS not in sys.path:
-    sys.path.append(TOOLS)
-import bench_report  # noqa: E402
+import bench_report
 
 GiB = 1024 ** 3
 

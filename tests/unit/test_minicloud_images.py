@@ -17,18 +17,12 @@ SSH; it must lie where the guest's kernel finds it and end below the
 markers.  util-linux's partx reads the table back, as the kernel would.
 """
 
-import os
 import subprocess
-import sys
 import tempfile
 import unittest
 
-TOOLS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__)))), 'tools')
-if TOOLS not in sys.path:
-    sys.path.append(TOOLS)
-from minicloud_lib import images  # noqa: E402
-from tests.testbed import guest  # noqa: E402
+from minicloud_lib import images
+from tests.testbed import guest
 
 
 class MbrTestCase(unittest.TestCase):

@@ -28,16 +28,11 @@ print_route, lib/utils.c print_timestamp for ``-ts``).
 
 import json
 import os
-import sys
 import tempfile
 import unittest
 from unittest import mock
 
-TOOLS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__)))), 'tools')
-if TOOLS not in sys.path:
-    sys.path.append(TOOLS)
-from minicloud_lib import network  # noqa: E402
+from minicloud_lib import network
 
 # ip -j addr show
 HOST_ADDR = (

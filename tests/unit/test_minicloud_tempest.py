@@ -42,11 +42,7 @@ import tempfile
 import textwrap
 import unittest
 
-TOOLS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__)))), 'tools')
-if TOOLS not in sys.path:
-    sys.path.append(TOOLS)
-from minicloud_lib import tempest  # noqa: E402
+from minicloud_lib import tempest
 
 MOD = 'tempest.api.compute.images.'
 PASSED = MOD + 'test_images_oneserver.ImagesOneServerTestJSON.' \
