@@ -238,7 +238,8 @@ class SnapLibvirtDriver(libvirt_driver.LibvirtDriver):
             with clock.phase('upload'):
                 upload.upload(novacompat.image_api(self), context,
                               plan.image_id,
-                              metadata, plan.image_path, size, instance)
+                              metadata, plan.image_path, size, instance,
+                              hashes=plan.hashes)
         finally:
             self._finish(instance, plan, record, was_persistent)
 
@@ -252,7 +253,7 @@ class SnapLibvirtDriver(libvirt_driver.LibvirtDriver):
             upload.upload_file(novacompat.image_api(self), context,
                                plan.image_id,
                                metadata, reader, size, instance,
-                               take_disk_ops=False)
+                               take_disk_ops=False, hashes=plan.hashes)
         # nova's disk-ops semaphore ([compute] max_concurrent_disk_ops) is
         # taken before the backup begins, not at the upload: waiting for it
         # with the backup running would grow the scratch file meanwhile.
@@ -268,7 +269,8 @@ class SnapLibvirtDriver(libvirt_driver.LibvirtDriver):
         def send(reader, size):
             upload.upload_file(novacompat.image_api(self), context,
                                plan.image_id, metadata, reader, size,
-                               instance, take_disk_ops=False)
+                               instance, take_disk_ops=False,
+                               hashes=plan.hashes)
         with novacompat.disk_ops_semaphore(), clock.phase('stream'):
             coldstream.stream_disk(instance, plan, step, send)
 

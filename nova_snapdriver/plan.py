@@ -38,6 +38,7 @@ from nova_snapdriver import novacompat
 from nova_snapdriver import progress
 from nova_snapdriver import qemu_identity
 from nova_snapdriver import qemu_img
+from nova_snapdriver import upload
 
 CONF = cfg.CONF
 LOG = logging.getLogger(__name__)
@@ -90,6 +91,9 @@ class SnapshotPlan(object):
     # capture_method); the cold path captures nothing.
     capture_method: str = 'rebase'
     compression_type: str = 'zlib'
+    # What the upload hashes: the algorithm Glance will report
+    # (upload.hashes_for), or sha512 and md5 where it is not known.
+    hashes: tuple = upload.BOTH
 
     @property
     def backing_file(self):
@@ -500,11 +504,13 @@ def build(driver, context, instance, image_id, guest):
         work_dir=work_dir,
         space_needed=needed,
         capture_method=method,
-        compression_type=CONF.snapdriver.compression_type)
+        compression_type=CONF.snapdriver.compression_type,
+        hashes=upload.hashes_for(novacompat.image_api(driver), context,
+                                 image, instance))
     LOG.info('Planned %(kind)s snapshot (capture method %(method)s'
              '%(single)s) of %(disk)s (%(fmt)s, %(vsize)s virtual, backed '
-             'by %(backing)s) into a %(ofmt)s image: needs %(needed)s in '
-             '%(dir)s, %(free)s free',
+             'by %(backing)s) into a %(ofmt)s image hashed with %(hashes)s: '
+             'needs %(needed)s in %(dir)s, %(free)s free',
              {'kind': 'live' if live else 'cold', 'disk': disk_path,
               'method': method if live or method == 'stream' else 'none',
               'single': ', single copy' if plan.single_copy else '',
@@ -512,7 +518,7 @@ def build(driver, context, instance, image_id, guest):
               'vsize': progress.human_size(plan.virtual_size),
               'backing': ('%s %s' % (plan.backing_format, plan.backing_file)
                           if plan.backing_file else 'nothing'),
-              'ofmt': image_format,
+              'ofmt': image_format, 'hashes': ' and '.join(plan.hashes),
               'needed': progress.human_size(needed), 'dir': snapshots_dir,
               'free': progress.human_size(free)}, instance=instance)
     return plan

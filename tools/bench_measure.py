@@ -599,11 +599,11 @@ def timed_drivers(args):
 
 
 def read_to_nowhere(image_api, context, image_id, metadata, fileobj, size,
-                    instance):
+                    instance, take_disk_ops=True, hashes=upload.BOTH):
     """upload.upload_file that reads and hashes the stream, sends nothing."""
     reader = upload.HashingReader(fileobj, progress.Progress(
         instance, 'upload', size,
-        nova_env.CONF.snapdriver.progress_log_interval))
+        nova_env.CONF.snapdriver.progress_log_interval), hashes)
     # As glanceclient reads the image.
     while reader.read(glanceclient_http.CHUNKSIZE):
         pass

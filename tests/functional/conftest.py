@@ -19,6 +19,7 @@ instance (files + running domain) and a fresh snapshot image in Glance.
 Nothing here skips: a part that is missing fails the run.
 """
 
+import io
 import os
 import random
 import shutil
@@ -203,12 +204,27 @@ def context(nova_conf):
     return nova_env.admin_context()
 
 
+@pytest.fixture(scope='session')
+def booted_image(glance_server):
+    """An active image in Glance, the one instances say they booted from.
+
+    As on a real cloud, its record tells how Glance hashes
+    (``os_hash_algo``), which the driver learns before each upload.
+    """
+    client = test_glance.client(glance_server.url)
+    image = client.images.create(name='booted', disk_format='raw',
+                                 container_format='bare')
+    client.images.upload(image['id'], io.BytesIO(b'booted' * 4096))
+    return client.images.get(image['id'])
+
+
 @pytest.fixture
-def make_instance(nova_conf, libvirt_conn, boot_files):
+def make_instance(nova_conf, libvirt_conn, boot_files, booted_image):
     """Start instances laid out like nova's; always cleaned up."""
     made = []
 
     def make(**kwargs):
+        kwargs.setdefault('image_ref', booted_image['id'])
         inst = test_instance.NovaInstance(libvirt_conn, boot_files, **kwargs)
         made.append(inst)
         return inst.start()

@@ -84,7 +84,7 @@ def download(glance_client, image_id, workdir):
                                     'auto'])
 def test_method_gives_a_flat_equal_image_and_leaves_nothing(
         method, driver, context, conf, make_instance, make_image,
-        glance_client, snapshots_dir, workdir, recorded, listener):
+        glance_client, snapshots_dir, workdir, recorded, listener, caplog):
     conf('snapdriver', capture_method=method)
     inst = make_instance()
     image = make_image(inst)
@@ -106,6 +106,10 @@ def test_method_gives_a_flat_equal_image_and_leaves_nothing(
     assert files and set(files.values()) == {0o600}, staged
     assert staged[work_dir] in (0o700, 0o701), staged
 
+    # Hashed once, as Glance hashed the image the instance booted from.
+    assert 'image hashed with sha512: needs' in caplog.text
+    assert 'sha512 verified' in caplog.text
+
     # auto: stream on this host (backup API and libnbd are there).
     expected = 'stream' if method == 'auto' else method
     assert [r['capture_method'] for r in recorded] == [expected]
@@ -114,6 +118,24 @@ def test_method_gives_a_flat_equal_image_and_leaves_nothing(
     assert glance_client.images.get(image['id']).status == 'active'
     local = download(glance_client, image['id'], workdir)
     assert 'backing-filename' not in checks.image_info(local, 'qcow2')
+    assert checks.same_content(local, inst.disk_path)
+    assert_instance_as_before(inst, snapshots_dir)
+    os.unlink(local)
+
+
+def test_an_instance_whose_image_glance_lacks_hashes_both_ways(
+        driver, context, conf, make_instance, make_image, glance_client,
+        snapshots_dir, workdir, caplog):
+    """Booted from an image deleted since: sha512 and md5, as before."""
+    conf('snapdriver', capture_method='stream')
+    inst = make_instance(image_ref='0d5d0b4e-6d6a-4a43-9b8e-d31ab0c7e000')
+    image = make_image(inst)
+
+    driver.snapshot(context, inst.obj, image['id'], lambda **kw: None)
+
+    assert 'image hashed with sha512 and md5: needs' in caplog.text
+    assert 'sha512 verified' in caplog.text
+    local = download(glance_client, image['id'], workdir)
     assert checks.same_content(local, inst.disk_path)
     assert_instance_as_before(inst, snapshots_dir)
     os.unlink(local)

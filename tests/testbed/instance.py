@@ -102,8 +102,11 @@ class NovaInstance(object):
                  mode='idle', marks=100000, image_meta=None,
                  instances_path=None, cache_name='_base', owner=None,
                  backing_format_in_header=True, emulator=None,
-                 prefill_markers_mib=0, agent=None):
+                 prefill_markers_mib=0, agent=None, image_ref=None):
         self.conn = conn
+        # The image it was booted from: one in Glance makes the upload
+        # hash as Glance hashes (upload.hashes_for); else one nobody has.
+        self.image_ref = image_ref or uuidutils.generate_uuid()
         self.kernel, self.initrd = boot_files
         self.base_format = base_format
         self.disk_size = disk_mib * MiB
@@ -210,7 +213,8 @@ class NovaInstance(object):
     def ref_json(self):
         """The instance for ``tests.testbed.child``, as JSON."""
         return json.dumps({'uuid': self.uuid, 'id': self.id,
-                           'image_meta': self.image_meta})
+                           'image_meta': self.image_meta,
+                           'image_ref': self.image_ref})
 
     def lookup(self):
         """The domain as libvirt has it now (it may have been redefined)."""
@@ -246,10 +250,11 @@ class NovaInstance(object):
 class InstanceRef(object):
     """What another process needs to rebuild an instance's nova object."""
 
-    def __init__(self, uuid, id, image_meta):
+    def __init__(self, uuid, id, image_meta, image_ref=None):
         self.uuid = uuid
         self.id = id
         self.image_meta = image_meta
+        self.image_ref = image_ref or uuidutils.generate_uuid()
 
 
 class _Devices(list):
@@ -283,7 +288,7 @@ def make_instance_object(inst):
         id=1, flavorid='1', name='m1.snap', memory_mb=256, vcpus=1,
         root_gb=1, ephemeral_gb=0, swap=0, extra_specs={})
     return objects.Instance(
-        id=inst.id, uuid=inst.uuid, image_ref=uuidutils.generate_uuid(),
+        id=inst.id, uuid=inst.uuid, image_ref=inst.image_ref,
         project_id=nova_env.PROJECT_ID, user_id=nova_env.USER_ID,
         kernel_id='', ramdisk_id='', os_type='linux',
         host='localhost', node='localhost', vm_state='active',

@@ -12,15 +12,9 @@
 
 """``tools/minicloud methods``: nova-compute's log, method by method."""
 
-import os
-import sys
 import unittest
 
-TOOLS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__)))), 'tools')
-if TOOLS not in sys.path:
-    sys.path.append(TOOLS)
-from minicloud_lib import methods  # noqa: E402
+from minicloud_lib import methods
 
 STARTED = ('2026-12-07 04:00:00.000 1 INFO nova_snapdriver.driver [-] '
            'nova-snapdriver takes the snapshots on this host: '
@@ -73,3 +67,14 @@ class CheckTestCase(unittest.TestCase):
         # A driver that never logged its method cannot be checked.
         problems = methods.check([PLANNED % ('live', 'stream')])[1]
         self.assertIn('before nova-compute said which method', problems[0])
+
+
+class HashingTestCase(unittest.TestCase):
+
+    def test_counts_uploads_hashed_once_and_both_ways(self):
+        line = PLANNED % ('live', 'stream') + (
+            ' into a qcow2 image hashed with %s: needs 1.0 GiB in /s, '
+            '9.0 GiB free')
+        self.assertEqual((2, 1), methods.hashing([
+            line % 'sha512', line % 'sha512 and md5', line % 'md5',
+            STARTED % 'stream', PLANNED % ('cold', 'none')]))

@@ -428,6 +428,23 @@ class BuildTestCase(base.TestCase):
              ['qemu-img', 'measure', '-U', '-O', 'qcow2', '--output=json',
               plan.chain.filename()]], self.qemu_img.commands)
 
+    def test_the_upload_hashes_as_glance_hashed_the_booted_image(self):
+        booted = '155d900f-4e14-4e4c-a73d-069cbf4541e6'
+        images = {base.IMAGE_ID: {'name': 'my snap', 'status': 'queued'},
+                  booted: base.glance_image(b'os', os_hash_algo='sha256')}
+        self.driver._image_api.get.side_effect = (
+            lambda context, image_id: images[image_id])
+        self.domain = base.FakeDomain(base.file_disk_xml(self.disk))
+        self.instance = self.make_instance()
+        self.instance.image_ref = booted
+
+        plan = snapshot_plan.build(self.driver, self.context, self.instance,
+                                   base.IMAGE_ID,
+                                   self.make_guest(self.domain))
+
+        self.assertEqual(('sha256',), plan.hashes)
+        self.assertIn('image hashed with sha256: needs', self.logs.output)
+
     def test_every_domain_not_shut_down_is_live_like_nova(self):
         # nova's in-tree snapshot() is live unless the power state is
         # SHUTDOWN; a cold read of a disk QEMU holds fails on its lock.

@@ -37,9 +37,9 @@ BIG = bytes(range(256)) * 9000
 GC_CHUNK = glance_http.CHUNKSIZE
 
 
-def reader_for(data):
+def reader_for(data, algos=upload.BOTH):
     reader = upload.HashingReader(io.BytesIO(data),
-                                  mock.Mock(spec=['update']))
+                                  mock.Mock(spec=['update']), algos)
     while reader.read(4096):
         pass
     return reader
@@ -67,9 +67,9 @@ class HashingReaderTestCase(base.TestCase):
         self.assertEqual(DATA, read)
         self.assertEqual(len(DATA), reader.sent)
         self.assertEqual(hashlib.sha512(DATA).hexdigest(),
-                         reader.sha512.hexdigest())
+                         reader.hexdigest('sha512'))
         self.assertEqual(hashlib.md5(DATA).hexdigest(),
-                         reader.md5.hexdigest())
+                         reader.hexdigest('md5'))
         # One meter update per non-empty read, with the running count.
         self.assertEqual(
             [mock.call(n) for n in range(1000, len(DATA), 1000)] +
@@ -89,7 +89,7 @@ class HashingReaderTestCase(base.TestCase):
                          [len(chunk) for chunk in read])
         self.assertEqual(DATA, b''.join(read))
         self.assertEqual(hashlib.sha512(DATA).hexdigest(),
-                         reader.sha512.hexdigest())
+                         reader.hexdigest('sha512'))
 
     def test_empty_file_hashes_nothing_and_does_not_update_meter(self):
         reader, meter, read = self._read_all(b'', list)
@@ -97,14 +97,55 @@ class HashingReaderTestCase(base.TestCase):
         self.assertEqual([], read)
         self.assertEqual(0, reader.sent)
         self.assertEqual(hashlib.sha512(b'').hexdigest(),
-                         reader.sha512.hexdigest())
+                         reader.hexdigest('sha512'))
         meter.update.assert_not_called()
+
+    def test_one_algorithm_makes_that_hash_alone(self):
+        reader = reader_for(DATA, ('sha256',))
+
+        self.assertEqual(('sha256',), reader.algos)
+        self.assertEqual(hashlib.sha256(DATA).hexdigest(),
+                         reader.hexdigest('sha256'))
+        self.assertIsNone(reader.hexdigest('sha512'))
+        self.assertIsNone(reader.hexdigest('md5'))
 
 
 class VerifyTestCase(base.TestCase):
 
-    def _verify(self, image, data=DATA):
-        return upload.verify(base.IMAGE_ID, image, reader_for(data))
+    def _verify(self, image, data=DATA, algos=upload.BOTH):
+        return upload.verify(base.IMAGE_ID, image, reader_for(data, algos))
+
+    def test_the_one_hash_made_is_compared(self):
+        self.assertEqual('sha512', self._verify(base.glance_image(DATA),
+                                                algos=('sha512',)))
+        self.assertEqual('md5', self._verify(
+            base.glance_image(DATA, os_hash_algo=None, os_hash_value=None),
+            algos=('md5',)))
+        self.assertEqual('sha256', self._verify(
+            base.glance_image(DATA, os_hash_algo='sha256',
+                              os_hash_value=hashlib.sha256(DATA).hexdigest()),
+            algos=('sha256',)))
+
+    def test_the_one_hash_made_still_finds_damage(self):
+        exc = self.assertRaises(exception.UploadVerificationFailed,
+                                self._verify,
+                                base.glance_image(b'other', size=len(DATA)),
+                                algos=('sha512',))
+
+        self.assertEqual('sha512', exc.kwargs['algo'])
+
+    def test_glance_hashing_otherwise_is_a_warning_and_the_size_counts(self):
+        image = base.glance_image(DATA, os_hash_algo='sha256',
+                                  os_hash_value='x')
+
+        self.assertIsNone(self._verify(image, algos=('sha512',)))
+        self.assertIn('WARNING Glance hashed image %s with sha256, and this '
+                      'upload hashed it with sha512: its content could not '
+                      'be verified, only its size' % base.IMAGE_ID,
+                      self.logs.output)
+        self.assertRaises(exception.UploadVerificationFailed, self._verify,
+                          dict(image, size=len(DATA) - 1),
+                          algos=('sha512',))
 
     def test_sha512_match_returns_sha512(self):
         self.assertEqual('sha512', self._verify(base.glance_image(DATA)))
@@ -183,6 +224,70 @@ class VerifyTestCase(base.TestCase):
             base.glance_image(DATA, size=None)))
 
 
+class HashesForTestCase(base.TestCase):
+    """The one hash to make: what Glance will report, learnt beforehand."""
+
+    def setUp(self):
+        super(HashesForTestCase, self).setUp()
+        self.image_api = mock.Mock(spec=['get'])
+        self.instance = self.make_instance()
+        self.instance.image_ref = '155d900f-4e14-4e4c-a73d-069cbf4541e6'
+        self.queued = {'id': base.IMAGE_ID, 'status': 'queued',
+                       'checksum': None, 'os_hash_algo': None,
+                       'os_hash_value': None, 'properties': {}}
+
+    def _hashes(self, image=None):
+        return upload.hashes_for(self.image_api, self.context,
+                                 image or self.queued, self.instance)
+
+    def _source(self, **fields):
+        self.image_api.get.return_value = base.glance_image(b'os', **fields)
+
+    def test_the_booted_image_says_how_glance_hashes(self):
+        self._source(os_hash_algo='sha256')
+
+        self.assertEqual(('sha256',), self._hashes())
+        self.image_api.get.assert_called_once_with(
+            self.context, self.instance.image_ref)
+
+    def test_glance_s_default(self):
+        self._source()
+
+        self.assertEqual(('sha512',), self._hashes())
+
+    def test_the_snapshot_s_own_record_comes_first(self):
+        self.assertEqual(('sha384',), self._hashes(
+            dict(self.queued, os_hash_algo='sha384')))
+        self.image_api.get.assert_not_called()
+
+    def test_a_glance_without_os_hash_algo_gets_md5_alone(self):
+        self._source(os_hash_algo=None, os_hash_value=None)
+
+        self.assertEqual(('md5',), self._hashes())
+
+    def test_both_when_nothing_tells(self):
+        for what in (nova_exception.ImageNotFound(image_id='x'),
+                     nova_exception.GlanceConnectionFailed(
+                         server='g', reason='down'),
+                     base.glance_image(b'', checksum=None, os_hash_algo=None,
+                                       os_hash_value=None),
+                     # Not a hash Glance's hexdigest could give.
+                     base.glance_image(b'', os_hash_algo='shake_128'),
+                     base.glance_image(b'', os_hash_algo='no-such-hash')):
+            self.image_api.get.reset_mock()
+            self.image_api.get.side_effect = (
+                what if isinstance(what, Exception) else None)
+            self.image_api.get.return_value = what
+
+            self.assertEqual(('sha512', 'md5'), self._hashes(), what)
+
+    def test_both_for_a_server_booted_from_a_volume(self):
+        self.instance.image_ref = ''
+
+        self.assertEqual(('sha512', 'md5'), self._hashes())
+        self.image_api.get.assert_not_called()
+
+
 URL = 'http://glance.test:9292'
 OTHER_URL = 'http://glance2.test:9292'
 
@@ -249,9 +354,9 @@ class SendTestCase(GlanceTestCase):
     def assertHashes(self, data, reader):
         self.assertEqual(len(data), reader.sent)
         self.assertEqual(hashlib.sha512(data).hexdigest(),
-                         reader.sha512.hexdigest())
+                         reader.hexdigest('sha512'))
         self.assertEqual(hashlib.md5(data).hexdigest(),
-                         reader.md5.hexdigest())
+                         reader.hexdigest('md5'))
 
     def test_one_attempt_sends_the_file(self):
         self._glance(None)

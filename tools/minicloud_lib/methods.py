@@ -20,6 +20,11 @@ plan against the ``capture_method`` that nova-compute started with (the
 driver logs it in ``init_host``; a test may restart nova-compute with
 another).  ``auto`` must pick ``stream`` here, as on any host that
 streams.  At least one live snapshot must have been planned.
+
+It also counts the snapshots whose upload was hashed once, with the
+algorithm Glance reports, against those hashed both ways (sha512 and
+md5, where the instance's image was not in Glance): the cloud's images
+are, so at least one must have been hashed once.
 """
 
 import re
@@ -29,6 +34,7 @@ from minicloud_lib.config import path
 STARTED = re.compile(r'nova-snapdriver takes the snapshots on this host: '
                      r'capture_method = (\w+)')
 PLANNED = re.compile(r'Planned (live|cold) snapshot \(capture method (\w+)')
+HASHED = re.compile(r' image hashed with (\w+)( and \w+)?: needs ')
 
 
 def expected(configured):
@@ -65,11 +71,30 @@ def check(lines):
     return counts, problems
 
 
+def hashing(lines):
+    """(snapshots hashed once, snapshots hashed with two algorithms)."""
+    once = both = 0
+    for line in lines:
+        hashed = HASHED.search(line)
+        if hashed and hashed.group(2):
+            both += 1
+        elif hashed:
+            once += 1
+    return once, both
+
+
 def cmd_methods(args):
     with open(path('log', 'nova-compute.log'), errors='replace') as f:
-        counts, problems = check(f)
+        lines = list(f)
+    counts, problems = check(lines)
+    once, both = hashing(lines)
+    if not once:
+        problems.append('no upload was hashed once with Glance\'s '
+                        'algorithm (%d hashed both ways)' % both)
     print('minicloud: live snapshots by capture method: %s' % (
         ', '.join('%s %d' % kv for kv in sorted(counts.items())) or 'none'))
+    print('minicloud: uploads hashed once: %d, both ways: %d'
+          % (once, both))
     for problem in problems:
         print('minicloud: %s' % problem)
     return 1 if problems else 0
