@@ -277,7 +277,7 @@ def backup_supported(conn, guest):
 
 
 def libnbd_available():
-    """True if libnbd's Python binding imports (``tools/link-libnbd``)."""
+    """True if libnbd's Python binding imports (``tools/host/link-libnbd``)."""
     try:
         import nbd  # noqa: F401
     except ImportError:

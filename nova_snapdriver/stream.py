@@ -23,7 +23,7 @@ No temp image and no second pass: the capture and the upload are one.
    QEMU keeps that instant by copying each block the guest overwrites into
    a scratch file beside it (copy-before-write).  The guest is frozen, if
    quiescing, only around the begin; the domain is never undefined.
-2. libnbd (a maintained client, see ``tools/link-libnbd``) reads the
+2. libnbd (a maintained client, see ``tools/host/link-libnbd``) reads the
    export.  Its allocation map (NBD block status, ``base:allocation``)
    comes first, so ranges that read as zeros are never read at all.
 3. ``imagestream`` lays the image out from that map, raw or qcow2, and

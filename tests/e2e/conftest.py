@@ -10,7 +10,8 @@
 # License for the specific language governing permissions and limitations
 # under the License.
 
-"""End-to-end checks against the real one-machine cloud of tools/minicloud.
+"""End-to-end checks against the real one-machine cloud of
+tools/minicloud/minicloud.
 
 These tests drive the cloud only the way a user does, through the
 ``openstack`` CLI (every call with a timeout), and then look at what a
@@ -18,11 +19,11 @@ user or an operator would see: the server's status and task state, the
 image's status, properties and bytes, the libvirt domain, and the files
 left on the compute host.  They run in the minicloud's venv:
 
-    tools/minicloud up
+    tools/minicloud/minicloud up
     /var/tmp/nova-snapdriver-minicloud-venv/bin/python -m pytest tests/e2e
-    tools/minicloud down
+    tools/minicloud/minicloud down
 
-(tools/minicloud-checks does all three.)  The tests run as root; the
+(tools/minicloud/minicloud-checks does all three.)  The tests run as root; the
 cloud's nova-compute runs as the user nova.
 
 A cloud that is not up fails the run; nothing here skips.
@@ -40,7 +41,7 @@ import pytest
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))))
 # The cloud's own script: its state directory, CLI wrapper and services.
-sys.path.insert(0, os.path.join(REPO, 'tools'))
+sys.path.insert(0, os.path.join(REPO, 'tools', 'minicloud'))
 import minicloud  # noqa: E402
 
 STATE = minicloud.STATE
@@ -116,7 +117,8 @@ def cloud():
     """The minicloud must be up: a cloud that is down fails, never skips."""
     down = set(minicloud.SERVICES) - set(minicloud.running())
     if down:
-        pytest.fail('the minicloud is not up (run "tools/minicloud up"); '
+        pytest.fail('the minicloud is not up (run '
+                    '"tools/minicloud/minicloud up"); '
                     'not running: %s' % ', '.join(sorted(down)),
                     pytrace=False)
 

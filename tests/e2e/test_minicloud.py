@@ -28,8 +28,9 @@ ROOTWRAP = ['sudo', 'nova-rootwrap', '/etc/nova/rootwrap.conf']
 
 
 def run_minicloud(*args):
-    return subprocess.run([os.path.join(REPO, 'tools', 'minicloud')]
-                          + list(args), stdout=subprocess.PIPE,
+    return subprocess.run([os.path.join(REPO, 'tools', 'minicloud',
+                                        'minicloud')] + list(args),
+                          stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, text=True,
                           timeout=CALL_TIMEOUT)
 
@@ -42,7 +43,7 @@ def test_a_second_up_is_refused_and_changes_nothing():
 
     assert again.returncode == 1
     assert 'the minicloud is already up' in again.stderr
-    assert 'tools/minicloud down' in again.stderr
+    assert 'tools/minicloud/minicloud down' in again.stderr
     after = run_minicloud('status')
     assert after.returncode == 0
     # Same services with the same pids: nothing was restarted.

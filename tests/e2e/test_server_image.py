@@ -12,7 +12,8 @@
 
 """``openstack server image create`` on a real cloud running our driver.
 
-The servers boot the tiny guest of tools/minicloud (a Debian cloud kernel
+The servers boot the tiny guest of tools/minicloud/minicloud (a Debian cloud
+kernel
 and a busybox initramfs through the image's kernel_id/ramdisk_id), which
 writes numbered markers to its disk and reports each on its console.  A
 snapshot taken while it writes must hold markers 1..K and nothing else,

@@ -72,7 +72,7 @@ PROBE = textwrap.dedent('''
 def netns():
     for tool in ('dnsmasq', 'qemu-system-x86_64'):
         assert shutil.which(tool), (
-            '%s is missing: run tools/install-host-deps' % tool)
+            '%s is missing: run tools/host/install-host-deps' % tool)
     ns = Namespace()
     try:
         yield ns

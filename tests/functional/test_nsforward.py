@@ -10,7 +10,8 @@
 # License for the specific language governing permissions and limitations
 # under the License.
 
-"""tools/minicloud_nsforward.py: loopback in a namespace to loopback here.
+"""tools/minicloud/minicloud_nsforward.py: loopback in a namespace to loopback
+here.
 
 The networked minicloud runs tempest inside a namespace (to reach the
 guests) and its APIs on the root namespace's 127.0.0.1.  The forwarder
@@ -34,6 +35,7 @@ import pytest
 from tests.testbed.netns import Namespace
 
 FORWARDER = os.path.join(os.path.dirname(__file__), '..', '..', 'tools',
+                         'minicloud',
                          'minicloud_nsforward.py')
 
 # Run inside the namespace: two connections at once, each sends a MiB and

@@ -15,8 +15,8 @@
 nova-compute runs as the system user ``nova``: it reaches libvirtd through
 the group-owned socket and becomes root only through ``sudo nova-rootwrap
 /etc/nova/rootwrap.conf`` (privsep included), with nova's own rootwrap.conf
-and compute.filters installed as shipped.  ``tools/setup-compute-host``
-makes the machine so; ``tools/compute-venv`` builds the venv nova runs
+and compute.filters installed as shipped.  ``tools/host/setup-compute-host``
+makes the machine so; ``tools/host/compute-venv`` builds the venv nova runs
 from, out of Debian's python3 (the tests' own python lives under /root,
 where nova cannot read).
 
@@ -82,9 +82,9 @@ def _run(cmd, **kwargs):
 
 def prepare():
     """Build nova's venv and set this machine up; return the venv's path."""
-    out = _run([os.path.join(REPO, 'tools', 'compute-venv')], cwd=REPO)
+    out = _run([os.path.join(REPO, 'tools', 'host', 'compute-venv')], cwd=REPO)
     venv = out.strip().splitlines()[-1]
-    _run([os.path.join(REPO, 'tools', 'setup-compute-host'), venv])
+    _run([os.path.join(REPO, 'tools', 'host', 'setup-compute-host'), venv])
     return venv
 
 

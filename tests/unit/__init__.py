@@ -10,13 +10,14 @@
 # License for the specific language governing permissions and limitations
 # under the License.
 
-"""Unit tests.  The tools' modules (``tools/``) import by their own names
-here, as the tools import each other."""
+"""Unit tests.  The tools' modules (``tools/bench``, ``tools/minicloud``)
+import by their own names here, as the tools import each other."""
 
 import os
 import sys
 
 TOOLS = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__)))), 'tools')
-if TOOLS not in sys.path:
-    sys.path.append(TOOLS)
+for concern in ('bench', 'minicloud'):
+    if os.path.join(TOOLS, concern) not in sys.path:
+        sys.path.append(os.path.join(TOOLS, concern))

@@ -10,7 +10,7 @@
 # License for the specific language governing permissions and limitations
 # under the License.
 
-"""tools/bench_measure.py: what stands in for the driver's own functions.
+"""tools/bench/bench_measure.py: what stands in for the driver's own functions.
 
 The bench's "read alone" case replaces ``upload.upload_file`` while a real
 stream runs; a stand-in whose arguments drifted from the driver's call

@@ -10,7 +10,8 @@
 # License for the specific language governing permissions and limitations
 # under the License.
 
-"""The bench's CPU pinning (tools/bench_pin.py) and how the report says it.
+"""The bench's CPU pinning (tools/bench/bench_pin.py) and how the report says
+it.
 
 The pinning is checked on a real child process with a second thread: every
 one of its threads must end up on the CPU given, as the kernel reports it.

@@ -10,7 +10,7 @@
 # License for the specific language governing permissions and limitations
 # under the License.
 
-"""Pooling bench runs (tools/bench_pool.py): ratios, interval, table.
+"""Pooling bench runs (tools/bench/bench_pool.py): ratios, interval, table.
 
 The runs are figures as bench.json holds them: a dict of cases, each with
 its rows' walls.

@@ -10,7 +10,7 @@
 # License for the specific language governing permissions and limitations
 # under the License.
 
-"""The bench's tables (tools/bench_report.py), from figures alone.
+"""The bench's tables (tools/bench/bench_report.py), from figures alone.
 
 A run's figures are a dict per case; these tests build one as a run with
 both floors writes it (--repeat 3), and one as runs from before the

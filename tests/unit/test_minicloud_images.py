@@ -10,7 +10,8 @@
 # License for the specific language governing permissions and limitations
 # under the License.
 
-"""The minicloud guest disk's partition table (tools/minicloud_lib/images).
+"""The minicloud guest disk's partition table
+(tools/minicloud/minicloud_lib/images).
 
 The disk's one partition holds the ext4 file system tempest writes to over
 SSH; it must lie where the guest's kernel finds it and end below the

@@ -10,7 +10,8 @@
 # License for the specific language governing permissions and limitations
 # under the License.
 
-"""``tools/minicloud methods``: nova-compute's log, method by method."""
+"""``tools/minicloud/minicloud methods``: nova-compute's log, method by
+method."""
 
 import unittest
 

@@ -10,7 +10,8 @@
 # License for the specific language governing permissions and limitations
 # under the License.
 
-"""minicloud network containment: the pure checks of tools/minicloud_lib.
+"""minicloud network containment: the pure checks of
+tools/minicloud/minicloud_lib.
 
 tools/ is not a package: like tests/e2e/conftest.py, this module puts it on
 sys.path (appended, so that nothing there shadows an installed module) and

@@ -10,11 +10,13 @@
 # License for the specific language governing permissions and limitations
 # under the License.
 
-"""The verdict of ``tools/minicloud tempest`` on a run it did not fail.
+"""The verdict of ``tools/minicloud/minicloud tempest`` on a run it did not
+fail.
 
-tools/minicloud_lib/tempest.py reads what ``tempest run`` printed: stestr's
+tools/minicloud/minicloud_lib/tempest.py reads what ``tempest run`` printed:
+stestr's
 subunit-trace lines (stestr/subunit_trace.py show_outcome, stestr 4.2.1 as
-tools/tempest-constraints.txt pins it), e.g.::
+tools/tempest/tempest-constraints.txt pins it), e.g.::
 
     {0} <id> [1.234567s] ... ok
     {1} <id> ... SKIPPED: <reason>

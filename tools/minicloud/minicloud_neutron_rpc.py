@@ -13,10 +13,12 @@
 """neutron-rpc-server for the minicloud: the RPC half of neutron-server.
 
 neutron's WSGI application (``neutron.wsgi.api``, run under gunicorn by
-tools/minicloud_wsgi.py) serves the API only.  The agents talk to the RPC
+tools/minicloud/minicloud_wsgi.py) serves the API only.  The agents talk to the
+RPC
 server, which neutron ships as ``neutron-rpc-server``
 (``neutron.cmd.server:main_rpc``).  It lists ports too, so it needs the
-same mapper set-up as the API (see tools/minicloud_wsgi.py): this runs it
+same mapper set-up as the API (see tools/minicloud/minicloud_wsgi.py): this
+runs it
 after that.  Arguments are neutron-rpc-server's (``--config-file ...``).
 """
 

@@ -31,8 +31,8 @@ snapshot_compression makes it; ``stream`` is then left out: a stream is
 never compressed, the driver would run copy or rebase in its place).
 
 This file is the entry point: the arguments, and the run.  What is
-measured and how: tools/bench_measure.py.  The tables, the plot and the
-JSON: tools/bench_report.py.
+measured and how: tools/bench/bench_measure.py.  The tables, the plot and the
+JSON: tools/bench/bench_report.py.
 
 Writes bench.json, bench.md and bench.rst (tables of ratios; the docs
 include bench.rst) and bench.png (needs matplotlib,
@@ -101,7 +101,7 @@ def parse_args():
                         help='run glance-api on this CPU alone and the '
                         'rest (the bench, QEMU, libvirtd) on the others, '
                         'as a cloud keeps Glance off its compute hosts '
-                        '(tools/bench_pin.py)')
+                        '(tools/bench/bench_pin.py)')
     parser.add_argument('--out', default='bench-results')
     parser.add_argument('--replot', metavar='BENCH_JSON',
                         help='only rewrite the files in --out from the '

@@ -32,8 +32,10 @@ from minicloud_lib.config import HOST
 from minicloud_lib.config import METADATA_SECRET
 from minicloud_lib.config import path
 from minicloud_lib.config import PORTS
+from minicloud_lib.config import RABBIT
 from minicloud_lib.config import service_auth
 from minicloud_lib.config import STATE
+from minicloud_lib.config import write
 
 PHYSNET = 'physnet1'
 # oslo.privsep's contexts in neutron's agents (neutron/privileged): each
@@ -138,9 +140,9 @@ metadata_workers = 1
            secret=METADATA_SECRET)
 
 
-def write_all(write, rabbit):
+def write_all():
     """Every file of etc/neutron, through config.write."""
-    write('etc/neutron/neutron.conf', neutron_conf(rabbit))
+    write('etc/neutron/neutron.conf', neutron_conf(RABBIT))
     write('etc/neutron/ml2_conf.ini', ML2_CONF)
     write('etc/neutron/openvswitch_agent.ini', openvswitch_agent_ini())
     write('etc/neutron/dhcp_agent.ini', dhcp_agent_ini())

@@ -10,7 +10,7 @@
 # License for the specific language governing permissions and limitations
 # under the License.
 
-"""CPU pinning for the benchmark (tools/bench.py --pin-glance CPU).
+"""CPU pinning for the benchmark (tools/bench/bench.py --pin-glance CPU).
 
 What this holds: ``Pinning``, which puts glance-api (its whole process
 group, every thread) on one CPU and everything else the bench runs on the

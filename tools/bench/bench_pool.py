@@ -15,9 +15,9 @@
 
 One upload to Glance alone varies by 10-30 % here, so the median of three
 or five runs of one case cannot tell 1.03 from 1.10.  This reads the
-bench.json of several runs (tools/bench.py, with --repeat), takes every
+bench.json of several runs (tools/bench/bench.py, with --repeat), takes every
 run of a method ÷ the floor uploads around it (``paired_ratios`` in
-tools/bench_report.py), pools them per disk size over data kinds, layouts
+tools/bench/bench_report.py), pools them per disk size over data kinds, layouts
 and runs, and prints the median with a 90 % bootstrap interval for it:
 the median of the ratios resampled with replacement, 2,000 times, with a
 fixed seed, so the same files always print the same table.  With
@@ -25,8 +25,8 @@ fixed seed, so the same files always print the same table.  With
 With ``--method image-API-only``, a floor, each of its uploads ÷ the
 ``--floor`` upload next to it (``side_by_side_ratios``).
 
-    tools/bench_pool.py doc/benchmark/*-instance*/bench.json
-    tools/bench_pool.py --method stream --floor image-API-only \\
+    tools/bench/bench_pool.py doc/benchmark/*-instance*/bench.json
+    tools/bench/bench_pool.py --method stream --floor image-API-only \\
         doc/benchmark/*-instance*/bench.json
 
 Pool only runs of the same driver code: which runs those are is for the

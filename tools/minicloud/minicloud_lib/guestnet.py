@@ -20,7 +20,7 @@
 - ``start_switch()``: Open vSwitch (ovs.py), NETNS_EXT on br-ex, and the
   guard chain;
 - ``start_forwarder()``: the cloud's APIs on 127.0.0.1 inside NETNS_EXT,
-  for tempest (tools/minicloud_nsforward.py);
+  for tempest (tools/minicloud/minicloud_nsforward.py);
 - ``create_provider_network()``: once neutron's agents report alive, the
   shared flat network and its subnet, and their DHCP server (dnsmasq in a
   qdhcp- namespace) running.
@@ -76,7 +76,8 @@ def start_switch():
 def start_forwarder():
     ports = [str(PORTS[name]) for name in FORWARDED]
     processes.start('api-forward', [
-        sys.executable, os.path.join(REPO, 'tools', 'minicloud_nsforward.py'),
+        sys.executable, os.path.join(REPO, 'tools', 'minicloud',
+                                     'minicloud_nsforward.py'),
         NETNS_EXT] + ports)
 
     def listening():

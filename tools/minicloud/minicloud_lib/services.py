@@ -14,7 +14,7 @@
 
 MariaDB and RabbitMQ from Debian, started by hand (there is no systemd);
 keystone (with the service users and the catalog), Glance, placement,
-neutron and nova-api under gunicorn through tools/minicloud_wsgi.py;
+neutron and nova-api under gunicorn through tools/minicloud/minicloud_wsgi.py;
 nova-conductor, nova-scheduler and nova-compute (as the user nova, through
 setpriv) from their console scripts; mapping the compute host to cell1;
 and the ``openstack`` CLI as the cloud's admin.
@@ -128,7 +128,7 @@ def stop_rabbitmq():
 
 
 def service_env(app):
-    """The environment of one WSGI app (tools/minicloud_wsgi.py's names)."""
+    """The environment of one WSGI app (minicloud_wsgi.py's names)."""
     env = dict(os.environ)
     env['MINICLOUD_APP'] = app
     # nova-metadata is nova's second application, on nova's configuration.
@@ -146,7 +146,7 @@ def start_wsgi(name, app):
         os.path.join(BIN, 'gunicorn'), '--bind', '%s:%d' % (HOST, PORTS[name]),
         '--workers', '1', '--worker-class', 'gthread', '--threads', '8',
         '--timeout', '600', '--graceful-timeout', '5',
-        '--pythonpath', os.path.join(REPO, 'tools'),
+        '--pythonpath', os.path.join(REPO, 'tools', 'minicloud'),
         'minicloud_wsgi:application'], env=service_env(app))
 
 
@@ -261,7 +261,7 @@ def start_network_services():
     """
     conf = neutron_conf.agent_config_files
     start('neutron-rpc', [
-        sys.executable, os.path.join(REPO, 'tools',
+        sys.executable, os.path.join(REPO, 'tools', 'minicloud',
                                      'minicloud_neutron_rpc.py'),
         '--config-file', path('etc', 'neutron', 'neutron.conf'),
         '--config-file', path('etc', 'neutron', 'ml2_conf.ini')])

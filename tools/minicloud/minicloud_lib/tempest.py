@@ -10,9 +10,10 @@
 # License for the specific language governing permissions and limitations
 # under the License.
 
-"""``tools/minicloud tempest``: tempest against the running cloud.
+"""``tools/minicloud/minicloud tempest``: tempest against the running cloud.
 
-tempest 47 with our plugin (the venv of tools/check-tempest-plugin), its
+tempest 47 with our plugin (the venv of tools/tempest/check-tempest-plugin),
+its
 configuration for this cloud, the run of tempest.api.compute.images,
 tempest.scenario.test_snapshot_pattern and our plugin's tests, and the
 checks of its result: every skipped test is explained in
@@ -130,15 +131,16 @@ def cmd_tempest(args):
     """Run tempest's compute image tests and our plugin's on the cloud."""
     if running() != list(SERVICES):
         raise MinicloudError('the minicloud is not (fully) up; run '
-                             '"tools/minicloud up" first')
+                             '"tools/minicloud/minicloud up" first')
     # Creates the venv (tempest 47 + this checkout, no nova) if needed and
     # checks that tempest lists our plugin's tests.
-    res = subprocess.run([os.path.join(REPO, 'tools', 'check-tempest-plugin'),
+    res = subprocess.run([os.path.join(REPO, 'tools', 'tempest',
+                                       'check-tempest-plugin'),
                           TEMPEST_VENV], stdout=subprocess.PIPE,
                          stderr=subprocess.STDOUT, text=True,
                          timeout=600)
     if res.returncode:
-        raise MinicloudError('tools/check-tempest-plugin failed:\n%s'
+        raise MinicloudError('tools/tempest/check-tempest-plugin failed:\n%s'
                              % res.stdout[-3000:])
     work = path('tempest')
     for d in (work, path('tempest-etc')):
@@ -211,7 +213,7 @@ TEMPEST_SKIPS = os.path.join(REPO, 'tests', 'e2e', 'tempest-skips.txt')
 
 # What tempest run prints of each result: stestr's subunit-trace
 # (stestr/subunit_trace.py show_outcome, stestr 4.2.1 as pinned by
-# tools/tempest-constraints.txt), one line a test:
+# tools/tempest/tempest-constraints.txt), one line a test:
 #   {0} tempest.api...ImagesTestJSON.test_x [1.234567s] ... ok
 #   {1} tempest.api...ImagesTestJSON.test_y [0.5s] ... FAILED
 #   {0} tempest.api...ImagesTestJSON.test_z ... SKIPPED: <reason>

@@ -13,17 +13,18 @@
 
 """A real one-machine OpenStack whose nova-compute runs our driver.
 
-    tools/minicloud up        bring the stack up (refused if it is up)
-    tools/minicloud status    what runs, and where
-    tools/minicloud down      stop everything, remove the cloud's domains
-    tools/minicloud env       print the shell variables for the CLI
-    tools/minicloud tempest   tempest's compute image tests and our plugin's
+    tools/minicloud/minicloud up       bring the stack up (refused if up)
+    tools/minicloud/minicloud status   what runs, and where
+    tools/minicloud/minicloud down     stop everything, remove its domains
+    tools/minicloud/minicloud env      print the shell variables for the CLI
+    tools/minicloud/minicloud tempest  tempest's compute image tests and
+                                       our plugin's
 
-Run it through ``tools/minicloud`` (the shell wrapper), which installs the
-host packages and the pinned Python environment first.  This file is only
-the entry point: the code is the package tools/minicloud_lib/ (its
-__init__ describes the cloud).  The names below are those tests/e2e uses
-as ``minicloud.<name>``.
+Run it through ``tools/minicloud/minicloud`` (the shell wrapper), which
+installs the host packages and the pinned Python environment first.
+This file is only the entry point: the code is the package minicloud_lib/
+beside it (its __init__ describes the cloud).  The names below are those
+tests/e2e uses as ``minicloud.<name>``.
 """
 
 import sys

@@ -10,7 +10,7 @@
 # License for the specific language governing permissions and limitations
 # under the License.
 
-"""The measuring half of the benchmark (tools/bench.py): test bed, runs.
+"""The measuring half of the benchmark (tools/bench/bench.py): test bed, runs.
 
 What this holds: the instance filled with data (``DataInstance``), the
 pollers (``Watcher``: transient seconds and peak temp space), the CPU
@@ -21,7 +21,7 @@ image API alone; each the median of uploads after the first snapshot and
 after each round of drivers), the timing and guest-write runs of one
 case, and ``measure()``, which sets the test bed up, runs every case
 (disk size x data kind x data layout) and takes it all down again.  The
-figures it returns become tables and a plot in tools/bench_report.py.
+figures it returns become tables and a plot in tools/bench/bench_report.py.
 
 Per snapshot: wall time and its phases (ours from the driver's progress
 events; the in-tree driver's by timing its ``_live_snapshot``,
@@ -81,8 +81,8 @@ import time
 from unittest import mock
 from xml.etree import ElementTree
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(
-    __file__))))
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__)))))
 
 from tests.testbed import nova_env  # noqa: E402,I100 (nova.tests first)
 
@@ -155,7 +155,8 @@ def fill_qcow2_layer(path, start, end, kind):
     libnbd reaps it when the handle is freed (the binding has no close()),
     so no process is left behind.
     """
-    import nbd  # libnbd's binding, linked into the venv: tools/link-libnbd
+    # libnbd's binding, linked into the venv: tools/host/link-libnbd
+    import nbd
     handle = nbd.NBD()
     try:
         handle.connect_systemd_socket_activation(

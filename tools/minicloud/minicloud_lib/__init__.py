@@ -12,8 +12,8 @@
 
 """The minicloud: a real one-machine OpenStack running our driver.
 
-The code behind ``tools/minicloud`` (the shell wrapper) and
-tools/minicloud.py (its entry point), whose nova-compute runs
+The code behind ``tools/minicloud/minicloud`` (the shell wrapper) and
+tools/minicloud/minicloud.py (its entry point), whose nova-compute runs
 snapdriver.SnapLibvirtDriver.
 
 Everything listens on 127.0.0.1 and keeps its state under one directory
@@ -29,14 +29,14 @@ process group so that ``down`` can stop it with everything it spawned:
     MariaDB, RabbitMQ                          Debian's packages
     ovsdb-server, ovs-vswitchd (userspace)     Debian's, started by hand
     keystone, Glance, placement, nova-api,     gunicorn, through
-    nova-metadata, neutron (ML2/OVS)           tools/minicloud_wsgi.py
+    nova-metadata, neutron (ML2/OVS)           minicloud_wsgi.py
     neutron's RPC server and its openvswitch,  as root; the RPC server
     dhcp and metadata agents                   through
-                                               tools/minicloud_neutron_rpc.py
+                                               minicloud_neutron_rpc.py
     nova-conductor, nova-scheduler,            their console scripts
     nova-compute (compute_driver =
     snapdriver.SnapLibvirtDriver, TCG)
-    the API forwarder into NETNS_EXT           tools/minicloud_nsforward.py
+    the API forwarder into NETNS_EXT           minicloud_nsforward.py
 
 The guests' network (one shared flat provider network, no router) lives
 in namespaces the cloud makes: neutron's qdhcp- one, and NETNS_EXT, where
@@ -46,8 +46,9 @@ tempest runs; the root namespace gets no address or route in it, and
 nova-compute runs as the system user ``nova``, as on a distro's or
 devstack's compute host: it reaches libvirtd through the ``libvirt`` group's
 socket and root only through ``sudo nova-rootwrap /etc/nova/rootwrap.conf``
-(privsep's helper included).  ``tools/minicloud`` prepares the host for that
-with tools/setup-compute-host.  Its configuration is
+(privsep's helper included).  ``tools/minicloud/minicloud`` prepares the host
+for that
+with tools/host/setup-compute-host.  Its configuration is
 /etc/nova/minicloud-compute.conf (root:nova 0640; rootwrap's privsep filters
 accept only a config file under /etc), its state_path ``nova/`` and its
 lock_path are nova's; everything else stays root's.  ``down`` removes that
@@ -86,6 +87,6 @@ tests.testbed (the tiny guest, libvirtd).
 import os
 import sys
 
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__))))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__)))))
 sys.path.insert(0, REPO)

@@ -14,7 +14,7 @@
 
     minicloud_nsforward.py NETNS PORT [PORT ...]
 
-tempest runs inside the network namespace NETNS (tools/minicloud_lib/
+tempest runs inside the network namespace NETNS (tools/minicloud/minicloud_lib/
 guestnet.py): its SSH client must reach the guests, and only that
 namespace has an address on their network.  Its loopback is its own, so
 the APIs on 127.0.0.1 in the root namespace are not there.  This process,
@@ -24,7 +24,7 @@ in), then relays each connection to 127.0.0.1:PORT here.  Loopback on
 both sides: nothing leaves the machine or enters a guest network.  The
 catalog's URLs work unchanged in the namespace.
 
-Runs until killed (``tools/minicloud down`` stops it with its group).
+Runs until killed (``tools/minicloud/minicloud down`` stops it with its group).
 """
 
 import ctypes

@@ -10,7 +10,8 @@
 # License for the specific language governing permissions and limitations
 # under the License.
 
-"""``tools/minicloud methods``: did each snapshot run the method asked for?
+"""``tools/minicloud/minicloud methods``: did each snapshot run the method
+asked for?
 
 The driver falls back from ``stream`` to another capture method, with a
 warning, on a host that cannot stream (libnbd missing, eventlet, nova not

@@ -10,7 +10,8 @@
 # License for the specific language governing permissions and limitations
 # under the License.
 
-"""The reporting half of the benchmark (tools/bench.py): tables, plot, JSON.
+"""The reporting half of the benchmark (tools/bench/bench.py): tables, plot,
+JSON.
 
 What this holds: the markdown tables of ratios,
 the plot (needs matplotlib, bench-requirements.txt; without it the rest is
@@ -305,8 +306,8 @@ def report(cases, args):
     with open(os.path.join(out, 'bench.md'), 'w') as f:
         f.write(md)
     with open(os.path.join(out, 'bench.rst'), 'w') as f:
-        f.write('.. Written by tools/bench_report.py from bench.json.\n\n'
-                + pinning_note(args) + 'Snapshot times\n\n'
+        f.write('.. Written by tools/bench/bench_report.py from '
+                'bench.json.\n\n' + pinning_note(args) + 'Snapshot times\n\n'
                 + rst_table(timings))
         if any(case['writes'] for case in cases):
             # --write-seconds 0: no rows, and RST has no empty tables.

@@ -18,7 +18,8 @@ oslo.config when it is imported, and under gunicorn ``sys.argv`` holds
 gunicorn's own options, which the service rejects (the worker then dies
 and gunicorn restarts it forever).  So the command line is emptied
 first.  The configuration comes from the directory in the service's
-``OS_<SERVICE>_CONFIG_DIR`` variable, which tools/minicloud_lib/services.py
+``OS_<SERVICE>_CONFIG_DIR`` variable, which
+tools/minicloud/minicloud_lib/services.py
 sets.
 
 ``concurrent.futures.thread`` is imported up front because Glance's atexit

@@ -15,7 +15,8 @@
 ``up`` (one at a time, under a lock) brings the whole stack up and stops
 what it started if a step fails; ``down`` stops everything, removes the
 cloud's domains and nova-compute's config file, and fails if anything of
-the cloud is left; ``main`` parses the command line for tools/minicloud.
+the cloud is left; ``main`` parses the command line for
+tools/minicloud/minicloud.
 """
 
 import argparse
@@ -52,6 +53,7 @@ from minicloud_lib.images import build_guest_images
 from minicloud_lib.images import create_flavors_and_images
 from minicloud_lib.images import IMAGES
 from minicloud_lib.methods import cmd_methods
+from minicloud_lib import neutron_conf
 from minicloud_lib.processes import http_answers
 from minicloud_lib.processes import pid_of
 from minicloud_lib.processes import port_free
@@ -96,7 +98,7 @@ def cmd_up(args):
             names = ', '.join(alive)
             raise MinicloudError(
                 'the minicloud is already up (%s running, state in %s); '
-                'run "tools/minicloud down" first' % (names, STATE))
+                'run "tools/minicloud/minicloud down" first' % (names, STATE))
         busy = [name for name, port in PORTS.items() if not port_free(port)]
         if busy:
             raise MinicloudError(
@@ -138,6 +140,7 @@ def _up(t0):
     # namespace never gets an address or route in a guest network.
     guestnet.start_watch()
     configure()
+    neutron_conf.write_all()
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
         guest = pool.submit(build_guest_images)
         rabbit = pool.submit(start_rabbitmq)
@@ -305,7 +308,7 @@ def cmd_env(args):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(
-        prog='tools/minicloud',
+        prog='tools/minicloud/minicloud',
         description='A one-machine OpenStack running nova-snapdriver.')
     sub = parser.add_subparsers(dest='command', required=True)
     for name, func in (('up', cmd_up), ('down', cmd_down),

@@ -50,7 +50,7 @@ PORTS = {
     'openflow': 16633,      # the ovs agent's OpenFlow controller
 }
 # The APIs tempest reaches from inside NETNS_EXT: the forwarder listens
-# on the same 127.0.0.1 ports there (tools/minicloud_nsforward.py).
+# on the same 127.0.0.1 ports there (tools/minicloud/minicloud_nsforward.py).
 FORWARDED = ('keystone', 'glance', 'placement', 'nova-api', 'neutron')
 REGION = 'RegionOne'
 ADMIN_PASSWORD = 'minicloud-admin'
@@ -93,7 +93,7 @@ START_TIMEOUT = 120     # a service answering after its start
 STOP_TIMEOUT = 10       # SIGTERM to SIGKILL
 HOST_MAP_TIMEOUT = 120  # nova-compute registering with placement/cell
 
-# nova-compute as a compute host runs it (see tools/setup-compute-host).
+# nova-compute as a compute host runs it (see tools/host/setup-compute-host).
 COMPUTE_USER = 'nova'
 COMPUTE_CONF = '/etc/nova/minicloud-compute.conf'
 ROOTWRAP = 'sudo nova-rootwrap /etc/nova/rootwrap.conf'
@@ -163,8 +163,13 @@ def copy_from_venv(src, dst):
     shutil.copy(os.path.join(VENV, 'etc', src), path(dst))
 
 
+#: Every service's oslo.messaging transport.
+RABBIT = 'rabbit://guest:guest@%s:%d/' % (HOST, PORTS['rabbitmq'])
+
+
 def configure():
-    rabbit = 'rabbit://guest:guest@%s:%d/' % (HOST, PORTS['rabbitmq'])
+    """Every service's configuration but neutron's (neutron_conf)."""
+    rabbit = RABBIT
     write('etc/keystone/keystone.conf', """\
 [DEFAULT]
 [database]
@@ -218,9 +223,6 @@ connection = {db}
                       authtoken=authtoken('placement')))
 
     copy_from_venv('neutron/api-paste.ini', 'etc/neutron')
-    # Imported here: neutron_conf builds on this module's helpers.
-    from minicloud_lib import neutron_conf
-    neutron_conf.write_all(write, rabbit)
 
     copy_from_venv('nova/api-paste.ini', 'etc/nova')
     write('etc/nova/nova.conf', nova_conf(rabbit, path('lock', 'nova')))
@@ -306,8 +308,9 @@ def compute_ids():
     try:
         user = pwd.getpwnam(COMPUTE_USER)
     except KeyError:
-        raise MinicloudError('no user %r: run tools/setup-compute-host '
-                             '(tools/minicloud up does)' % COMPUTE_USER)
+        raise MinicloudError('no user %r: run tools/host/setup-compute-host '
+                             '(tools/minicloud/minicloud up does)'
+                             % COMPUTE_USER)
     return user.pw_uid, user.pw_gid
 
 
