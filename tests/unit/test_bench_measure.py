@@ -19,6 +19,9 @@ fails that case only when the bench runs, long after the change.
 
 import inspect
 import io
+import subprocess
+import sys
+import types
 from unittest import mock
 
 import bench_measure
@@ -45,3 +48,22 @@ class ReadToNowhereTestCase(base.TestCase):
 
         self.assertEqual(3 * base.MiB + 5, data.tell())
         self.assertEqual(('sha256',), reader_class.call_args.args[2])
+
+
+class CpuMeterTestCase(base.TestCase):
+
+    def test_counts_the_children_it_waited_for(self):
+        meter = bench_measure.CpuMeter(types.SimpleNamespace(glance_pgid=-1))
+        meter.start()
+        # A child that burns half a CPU second, then is reaped.
+        subprocess.run([sys.executable, '-c',
+                        'import time\n'
+                        'end = time.process_time() + 0.5\n'
+                        'while time.process_time() < end: pass'],
+                       check=True)
+        meter.stop()
+
+        self.assertGreaterEqual(meter.used['ours'], 0.4)
+        self.assertEqual(meter.used['qemu'] + meter.used['ours'],
+                         meter.used['host'])
+        self.assertEqual(0, meter.used['glance'])

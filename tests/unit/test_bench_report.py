@@ -65,10 +65,24 @@ class TestTimingTable(unittest.TestCase):
         row = rows([new_case()])['stream']
         self.assertEqual(['12.0', '1.20', '1.09', '-'], row[4:8])
 
+    def test_host_cpu_per_gib_where_it_was_measured(self):
+        measured = new_case()
+        measured['size_gib'] = 4
+        measured['results']['stream']['cpu'] = {
+            'glance': 9.0, 'qemu': 2.0, 'ours': 6.0, 'host': 8.0}
+        # Before 2026-12-07: no 'host', children left out of 'ours'.
+        measured['results']['stream (read alone)']['cpu'] = {
+            'glance': 0.0, 'qemu': 1.0, 'ours': 3.0}
+        table = rows([measured])
+
+        self.assertEqual('2.00', table['stream'][10])
+        self.assertEqual('-', table['stream (read alone)'][10])
+        self.assertEqual('-', table['glance-only'][10])
+
     def test_paired_takes_the_uploads_around_each_run(self):
         # Round 1 lies between uploads 0 and 1 (mean 10), round 2 between
         # 1 and 2 (11), round 3 between 2 and 3 (11): 1.20, 1.00, 1.18.
-        phases = rows([new_case()])['stream'][10]
+        phases = rows([new_case()])['stream'][11]
         self.assertIn('paired ÷ glance-only 1.18 (1.00-1.20)', phases)
         self.assertIn('paired ÷ image-API-only', phases)
 
@@ -76,8 +90,8 @@ class TestTimingTable(unittest.TestCase):
         row = rows([new_case()])['stream (read alone)']
         self.assertEqual('0.60', row[5])
         self.assertEqual('-', row[6])
-        self.assertIn('paired ÷ glance-only', row[10])
-        self.assertNotIn('image-API-only', row[10])
+        self.assertIn('paired ÷ glance-only', row[11])
+        self.assertNotIn('image-API-only', row[11])
 
     def test_floor_rows(self):
         table = rows([new_case()])
@@ -86,7 +100,7 @@ class TestTimingTable(unittest.TestCase):
         api = table['image-API-only']
         self.assertEqual(['11.0', '1.10', '1.00'], api[4:7])
         # Each upload ÷ glance-only's next to it: 1.04, 1.10, 1.00, 1.10.
-        self.assertIn('side by side ÷ glance-only 1.07 (1.00-1.10)', api[10])
+        self.assertIn('side by side ÷ glance-only 1.07 (1.00-1.10)', api[11])
 
     def test_a_run_from_before_the_image_api_floor(self):
         old = new_case()
@@ -94,7 +108,7 @@ class TestTimingTable(unittest.TestCase):
         table = rows([old])
         self.assertNotIn('image-API-only', table)
         self.assertEqual(['12.0', '1.20', '-'], table['stream'][4:7])
-        self.assertNotIn('image-API-only', table['stream'][10])
+        self.assertNotIn('image-API-only', table['stream'][11])
 
     def test_one_round_has_no_paired_ratio(self):
         one = case({
@@ -102,7 +116,7 @@ class TestTimingTable(unittest.TestCase):
             'glance-only': {'wall': 10.0, 'walls': [10.0, 10.0]},
             'image-API-only': {'wall': 11.0, 'walls': [11.0, 11.0]},
         })
-        self.assertNotIn('paired', rows([one])['stream'][10])
+        self.assertNotIn('paired', rows([one])['stream'][11])
 
 
 class Axes(object):

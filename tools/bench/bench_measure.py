@@ -435,11 +435,15 @@ class CpuMeter(object):
     """CPU seconds used between start() and stop(), per party.
 
     ``glance``: glance-api's process group; ``qemu``: the instance's QEMU
-    (reading the disk for the NBD export, and the idle guest); ``ours``:
-    this process (the driver, its reading thread and hashing, or, for a
-    floor, glanceclient or nova's image API sending the file).  On two
-    cores these share the machine with Glance's worker, which sets the
-    pace of every upload.
+    (the block copy or backup, reading the disk for the NBD export, and
+    the idle guest); ``ours``: this process and the children it waited
+    for (the driver, its reading thread and hashing, the ``qemu-img``
+    and ``qemu-nbd`` it runs, nova in-tree's ``qemu-img convert``; or,
+    for a floor, glanceclient or nova's image API sending the file);
+    ``host``: ``qemu`` + ``ours``, what the snapshot took from the
+    compute host.  On two cores these share the machine with Glance's
+    worker, which sets the pace of every upload.  Runs from before
+    2026-12-07 have no ``host`` and left the children out of ``ours``.
     """
 
     def __init__(self, bench, inst=None):
@@ -451,7 +455,8 @@ class CpuMeter(object):
         times = os.times()
         return {'glance': cpu_seconds(self._glance),
                 'qemu': cpu_seconds(self._qemu),
-                'ours': times.user + times.system}
+                'ours': (times.user + times.system +
+                         times.children_user + times.children_system)}
 
     def start(self):
         self._start = self._now()
@@ -459,6 +464,7 @@ class CpuMeter(object):
     def stop(self):
         end = self._now()
         self.used = {k: end[k] - self._start[k] for k in end}
+        self.used['host'] = self.used['qemu'] + self.used['ours']
 
 
 def settle():
