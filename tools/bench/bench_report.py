@@ -70,7 +70,7 @@ def cpu_text(result):
 def host_cpu_per_gib(result, size_gib):
     """Compute-host CPU seconds per GiB of disk, or '-' if not measured.
 
-    ``host`` (bench_measure.CpuMeter) counts the instance's QEMU, the
+    ``host`` (bench_cpu.CpuMeter) counts the instance's QEMU, the
     bench's process and its children; runs from before it was measured
     left the children (nova in-tree's qemu-img convert) out, so they get
     no figure.
