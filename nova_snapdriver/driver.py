@@ -200,13 +200,17 @@ class SnapLibvirtDriver(libvirt_driver.LibvirtDriver):
             record.update(phase=name, **fields)
             progress.notify_step(instance, name)
 
+        made_work_dir = False
         try:
             if plan.cold_stream:
                 # Nothing staged, not even a directory.
                 self._cold_stream(context, instance, plan, metadata,
                                   update_task_state, clock, step)
                 return
-            os.mkdir(plan.work_dir, 0o700)  # a new name: nothing is there
+            # A new name: whatever is already there is not ours (and is
+            # left alone).
+            os.mkdir(plan.work_dir, 0o700)
+            made_work_dir = True
             if plan.live and plan.capture_method == 'stream':
                 self._stream(context, instance, guest, plan, metadata,
                              update_task_state, clock, step)
@@ -241,7 +245,8 @@ class SnapLibvirtDriver(libvirt_driver.LibvirtDriver):
                               metadata, plan.image_path, size, instance,
                               hashes=plan.hashes)
         finally:
-            self._finish(instance, plan, record, was_persistent)
+            self._finish(instance, plan, record, was_persistent,
+                         made_work_dir)
 
     def _stream(self, context, instance, guest, plan, metadata,
                 update_task_state, clock, step):
@@ -274,8 +279,11 @@ class SnapLibvirtDriver(libvirt_driver.LibvirtDriver):
         with novacompat.disk_ops_semaphore(), clock.phase('stream'):
             coldstream.stream_disk(instance, plan, step, send)
 
-    def _finish(self, instance, plan, record, was_persistent):
+    def _finish(self, instance, plan, record, was_persistent,
+                made_work_dir):
         """Remove the temp files, then the record: unless a repair is due.
+
+        The work dir is removed only if this snapshot made it.
 
         For a live snapshot the domain is looked up afresh (the capture's
         connection may have died) and checked: no block job or backup of
@@ -299,7 +307,7 @@ class SnapLibvirtDriver(libvirt_driver.LibvirtDriver):
         if job_may_run:
             problems.append('%s is kept: a job may still write into it'
                             % plan.work_dir)
-        else:
+        elif made_work_dir:
             shutil.rmtree(plan.work_dir, ignore_errors=True)
             if os.path.exists(plan.work_dir):
                 problems.append('could not remove %s' % plan.work_dir)

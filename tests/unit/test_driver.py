@@ -417,6 +417,18 @@ class SnapshotTestCase(base.TestCase):
         # The domain is still transient: the record stays for recovery.
         self._assert_record_kept('copying', 'the domain is still transient')
 
+    def test_something_already_at_the_work_dir_is_left_alone(self):
+        # Planted there before the snapshot: not ours to remove.
+        os.makedirs(self.work_dir)
+        planted = base.make_raw(os.path.join(self.work_dir, 'theirs'), b'x')
+
+        self.assertRaises(FileExistsError, self._snapshot)
+
+        self.assertTrue(os.path.isfile(planted))
+        self.driver._image_api.update.assert_not_called()
+        self.assertEqual([], self._domain_changes())
+        self.assertEqual([], os.listdir(self.journal_dir))
+
     def test_work_dir_that_cannot_be_removed_keeps_the_record(self):
         self.useFixture(fixtures.MockPatchObject(
             driver.shutil, 'rmtree', autospec=True))
