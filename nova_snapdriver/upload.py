@@ -31,6 +31,7 @@ but from the image's first byte, with a new reader: nova's own retry hands
 glanceclient the file object it had already read part-way.
 """
 
+import contextlib
 import hashlib
 import time
 
@@ -285,15 +286,12 @@ def upload_file(image_api, context, image_id, metadata, fileobj, size,
     """
     meter = progress.Progress(instance, 'upload', size,
                               CONF.snapdriver.progress_log_interval)
-    if take_disk_ops:
-        with novacompat.disk_ops_semaphore():
-            reader, attempts, image = _upload(image_api, context, image_id,
-                                              metadata, fileobj, meter,
-                                              instance, hashes)
-    else:
-        reader, attempts, image = _upload(image_api, context, image_id,
-                                          metadata, fileobj, meter, instance,
-                                          hashes)
+    with (novacompat.disk_ops_semaphore() if take_disk_ops
+          else contextlib.nullcontext()):
+        image_api.update(context, image_id, metadata)
+        reader, attempts = send(context, image_id, fileobj, meter, instance,
+                                hashes)
+        image = image_api.get(context, image_id)
     algo = verify(image_id, image, reader, instance)
     LOG.info('Uploaded %(size)s to image %(image)s%(verified)s%(passes)s',
              {'size': progress.human_size(reader.sent), 'image': image_id,
@@ -302,11 +300,3 @@ def upload_file(image_api, context, image_id, metadata, fileobj, size,
               if attempts > 1 else ''},
              instance=instance)
     return image
-
-
-def _upload(image_api, context, image_id, metadata, fileobj, meter,
-            instance, hashes):
-    image_api.update(context, image_id, metadata)
-    reader, attempts = send(context, image_id, fileobj, meter, instance,
-                            hashes)
-    return reader, attempts, image_api.get(context, image_id)
