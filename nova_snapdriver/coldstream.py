@@ -33,6 +33,7 @@ pass (``plan.cold_method`` says when it can).
 
 from oslo_log import log as logging
 
+from nova_snapdriver import novacompat
 from nova_snapdriver import plan as snapshot_plan
 from nova_snapdriver import progress
 from nova_snapdriver import stream
@@ -61,9 +62,11 @@ def stream_disk(instance, plan, step, upload):
     export = None
     try:
         step('streaming')
-        export = stream.Export(None, plan.disk_dev, instance,
-                               argv=argv(plan))
-        image, size = stream.reader(export, plan, NoScratch(), instance)
+        # libnbd blocks: natively, under eventlet too (``stream``).
+        export = novacompat.wait_natively(
+            stream.Export, None, plan.disk_dev, instance, argv(plan))
+        image, size = novacompat.wait_natively(
+            stream.reader, export, plan, NoScratch(), instance)
         step('streaming', size=size)
         upload(image, size)
         LOG.info('Streamed %(size)s from the shut-off disk',

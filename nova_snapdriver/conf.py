@@ -233,9 +233,8 @@ Related options:
                     '[libvirt] snapshot_compression, copy is used).'),
                    ('auto', 'stream if the domain capabilities report '
                     '<backup supported=\'yes\'/>, libnbd is importable and '
-                    'nova-compute runs on native threads (not eventlet), '
-                    'else backup if the capabilities report it and '
-                    'libvirt-python has '
+                    'QEMU\'s socket is within nova\'s reach, else backup '
+                    'if the capabilities report it and libvirt-python has '
                     'backupBegin, else copy if libvirt has '
                     'VIR_DOMAIN_BLOCK_COPY_TRANSIENT_JOB, else rebase.  '
                     'With [libvirt] snapshot_compression on a qcow2 '
@@ -264,10 +263,8 @@ Consistency differs between the methods:
   (``stream_scratch_max_mb``).  The image is never compressed.  On a host
   where nova-compute does not run as root, the nova user must be able to
   connect to the NBD socket QEMU creates: put it in the group QEMU runs as
-  (``group`` in qemu.conf).  A stream needs nova-compute on native threads,
-  nova's default (``[DEFAULT] concurrency_backend``); under eventlet a
-  stream is taken as a ``backup``, else ``copy`` or ``rebase``, with a
-  warning, and ``auto`` does not pick it.
+  (``group`` in qemu.conf).  A stream runs under eventlet (nova 31 to 33
+  start nova-compute so) as on native threads (nova 34).
 
 Which to pick: ``rebase`` where the others are unavailable or to behave
 exactly like nova's in-tree driver; ``copy`` to keep the domain persistent

@@ -28,6 +28,10 @@ for the names below.
 
 """
 
+import queue
+import sys
+import threading
+
 import glanceclient.exc
 
 from nova.compute import utils as compute_utils
@@ -121,23 +125,60 @@ def disk_ops_semaphore():
     return compute_utils.disk_ops_semaphore
 
 
-def native_threads():
-    """True unless nova-compute runs under eventlet.
+# --- OS threads, under eventlet too ----------------------------------------
 
-    ``nova.utils.concurrency_mode_threading`` (32 to 34): nova-compute
-    runs on native threads unless eventlet monkey-patched it (32 and 33
-    patch by default, 34 does not).  nova 31 lacks it, and always runs
-    nova-compute under eventlet: there, whether eventlet patched threads
-    is asked of eventlet itself.
+def os_threads():
+    """``(threading, queue)`` of the OS's threads, eventlet or not.
+
+    nova 31 to 33 start nova-compute monkey-patched by eventlet
+    (``nova/cmd/compute.py``), where ``threading`` makes green threads of
+    one hub.  A stream reads its NBD export on a thread of its own while
+    nova's image API reads the stream in a native thread of eventlet's
+    pool (``tpool``): those two must be OS threads with OS locks, as
+    eventlet's own ``tpool`` uses (``eventlet.patcher.original``).
     """
-    mode = getattr(nova_utils, 'concurrency_mode_threading', None)
-    if mode is not None:
-        return mode()
-    try:
-        from eventlet import patcher
-    except ImportError:
-        return True
-    return not patcher.is_monkey_patched('thread')
+    if not _eventlet_threads():
+        return threading, queue
+    from eventlet import patcher
+    return patcher.original('threading'), patcher.original('queue')
+
+
+def wait_natively(func, *args):
+    """``func(*args)`` where it may block on an OS thread or lock.
+
+    Under eventlet in a native thread of its pool (``tpool.execute``), so
+    that the other green threads of nova-compute (its RPC, its heartbeat)
+    run meanwhile; a plain call otherwise.
+    """
+    if not _eventlet_threads():
+        return func(*args)
+    from eventlet import tpool
+    return tpool.execute(func, *args)
+
+
+def native_domain(domain):
+    """The ``virDomain`` itself, not eventlet's ``tpool.Proxy`` of it.
+
+    nova's ``Host`` wraps libvirt in ``tpool.Proxy`` under eventlet
+    (``utils.tpool_wrap`` in 33 and 34, ``tpool.Proxy`` in 31 and 32); a
+    call through the proxy from an OS thread of our own waits for a green
+    event it cannot wait for.  libvirt's handles may be used from any OS
+    thread.  ``Proxy._obj`` is the wrapped object (eventlet 0.39 to 0.41).
+    """
+    if not _eventlet_threads():
+        return domain
+    from eventlet import tpool
+    while isinstance(domain, tpool.Proxy):
+        domain = domain._obj
+    return domain
+
+
+def _eventlet_threads():
+    """True if eventlet monkey-patched ``threading`` in this process."""
+    if 'eventlet' not in sys.modules:
+        return False
+    from eventlet import patcher
+    return patcher.is_monkey_patched('thread')
 
 
 # --- nova's Glance client -------------------------------------------------

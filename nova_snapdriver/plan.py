@@ -285,28 +285,15 @@ def libnbd_available():
     return True
 
 
-def native_threads():
-    """False when nova-compute runs under eventlet, not native threads.
-
-    nova 34's nova-compute uses native threads unless ``[DEFAULT]
-    concurrency_backend = eventlet`` (or OS_NOVA_DISABLE_EVENTLET_PATCHING)
-    monkey-patches it.  A stream needs native threads: nova's image API
-    then calls the stream's ``read()`` on a tpool thread, and the stream's
-    read-ahead thread and scratch guard would be green threads and locks
-    of another hub, which that thread cannot wait on or wake.
-    """
-    return novacompat.native_threads()
-
-
 def stream_unavailable(driver, guest, image_format='qcow2',
                        backup_known=False, work_dir=None):
     """Why this host cannot stream ``guest``'s disk now, or None if it can.
 
     A stream lays out raw or qcow2 images only, and needs a pull-mode
-    backup (``backup_supported``), libnbd's binding, native threads, and a
-    nova-compute user that can share the export's socket with the user
-    QEMU runs as (``qemu_identity``).  ``backup_known``: the caller has
-    checked the backup already.
+    backup (``backup_supported``), libnbd's binding, and a nova-compute
+    user that can share the export's socket with the user QEMU runs as
+    (``qemu_identity``).  ``backup_known``: the caller has checked the
+    backup already.  Native threads or eventlet: either (``stream``).
     """
     if image_format not in NATIVE_FORMATS:
         return ('a stream writes raw or qcow2 images, not %s '
@@ -321,10 +308,6 @@ def stream_unavailable(driver, guest, image_format='qcow2',
     if not libnbd_available():
         return ('libnbd\'s Python binding does not import (install '
                 'python3-libnbd)')
-    if not native_threads():
-        return ('nova-compute runs under eventlet, not native threads '
-                '([DEFAULT] concurrency_backend = threading, nova\'s '
-                'default)')
     return qemu_identity.unreachable(qemu_identity.of_guest(guest))
 
 
@@ -332,8 +315,8 @@ def cold_stream_unavailable(image_format, compress):
     """Why a shut-off disk cannot be streamed, or None if it can.
 
     It needs what a live stream needs but libvirt's backup and QEMU's
-    socket: qemu-nbd (Debian's qemu-utils), libnbd's binding, native
-    threads, and an uncompressed raw or qcow2 image.
+    socket: qemu-nbd (Debian's qemu-utils), libnbd's binding, and an
+    uncompressed raw or qcow2 image.
     """
     if image_format not in NATIVE_FORMATS:
         return 'a stream writes raw or qcow2 images, not %s' % image_format
@@ -344,8 +327,6 @@ def cold_stream_unavailable(image_format, compress):
     if not libnbd_available():
         return ('libnbd\'s Python binding does not import (install '
                 'python3-libnbd)')
-    if not native_threads():
-        return 'nova-compute runs under eventlet, not native threads'
     return None
 
 
@@ -370,7 +351,7 @@ def capture_method(driver, guest, compress=False, instance=None,
     """The live capture method: [snapdriver] capture_method, auto resolved.
 
     auto: stream if the host can (``stream_unavailable``: a pull-mode
-    backup, libnbd, native threads, QEMU's socket within reach); backup if
+    backup, libnbd, QEMU's socket within reach); backup if
     only a backup job is possible; else copy if libvirt knows
     VIR_DOMAIN_BLOCK_COPY_TRANSIENT_JOB, else rebase.  But a compressed
     image (``compress``) prefers copy to backup: a backup is then a second

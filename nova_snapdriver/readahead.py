@@ -34,13 +34,16 @@ piece only while fewer than ``depth`` are being read, read and waiting, or
 being handed out; so in a stall it holds at most ``depth`` pieces, and
 its last request has been answered.
 
+The thread and what it shares with the stream are the OS's, under
+eventlet too (``novacompat.os_threads``): nova's image API reads the
+stream in a native thread there.
+
 Nothing here knows libnbd; ``stream.Export`` does.
 """
 
-import queue
-import threading
-
 from oslo_log import log as logging
+
+from nova_snapdriver import novacompat
 
 LOG = logging.getLogger(__name__)
 
@@ -69,8 +72,7 @@ class ReadAhead(object):
     order, in whatever sizes it is called with; a read anywhere else (a
     rewind, for an upload retry), or the next read after one that raised,
     stops the thread and starts one from there.  ``close()`` stops the
-    thread; the export may be closed then.  Meant for native threads (nova
-    34's nova-compute runs with them by default).
+    thread; the export may be closed then.
     """
 
     def __init__(self, export, ranges, depth=DEPTH, chunk=CHUNK):
@@ -110,7 +112,7 @@ class ReadAhead(object):
         if self._head is None:
             try:
                 self._head = reader.ready.get(timeout=READ_TIMEOUT)
-            except queue.Empty:
+            except reader.empty:
                 raise IOError('the NBD export answered no read for %d s'
                               % READ_TIMEOUT)
             self._used = 0
@@ -195,7 +197,9 @@ class _Reader(object):
     """
 
     def __init__(self, export, requests, depth):
+        threading, queue = novacompat.os_threads()
         self.ready = queue.Queue()
+        self.empty = queue.Empty
         self._export = export
         self._slots = threading.Semaphore(depth)
         self._stopped = threading.Event()

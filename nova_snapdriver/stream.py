@@ -39,10 +39,14 @@ worst case against free space, and ``ScratchGuard`` watches it while
 streaming and ends the backup, not the guest's writes, before the
 filesystem fills or the scratch passes ``[snapdriver]
 stream_scratch_max_mb``.
+
+Under eventlet (nova 31 to 33 start nova-compute so), the read-ahead and
+the guard are OS threads all the same, and what waits for them or for
+libnbd runs in eventlet's pool of native threads (``novacompat``): the
+rest of nova-compute goes on meanwhile.
 """
 
 import os
-import threading
 import time
 from xml.etree import ElementTree
 
@@ -187,8 +191,12 @@ class Export(object):
 
         The handle is closed only once no thread reads on it: libnbd's
         handle lock would hold ``shutdown`` behind a stuck read, and
-        closing it under a read would free what the read uses.
+        closing it under a read would free what the read uses.  It waits
+        for both, so natively (``novacompat.wait_natively``).
         """
+        novacompat.wait_natively(self._close)
+
+    def _close(self):
         if self._ahead is not None and not self._ahead.close():
             LOG.warning('The NBD export of %s is left open: a read on it '
                         'did not return', self.name, instance=self.instance)
@@ -230,8 +238,9 @@ class ScratchGuard(object):
         self.error = None
         self.reserve = CONF.snapdriver.reserved_space_mb * MiB
         self.cap = scratch_cap()
-        self._lock = threading.Lock()
-        self._stopped = threading.Event()
+        self._threading, _ = novacompat.os_threads()
+        self._lock = self._threading.Lock()
+        self._stopped = self._threading.Event()
         self._thread = None
 
     def scratch_size(self):
@@ -284,14 +293,14 @@ class ScratchGuard(object):
                               instance=self.instance)
 
     def start(self):
-        self._thread = threading.Thread(target=self._watch, daemon=True,
-                                        name='snapdriver-scratch-guard')
+        self._thread = self._threading.Thread(
+            target=self._watch, daemon=True, name='snapdriver-scratch-guard')
         self._thread.start()
 
     def stop(self):
         self._stopped.set()
         if self._thread is not None:
-            self._thread.join(timeout=10 * GUARD_INTERVAL)
+            novacompat.wait_natively(self._thread.join, 10 * GUARD_INTERVAL)
 
 
 def reader(export, plan, guard, instance=None):
@@ -399,14 +408,18 @@ def stream(driver, context, instance, guest, plan, step, upload):
             if quiesced:
                 capture._thaw(driver, context, instance)
         # The scratch grows from now on, read or not.
-        guard = ScratchGuard(plan, novacompat.domain(guest),
-                             instance=instance)
+        # Checked from OS threads: the virDomain itself, not a green proxy.
+        guard = ScratchGuard(
+            plan, novacompat.native_domain(novacompat.domain(guest)),
+            instance=instance)
         guard.start()
         # The phase stays 'streaming' to the end: the backup job runs until
         # the upload is done, and recovery must know to end it.
         step('streaming')
-        export = Export(socket_path(plan), plan.disk_dev, instance)
-        image, size = reader(export, plan, guard, instance)
+        export = novacompat.wait_natively(
+            Export, socket_path(plan), plan.disk_dev, instance)
+        image, size = novacompat.wait_natively(
+            reader, export, plan, guard, instance)
         step('streaming', size=size)
         try:
             upload(image, size)

@@ -32,8 +32,6 @@ from nova_snapdriver import plan as snapshot_plan
 from nova_snapdriver import qemu_img
 from tests.unit import base
 
-REAL_NATIVE_THREADS = snapshot_plan.native_threads
-
 NONE = {'type': libvirt.VIR_DOMAIN_JOB_NONE}
 BACKUP = libvirt.VIR_DOMAIN_JOB_OPERATION_BACKUP
 DOMAIN_XML = ("<domain type='kvm'><os><type arch='x86_64'>hvm</type></os>"
@@ -135,9 +133,6 @@ class CaptureMethodTestCase(base.TestCase):
         # nova-compute's user (nova, 120) is in QEMU's group, as the
         # install guide says.
         self._nova_in_groups(64055)
-        # nova's unit test package runs under eventlet; nova-compute runs
-        # on native threads by default, which is what these tests are of.
-        self._native_threads(True)
 
     def _nova_in_groups(self, *groups):
         self.useFixture(fixtures.MockPatch('os.geteuid', return_value=120))
@@ -145,9 +140,10 @@ class CaptureMethodTestCase(base.TestCase):
         self.useFixture(fixtures.MockPatch('os.getgroups',
                                            return_value=list(groups)))
 
-    def _native_threads(self, native):
+    def _eventlet(self, patched):
         self.useFixture(fixtures.MockPatchObject(
-            snapshot_plan, 'native_threads', return_value=native))
+            snapshot_plan.novacompat, '_eventlet_threads',
+            return_value=patched))
 
     def _caps(self, backup):
         features = ("<backup supported='%s'/>" % backup) if backup else ''
@@ -225,38 +221,20 @@ class CaptureMethodTestCase(base.TestCase):
         self.conn.getDomainCapabilities.assert_called_once_with(
             None, 'x86_64', None, 'kvm', 0)
 
-    def test_auto_picks_backup_over_stream_under_eventlet(self):
-        self.flags(capture_method='auto', group='snapdriver')
+    def test_stream_and_auto_stream_under_eventlet_and_threads(self):
+        # nova 31 to 33 run nova-compute under eventlet, 34 on threads:
+        # the stream's threads are the OS's in both (novacompat).
         self._caps('yes')
         self._libnbd(True)
-        self._native_threads(False)
-        self.assertEqual('backup', snapshot_plan.capture_method(
-            self.driver, self.guest))
-
-    def test_explicit_stream_under_eventlet_backs_up_with_a_warning(self):
-        self.flags(capture_method='stream', group='snapdriver')
-        self._caps('yes')
-        self._native_threads(False)
-        log = self.useFixture(fixtures.FakeLogger(level=logging.WARNING))
-        self.assertEqual('backup', snapshot_plan.capture_method(
-            self.driver, self.guest))
-        self.assertIn('concurrency_backend = threading', log.output)
-        self.assertIn('using backup', log.output)
-
-    def test_explicit_stream_under_eventlet_without_backup_copies(self):
-        self.flags(capture_method='stream', group='snapdriver')
-        self._caps('no')
-        self._native_threads(False)
-        self.assertEqual('copy', snapshot_plan.capture_method(
-            self.driver, self.guest))
-
-    def test_native_threads_is_novacompats_answer(self):
-        # The real function (setUp replaced the module's); how nova
-        # answers on each release: test_novacompat.
-        for native in (True, False):
-            with mock.patch.object(snapshot_plan.novacompat,
-                                   'native_threads', return_value=native):
-                self.assertIs(native, REAL_NATIVE_THREADS())
+        for patched in (True, False):
+            self._eventlet(patched)
+            for method in ('stream', 'auto'):
+                self.flags(capture_method=method, group='snapdriver')
+                log = self.useFixture(
+                    fixtures.FakeLogger(level=logging.WARNING))
+                self.assertEqual('stream', snapshot_plan.capture_method(
+                    self.driver, self.guest))
+                self.assertEqual('', log.output)
 
     def test_auto_picks_backup_when_supported_without_libnbd(self):
         self.flags(capture_method='auto', group='snapdriver')

@@ -19,7 +19,10 @@ one of the names fails here, by name, before a snapshot would.
 
 import ast
 import inspect
+import json
 import os
+import subprocess
+import sys
 from unittest import mock
 
 from nova.compute import utils as compute_utils
@@ -34,10 +37,13 @@ from nova_snapdriver import novacompat
 from tests.unit import base
 
 PACKAGE = os.path.dirname(nova_snapdriver.__file__)
+REPO = os.path.dirname(PACKAGE)
 # Private attributes of nova's objects (the driver, Host, Guest).
 PRIVATE_ATTRIBUTES = {'_host', '_image_api', '_domain',
                       '_create_snapshot_metadata', '_requires_quiesce',
-                      '_can_quiesce', '_delete_guest_configuration'}
+                      '_can_quiesce', '_delete_guest_configuration',
+                      # eventlet's tpool.Proxy
+                      '_obj'}
 # nova modules whose contents are nova's own business.
 PRIVATE_MODULES = {'nova.compute.utils', 'nova.privsep.qemu', 'nova.utils',
                    'nova.virt.libvirt.utils', 'nova.service_auth'}
@@ -110,24 +116,99 @@ class NamesExistTestCase(base.TestCase):
                       novacompat.disk_ops_semaphore())
 
 
-class NativeThreadsTestCase(base.TestCase):
+class OsThreadsTestCase(base.TestCase):
+    """A stream's threads are the OS's, eventlet or not (nova 31 to 34)."""
 
-    def test_novas_own_answer_where_it_has_one(self):
-        with mock.patch('nova.utils.concurrency_mode_threading',
-                        create=True, return_value=True):
-            self.assertTrue(novacompat.native_threads())
-        with mock.patch('nova.utils.concurrency_mode_threading',
-                        create=True, return_value=False):
-            self.assertFalse(novacompat.native_threads())
+    def test_plain_modules_where_eventlet_patched_nothing(self):
+        import queue
+        import threading
+        with mock.patch.object(novacompat, '_eventlet_threads',
+                               return_value=False):
+            self.assertEqual((threading, queue), novacompat.os_threads())
+            self.assertEqual(3, novacompat.wait_natively(len, 'abc'))
+            domain = object()
+            self.assertIs(domain, novacompat.native_domain(domain))
 
-    def test_nova_31_asks_eventlet(self):
-        # nova 31 has no concurrency_mode_threading, and always runs
-        # nova-compute under eventlet.
-        with mock.patch.object(novacompat, 'nova_utils',
-                               mock.Mock(spec=[])):
-            with mock.patch('eventlet.patcher.is_monkey_patched',
-                            return_value=True):
-                self.assertFalse(novacompat.native_threads())
-            with mock.patch('eventlet.patcher.is_monkey_patched',
-                            return_value=False):
-                self.assertTrue(novacompat.native_threads())
+    def test_the_originals_and_the_domain_unwrapped_under_eventlet(self):
+        from eventlet import patcher
+        from eventlet import tpool
+        with mock.patch.object(novacompat, '_eventlet_threads',
+                               return_value=True):
+            threading, queue = novacompat.os_threads()
+            self.assertIs(patcher.original('threading'), threading)
+            self.assertIs(patcher.original('queue'), queue)
+            domain = object()
+            self.assertIs(domain, novacompat.native_domain(
+                tpool.Proxy(tpool.Proxy(domain))))
+        tpool.killall()
+
+    def test_a_stream_read_in_tpool_under_eventlet(self):
+        # nova-compute as nova 31 to 33 start it: eventlet patched all.
+        # nova's image API reads the stream in a tpool thread while the
+        # read-ahead reads the export; the hub is never held meanwhile.
+        # The upload stops half-way (Glance failed), and the stream is
+        # closed from nova-compute's green thread: the read-ahead ends at
+        # once.  (A green read-ahead lived in the hub of the tpool thread
+        # that first read, which no longer ran: the close waited 30 s and
+        # left the export open.)
+        proc = subprocess.run(
+            [sys.executable, '-c', UNDER_EVENTLET], cwd=REPO,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            timeout=120)
+        self.assertEqual(0, proc.returncode, proc.stdout)
+        result = json.loads(proc.stdout.splitlines()[-1])
+        self.assertTrue(result['patched'])
+        self.assertEqual(result['expected'], result['read'])
+        self.assertTrue(result['closed'])
+        self.assertLess(result['close_took'], 5)
+        # One read took 1 s in its OS thread; the green ticker (10 ms)
+        # ran all along.  A green read-ahead held the hub for that second.
+        self.assertLess(result['longest_gap'], 0.5)
+        self.assertEqual([], result['alive'])
+
+
+UNDER_EVENTLET = """
+import eventlet
+eventlet.monkey_patch()
+import hashlib, json, sys
+from eventlet import patcher, tpool
+from nova_snapdriver import readahead
+real_sleep = patcher.original('time').sleep
+
+class Export(object):  # libnbd's pread blocks its OS thread, as here
+    def pread(self, offset, length):
+        real_sleep(1.0 if offset == 25 * 4096 else 0.005)
+        return bytes([offset // 4096 % 251]) * length
+
+ranges = [(i * 4096, 4096) for i in range(50)]
+ahead = readahead.ReadAhead(Export(), ranges, depth=2, chunk=4096)
+monotonic = patcher.original('time').monotonic
+gaps = [0]
+def ticker():
+    last = monotonic()
+    while True:
+        eventlet.sleep(0.01)
+        now = monotonic()
+        gaps[0], last = max(gaps[0], now - last), now
+green = eventlet.spawn(ticker)
+half = ranges[:30]
+def read_half():
+    md5 = hashlib.md5()
+    for offset, length in half:
+        md5.update(ahead.read(offset, length))
+    return md5.hexdigest()
+read = tpool.execute(read_half)
+began = monotonic()
+closed = ahead.close()
+close_took = monotonic() - began
+green.kill()
+expected = hashlib.md5(b''.join(Export().pread(*piece) for piece in half))
+threading = patcher.original('threading')
+print(json.dumps({
+    'patched': patcher.is_monkey_patched('thread'), 'read': read,
+    'expected': expected.hexdigest(), 'closed': closed,
+    'close_took': close_took, 'longest_gap': gaps[0],
+    'alive': [t.name for t in threading.enumerate()
+              if t.name.startswith('snapdriver')]}))
+tpool.killall()
+"""

@@ -568,8 +568,6 @@ class ColdMethodTestCase(base.TestCase):
     def setUp(self):
         super(ColdMethodTestCase, self).setUp()
         self.useFixture(fixtures.MockPatchObject(
-            snapshot_plan, 'native_threads', return_value=True))
-        self.useFixture(fixtures.MockPatchObject(
             snapshot_plan, 'libnbd_available', return_value=True))
         self.which = self.useFixture(fixtures.MockPatch(
             'shutil.which', return_value='/usr/bin/qemu-nbd')).mock

@@ -21,7 +21,6 @@ directly.
 """
 
 import random
-import threading
 import time
 
 from hypothesis import given
@@ -30,8 +29,14 @@ from hypothesis import strategies as st
 import pytest
 
 from nova_snapdriver import imagestream
+from nova_snapdriver import novacompat
 from nova_snapdriver import readahead
+from tests.unit import base  # noqa: F401  nova's tests: eventlet patched
 from tests.unit import test_imagestream
+
+# nova's image API reads a stream on an OS thread, under eventlet too (a
+# native thread of its pool): the tests read and close from OS threads.
+threading, _ = novacompat.os_threads()
 
 KiB = 1024
 MiB = 1024 * KiB

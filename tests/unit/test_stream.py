@@ -27,7 +27,6 @@ import os
 import stat
 import subprocess
 import sys
-import threading
 import time
 import types
 from unittest import mock
@@ -41,6 +40,7 @@ from nova_snapdriver import chain
 from nova_snapdriver import coldstream
 from nova_snapdriver import exception
 from nova_snapdriver import imagestream
+from nova_snapdriver import novacompat
 from nova_snapdriver import plan as snapshot_plan
 from nova_snapdriver import readahead
 from nova_snapdriver import stream
@@ -158,6 +158,7 @@ class FakeNBD(object):
 
     def shutdown(self, flags=0):
         # The read-ahead thread is gone before its handle is shut down.
+        threading, _ = novacompat.os_threads()
         assert not [t for t in threading.enumerate()
                     if t.name == 'snapdriver-read-ahead']
         self.shut_down = True

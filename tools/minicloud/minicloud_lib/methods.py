@@ -14,8 +14,8 @@
 asked for?
 
 The driver falls back from ``stream`` to another capture method, with a
-warning, on a host that cannot stream (libnbd missing, eventlet, nova not
-in QEMU's group).  A cloud that fell back would still pass every image
+warning, on a host that cannot stream (libnbd missing, nova not in QEMU's
+group).  A cloud that fell back would still pass every image
 test, so this reads nova-compute's log and checks each live snapshot's
 plan against the ``capture_method`` that nova-compute started with (the
 driver logs it in ``init_host``; a test may restart nova-compute with
