@@ -28,8 +28,6 @@ and domain alone (``test_stale_record_leaves_a_snapshot_in_flight_alone``).
 import json
 import os
 import stat
-import subprocess
-import sys
 import time
 from xml.etree import ElementTree
 
@@ -39,25 +37,9 @@ import pytest
 from nova_snapdriver import journal
 from tests.testbed import checks
 from tests.testbed import child as test_child
-
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(
-    os.path.abspath(__file__))))
-MANAGE = os.path.join(os.path.dirname(sys.executable),
-                      'nova-snapdriver-manage')
-
-
-def manage(nova_conf, *args):
-    return subprocess.run([MANAGE, '--config-file', nova_conf] + list(args),
-                          capture_output=True, text=True, timeout=120)
-
-
-def image_status(glance_client, image_id):
-    try:
-        return glance_client.images.get(image_id).status
-    except Exception as e:
-        if 'HTTPNotFound' in type(e).__name__ or '404' in str(e):
-            return 'deleted'
-        raise
+from tests.testbed.recover import image_status
+from tests.testbed.recover import manage
+from tests.testbed.recover import recover_all
 
 
 @pytest.mark.parametrize('stop_at', ['overlay', 'undefined', 'copying',
@@ -154,26 +136,6 @@ def wait_for(predicate, what, timeout):
         time.sleep(0.2)
 
 
-def recover_all(nova_conf, instance, image, glance_client, reference,
-                snapshots_dir):
-    """Run recover: all is repaired, and a second run finds nothing."""
-    result = manage(nova_conf, 'recover')
-
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert image['id'] + ': recovered' in result.stdout
-    assert instance.is_persistent()
-    assert instance.state() == libvirt.VIR_DOMAIN_RUNNING
-    assert checks.block_jobs(instance.lookup()) == {}
-    assert checks.same_content(instance.disk_path, reference)
-    assert checks.leftovers(snapshots_dir) == []
-    assert image_status(glance_client, image['id']) == 'deleted'
-    assert journal.paths() == []
-    assert journal_files() == []  # no lock, no temp file either
-    again = manage(nova_conf, 'recover')
-    assert again.returncode == 0
-    assert again.stdout.strip() == 'Nothing to recover.'
-
-
 def test_snapshot_in_flight_is_left_alone_and_its_record_is_private(
         nova_conf, conf, instance, make_image, reference, snapshots_dir):
     conf('snapdriver', block_job_bandwidth=1)
@@ -257,13 +219,6 @@ def mirror_target(domain, disk='vda'):
             source = element.find('mirror/source')
             return None if source is None else source.get('file')
     return None
-
-
-def journal_files():
-    try:
-        return sorted(os.listdir(journal.directory()))
-    except FileNotFoundError:
-        return []
 
 
 @pytest.mark.parametrize('stale_at', ['undefined', 'upload-data'])

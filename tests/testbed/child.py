@@ -14,16 +14,25 @@
 
     python -m tests.testbed.child NOVA_CONF INSTANCE_JSON IMAGE_ID STOP_AT
 
-``run_until`` and ``kill9`` are the parent's side.  Options the parent
-overrides for the test reach the child as JSON in SNAPDRIVER_CHILD_OPTIONS
-({group: {option: value}}).
+``run_until``, ``resume``, ``finish``, ``run`` and ``kill9`` are the
+parent's side.  Options the parent overrides for the test reach the child
+as JSON in SNAPDRIVER_CHILD_OPTIONS ({group: {option: value}}).
 
-The child configures nova from NOVA_CONF exactly as the tests' own process
-did, loads the driver by name (init_host included) and snapshots the
-instance described by INSTANCE_JSON.  When the snapshot reaches STOP_AT, a
-journal step ('overlay', 'undefined', 'copying', 'extracting',
+The child starts as nova-compute does: its first import is
+``nova.cmd.compute``, which applies the concurrency of the nova release
+installed (eventlet's monkey-patching on 31 to 33, native threads on 34,
+either as ``OS_NOVA_DISABLE_EVENTLET_PATCHING`` says).  It configures nova
+from NOVA_CONF exactly as the tests' own process did, loads the driver by
+name (init_host included) and snapshots the instance described by
+INSTANCE_JSON.  When the snapshot reaches STOP_AT, a journal step
+('overlay', 'undefined', 'copying', 'streaming', 'extracting',
 'uploading') or 'upload-data' (the first bytes sent to Glance), it prints
-"REACHED <STOP_AT>" and waits, so the parent can kill -9 it right there.
+"REACHED <STOP_AT>" and waits, so the parent can kill -9 it right there;
+with STOP_AT 'pause:<step>' it waits for a line on stdin instead, then
+goes on (``resume``); with 'end' it does not stop.  Its last line is
+``FINISHED {json}``: ``ok``, ``error``, ``methods`` (the capture method of
+each journal record begun, None for a cold snapshot) and ``eventlet``
+(whether eventlet patched its threads).
 
 ``serve`` starts a child that only starts the driver, as nova-compute
 does (``init_host``, then periodic recovery), and runs until killed.
@@ -36,9 +45,15 @@ import signal
 import subprocess
 import sys
 import time
+import traceback
 
-from tests.testbed import nova_env  # noqa: I100  (imports nova.tests first)
+if __name__ == '__main__':
+    # As nova-compute starts: its release's concurrency, before the rest.
+    import nova.cmd.compute  # noqa: F401,I100
 
+from tests.testbed import nova_env  # noqa: E402,I100  (nova.tests first)
+
+from nova_snapdriver import journal  # noqa: E402
 from nova_snapdriver import progress  # noqa: E402
 from tests.testbed import instance as test_instance  # noqa: E402
 
@@ -48,18 +63,23 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(
 
 
 def run_until(nova_conf, inst, image_id, stop_at, timeout=120,
-              options=None):
+              options=None, environ=None):
     """Start a snapshot in a child; return it once it reached ``stop_at``.
 
     Within ``timeout`` seconds: a child whose snapshot failed may hang on
-    its way out (nova's threads), its stdout never closed.
+    its way out (nova's threads), its stdout never closed.  ``environ``:
+    variables the child gets on top of ours.
     """
-    env = dict(os.environ, SNAPDRIVER_CHILD_OPTIONS=json.dumps(options or {}))
+    env = dict(os.environ, SNAPDRIVER_CHILD_OPTIONS=json.dumps(options or {}),
+               **(environ or {}))
     child = subprocess.Popen(
         [sys.executable, '-m', 'tests.testbed.child', nova_conf,
          inst.ref_json() if inst else '{}', image_id, stop_at],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-        env=env, bufsize=0)  # unbuffered: no line waits where select misses
+        cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL, env=env,
+        bufsize=0)  # unbuffered: no line waits where select misses
+    if stop_at == 'end':
+        return child
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         ready, _, _ = select.select([child.stdout], [], [], 1)
@@ -68,10 +88,38 @@ def run_until(nova_conf, inst, image_id, stop_at, timeout=120,
         line = child.stdout.readline().decode()
         if line.strip() == 'REACHED %s' % stop_at:
             return child
-        if not line or line.strip() == 'FINISHED':
+        if not line or line.startswith('FINISHED'):
             break
     kill9(child)
     raise AssertionError('the snapshot never reached %s' % stop_at)
+
+
+def resume(child):
+    """Let a child paused at 'pause:<step>' go on."""
+    child.stdin.write(b'go\n')
+    child.stdin.flush()
+
+
+def finish(child, timeout=300):
+    """Wait for the child's snapshot to end; its FINISHED result (dict)."""
+    try:
+        out, _ = child.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        kill9(child)
+        raise AssertionError('the snapshot did not end within %d s'
+                             % timeout)
+    for line in reversed(out.decode().splitlines()):
+        if line.startswith('FINISHED '):
+            return json.loads(line[len('FINISHED '):])
+    raise AssertionError('the child (exit %s) printed no result:\n%s'
+                         % (child.returncode, out.decode()[-4000:]))
+
+
+def run(nova_conf, inst, image_id, options=None, environ=None,
+        timeout=300):
+    """One whole snapshot in a child, as nova-compute; its result (dict)."""
+    return finish(run_until(nova_conf, inst, image_id, 'end',
+                            options=options, environ=environ), timeout)
 
 
 def kill9(child):
@@ -99,26 +147,75 @@ def _configure(conf_path):
             nova_env.CONF.set_override(name, value, group)
 
 
+def note_methods(methods):
+    """Append to ``methods`` the capture method of each record begun.
+
+    None for a cold snapshot: a test tells the method that ran from one
+    that a fallback picked.
+    """
+    begin = journal.begin
+
+    def begin_and_note(**fields):
+        methods.append(fields.get('capture_method'))
+        return begin(**fields)
+    journal.begin = begin_and_note
+
+
+def snapshot_once(driver_name, instance_json, image_id, result):
+    """Load the driver, snapshot the instance; ``result`` says how it went.
+
+    ``ok``, and if not, ``error`` and ``traceback``.
+    """
+    try:
+        driver = nova_env.load_driver(driver_name)
+        inst = test_instance.InstanceRef(**json.loads(instance_json))
+        obj = test_instance.make_instance_object(inst)
+        driver.snapshot(nova_env.admin_context(), obj, image_id,
+                        lambda **kw: None)
+        result['ok'] = True
+    except Exception as e:
+        result['error'] = '%s: %s' % (type(e).__name__, e)
+        result['traceback'] = traceback.format_exc()
+
+
+def _eventlet_patched():
+    if 'eventlet' not in sys.modules:
+        return False
+    from eventlet import patcher
+    return patcher.is_monkey_patched('thread')
+
+
 def main(conf_path, instance_json, image_id, stop_at):
     _configure(conf_path)
     if stop_at == 'serving':
         nova_env.load_driver()
         print('REACHED serving', flush=True)
         time.sleep(3600)
-    driver = nova_env.load_driver()
-    inst = test_instance.InstanceRef(**json.loads(instance_json))
-    obj = test_instance.make_instance_object(inst)
+    result = {'ok': False, 'error': None, 'methods': [],
+              'eventlet': _eventlet_patched()}
+    note_methods(result['methods'])
+    pause = stop_at.startswith('pause:')
+    step = stop_at[len('pause:'):] if pause else stop_at
+    reached = []
 
     def stop_here(uuid, phase, done, total):
-        if phase == 'step:' + stop_at or (
-                stop_at == 'upload-data' and phase == 'upload' and done):
+        if reached:
+            return
+        if phase == 'step:' + step or (
+                step == 'upload-data' and phase == 'upload' and done):
+            reached.append(phase)
             print('REACHED %s' % stop_at, flush=True)
-            time.sleep(3600)
+            if pause:
+                sys.stdin.readline()
+            else:
+                time.sleep(3600)
 
     progress.listen(stop_here)
-    driver.snapshot(nova_env.admin_context(), obj, image_id,
-                    lambda **kw: None)
-    print('FINISHED', flush=True)
+    snapshot_once(nova_env.DRIVER_NAME, instance_json, image_id, result)
+    print('FINISHED ' + json.dumps(result), flush=True)
+    sys.stderr.flush()
+    # nova's and libvirt's threads must not keep the process alive.
+    os._exit(0)
 
 
 if __name__ == '__main__':

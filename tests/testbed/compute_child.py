@@ -34,7 +34,6 @@ from tests.testbed import nova_env  # noqa: I100  (imports nova.tests first)
 
 from nova import config as nova_config  # noqa: E402
 from nova import objects  # noqa: E402
-from tests.testbed import instance as test_instance  # noqa: E402
 
 
 def main(driver_name, instance_json, image_id, *conf_paths):
@@ -44,30 +43,17 @@ def main(driver_name, instance_json, image_id, *conf_paths):
     nova_config.parse_args(args, configure_db=False)
     objects.register_all()
     import nova_snapdriver.conf  # noqa: F401  registers [snapdriver]
-    from nova_snapdriver import journal
+    from tests.testbed import child
     result = {'uid': os.geteuid(), 'ok': False, 'error': None,
               'methods': []}
-    begin = journal.begin
-
-    def begin_and_note(**fields):
-        result['methods'].append(fields.get('capture_method'))
-        return begin(**fields)
-    journal.begin = begin_and_note
+    child.note_methods(result['methods'])
+    child.snapshot_once(driver_name, instance_json, image_id, result)
+    if result['error']:
+        sys.stderr.write(result['traceback'])
     try:
-        driver = nova_env.load_driver(driver_name)
-        inst = test_instance.InstanceRef(**json.loads(instance_json))
-        obj = test_instance.make_instance_object(inst)
-        driver.snapshot(nova_env.admin_context(), obj, image_id,
-                        lambda **kw: None)
-        result['ok'] = True
-    except Exception as e:
+        nova_env.shutdown()
+    except Exception:
         traceback.print_exc()
-        result['error'] = '%s: %s' % (type(e).__name__, e)
-    finally:
-        try:
-            nova_env.shutdown()
-        except Exception:
-            traceback.print_exc()
     print('RESULT ' + json.dumps(result), flush=True)
     sys.stderr.flush()
     # nova's and libvirt's threads must not keep the process alive.

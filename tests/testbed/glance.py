@@ -110,6 +110,18 @@ def client(url):
     return glanceclient.Client(endpoint=url + '/v2', token='x')
 
 
+def _no_control_socket():
+    """gunicorn 25's control socket, off; older ones have none (2025.x).
+
+    The tests' older release envs run the gunicorn of their release's
+    upper-constraints (23.0.0 for 2025.1 and 2025.2).
+    """
+    proc = subprocess.run([sys.executable, '-m', 'gunicorn', '--help'],
+                          capture_output=True, text=True)
+    return (['--no-control-socket'] if '--no-control-socket' in proc.stdout
+            else [])
+
+
 class GlanceServer(object):
     """glance-api under gunicorn, bound to 127.0.0.1:`port`."""
 
@@ -167,7 +179,8 @@ class GlanceServer(object):
         self._configure()
         cmd = [sys.executable, '-m', 'gunicorn',
                '--workers', '1', '--threads', '1', '--timeout', '3600',
-               '--no-control-socket', '--bind', '127.0.0.1:%d' % self.port,
+               '--bind', '127.0.0.1:%d' % self.port]
+        cmd += _no_control_socket() + [
                # By package: this directory on sys.path would make this
                # module shadow Glance itself.
                '--pythonpath', REPO_ROOT,
