@@ -15,6 +15,7 @@
     nova-snapdriver-manage [--config-file F] [--json] status
     nova-snapdriver-manage [--config-file F] [--json] recover [--dry-run]
     nova-snapdriver-manage [--config-file F] [--json] check
+    nova-snapdriver-manage reexport [--remove]
 
 ``status`` lists the snapshots in flight (or left by a dead process) with
 their phase and progress, and for a record recovery kept, its attempts and
@@ -23,12 +24,15 @@ behind, exactly as nova-compute does when it starts, and only that: jobs
 and domains of snapshots in flight, and jobs that are not ours, are left
 alone.  ``check`` tells
 whether this host can run the driver, as the user it runs as (run it as
-nova-compute's user): versions, features, the image cache and snapshots
+nova-compute's user): ``compute_driver``, the driver imported as
+nova-compute imports it, versions, features, the image cache and snapshots
 directories, a snapshot's qemu-img command lines run for real on a scratch
 chain, that no root command is needed (and no stale rootwrap filters of an
 earlier release are installed), free space and the journal's
-permissions.  Exit status:
-0 when all is well, 1 when something needs the operator.
+permissions.  ``reexport`` writes the driver's ``nova.virt.snapdriver``
+into nova's own package directory, for a nova from distribution packages
+(``reexport``); ``--remove`` takes it away.  Exit status: 0 when all is
+well, 1 when something needs the operator.
 """
 
 import argparse
@@ -56,6 +60,7 @@ from nova_snapdriver import journal  # noqa: E402
 from nova_snapdriver import progress  # noqa: E402
 from nova_snapdriver import qemu_img  # noqa: E402
 from nova_snapdriver import recovery  # noqa: E402
+from nova_snapdriver import reexport  # noqa: E402
 
 CONF = cfg.CONF
 
@@ -173,6 +178,20 @@ def _print_recover(reports):
 def _check(name, ok, detail, warn=False):
     return {'check': name, 'result': 'OK' if ok else
             ('WARN' if warn else 'FAIL'), 'detail': detail}
+
+
+def _check_driver():
+    """compute_driver, and the driver imported as nova-compute imports it."""
+    name = CONF.compute_driver
+    results = [_check(
+        'compute_driver', name == reexport.DRIVER,
+        '[DEFAULT] compute_driver = %s%s' % (
+            name, '' if name == reexport.DRIVER else
+            ' (set it to %s for nova-compute to use this driver)'
+            % reexport.DRIVER))]
+    ok, detail = reexport.loads()
+    results.append(_check('driver import', ok, detail))
+    return results
 
 
 def _check_features(conn):
@@ -321,7 +340,7 @@ def _check_state_dir():
 
 
 def check(conn):
-    return (_check_features(conn) + _check_paths() +
+    return (_check_driver() + _check_features(conn) + _check_paths() +
             [_check_qemu_img(), _check_rootwrap(), _check_space(),
              _check_state_dir()])
 
@@ -349,11 +368,28 @@ def parse_args(argv):
     rec.add_argument('--dry-run', action='store_true',
                      help='say what would be done, do nothing')
     sub.add_parser('check', help='can this host run the driver?')
+    rex = sub.add_parser(
+        'reexport', help="make nova.virt.snapdriver importable from nova's "
+                         'own package directory (nova from distribution '
+                         'packages)')
+    rex.add_argument('--remove', action='store_true',
+                     help='remove what reexport wrote')
     return parser.parse_args(argv)
+
+
+def _reexport(remove):
+    try:
+        print(reexport.remove() if remove else reexport.install())
+    except (reexport.ReexportError, OSError) as e:
+        print('reexport: %s' % e, file=sys.stderr)
+        return 1
+    return 0
 
 
 def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    if args.command == 'reexport':
+        return _reexport(args.remove)
     nova_argv = ['nova-snapdriver-manage']
     for path in args.config_file:
         nova_argv += ['--config-file', path]

@@ -796,6 +796,7 @@ class ManageTestCase(base.TestCase):
         os.makedirs(self.snapshots_dir)
         self._rootwrap_conf(os.path.join(self.tmp, 'rootwrap.d'))
         self.flags(reserved_space_mb=0, group='snapdriver')
+        self.flags(compute_driver='snapdriver.SnapLibvirtDriver')
 
     def test_check_of_a_good_host_succeeds(self):
         self._good_host()
@@ -805,7 +806,8 @@ class ManageTestCase(base.TestCase):
         self.assertEqual(0, code, out)
         lines = out.splitlines()
         self.assertEqual(
-            ['OK   versions', 'OK   blockRebase copy',
+            ['OK   compute_driver', 'OK   driver import',
+             'OK   versions', 'OK   blockRebase copy',
              'OK   blockCopy transient job', 'OK   backup API',
              'OK   image cache access',
              'OK   snapshots directory access',
@@ -845,10 +847,42 @@ class ManageTestCase(base.TestCase):
         code, results = self._main_json('check')
 
         self.assertEqual(0, code)
-        self.assertEqual(10, len(results))
+        self.assertEqual(12, len(results))
         for r in results:
             self.assertEqual({'check', 'result', 'detail'}, set(r))
-        self.assertEqual(['OK'] * 10, [r['result'] for r in results])
+        self.assertEqual(['OK'] * 12, [r['result'] for r in results])
+
+    def test_check_names_the_compute_driver_to_set(self):
+        self._good_host()
+        self.flags(compute_driver='libvirt.LibvirtDriver')
+
+        code, out = self._main('check')
+
+        self.assertEqual(1, code)
+        self.assertIn('FAIL compute_driver: [DEFAULT] compute_driver = '
+                      'libvirt.LibvirtDriver (set it to '
+                      'snapdriver.SnapLibvirtDriver', out)
+
+    def test_check_fails_when_nova_cannot_import_the_driver(self):
+        # As with nova from distribution packages and the driver from pip.
+        self._good_host()
+        real_import = manage.reexport.importlib.import_module
+
+        def no_reexport(name, *args):
+            if name == 'nova.virt.snapdriver':
+                raise ImportError("No module named 'nova.virt.snapdriver'")
+            return real_import(name, *args)
+        self.useFixture(fixtures.MockPatch(
+            'nova_snapdriver.reexport.importlib.import_module',
+            side_effect=no_reexport))
+
+        code, out = self._main('check')
+
+        self.assertEqual(1, code)
+        line, = [x for x in out.splitlines() if 'driver import' in x]
+        self.assertTrue(line.startswith('FAIL driver import: nova ('), line)
+        self.assertIn('cannot import nova.virt.snapdriver', line)
+        self.assertIn('Run "nova-snapdriver-manage reexport" as root', line)
 
 
 class VersionTestCase(base.TestCase):
