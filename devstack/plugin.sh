@@ -281,6 +281,11 @@ function install_nova_snapdriver {
     pip_install --no-deps -e "$NOVA_SNAPDRIVER_DIR" || \
         die $LINENO "nova-snapdriver: pip could not install $NOVA_SNAPDRIVER_DIR"
 
+    # capture_method stream (and auto, which picks it) reads the disk with
+    # libnbd, whose Python binding the distributions ship (not PyPI).
+    install_package python3-libnbd
+    _snapdriver_libnbd_ready
+
     _snapdriver_place_reexport
 
     # nova-compute would fail to load the driver later, with less to go on.
@@ -292,6 +297,22 @@ function install_nova_snapdriver {
         die $LINENO "nova-snapdriver: $python cannot import nova_snapdriver.cmd.manage (nova-snapdriver-manage)"
 
     _snapdriver_link_manage
+}
+
+# _snapdriver_libnbd_ready - make libnbd's binding importable by nova's
+# python: a venv (devstack's global venv) does not see the distribution's
+# python3-libnbd, so tools/host/link-libnbd links its two files into it.
+# Without it the driver works, and stream and auto take backup, saying so.
+function _snapdriver_libnbd_ready {
+    local python site sudo
+    python=$(_snapdriver_nova_python)
+    if "$python" -c "import nbd" 2> /dev/null; then
+        return 0
+    fi
+    site=$("$python" -c 'import sysconfig; print(sysconfig.get_path("purelib"))')
+    sudo=$(_snapdriver_sudo_unless_writable "$site")
+    $sudo "$NOVA_SNAPDRIVER_DIR/tools/host/link-libnbd" "$python" || \
+        warn $LINENO "nova-snapdriver: $python cannot import libnbd's binding (nbd): capture_method stream and auto take backup"
 }
 
 # _snapdriver_place_reexport - put nova/virt/snapdriver/__init__.py where
@@ -344,8 +365,11 @@ function configure_nova_snapdriver {
     iniset "$NOVA_CONF" DEFAULT compute_driver "$SNAPDRIVER_COMPUTE_DRIVER"
 
     local opt var
-    for opt in block_job_timeout block_job_bandwidth block_job_poll_interval \
-               progress_log_interval reserved_space_mb convert_coroutines; do
+    for opt in capture_method block_job_timeout block_job_bandwidth \
+               block_job_poll_interval progress_log_interval \
+               reserved_space_mb convert_coroutines stream_scratch_max_mb \
+               compression_type libvirt_reconnect_timeout \
+               recovery_interval journal_path; do
         var=SNAPDRIVER_${opt^^}
         if [[ -n ${!var:-} ]]; then
             iniset "$NOVA_CONF" snapdriver "$opt" "${!var}"

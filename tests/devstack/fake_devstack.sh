@@ -306,6 +306,12 @@ function pip_install {
     echo "pip_install: $cmd_pip install -c $REQUIREMENTS_DIR/upper-constraints.txt $*" >> "$FAKE_DEVSTACK_LOG"
 }
 
+# install_package <package>... - record the distribution packages devstack
+# would install
+function install_package {
+    echo "install_package: $*" >> "$FAKE_DEVSTACK_LOG"
+}
+
 # setup_develop <project dir> [extras] - "pip install -e" through pip_install
 function setup_develop {
     local project_dir=$1 extras=${2:-}

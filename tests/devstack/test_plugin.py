@@ -515,6 +515,10 @@ def test_stack_makes_nova_compute_load_the_driver(host):
     assert host.log_lines('pip_install:') == [
         'pip_install: %s/bin/pip install -c %s/requirements/'
         'upper-constraints.txt --no-deps -e %s' % (host.venv, host.dest, REPO)]
+    # libnbd's binding for stream, from the distribution (importable here
+    # already: the venv's python has it linked, so nothing more is done).
+    assert host.log_lines('install_package:') == [
+        'install_package: python3-libnbd']
 
     # tempest: our plugin's flags, and the plugin in tempest's venv.
     tempest = read_ini(host.tempest_conf)
@@ -653,15 +657,18 @@ def test_clean_removes_the_filters_an_earlier_plugin_installed(host):
 def test_settings_from_local_conf_reach_nova(host):
     host.devstack(
         'stack',
+        SNAPDRIVER_CAPTURE_METHOD='stream',
         SNAPDRIVER_BLOCK_JOB_TIMEOUT='600',
         SNAPDRIVER_BLOCK_JOB_BANDWIDTH='50',
         SNAPDRIVER_CONVERT_COROUTINES='4',
+        SNAPDRIVER_STREAM_SCRATCH_MAX_MB='2048',
         SNAPDRIVER_TEMPEST_PAUSED_SNAPSHOT='no')
 
     conf = read_ini(host.nova_cpu_conf)
     assert dict(conf['snapdriver']) == {
-        'block_job_timeout': '600', 'block_job_bandwidth': '50',
-        'convert_coroutines': '4'}
+        'capture_method': 'stream', 'block_job_timeout': '600',
+        'block_job_bandwidth': '50', 'convert_coroutines': '4',
+        'stream_scratch_max_mb': '2048'}
     tempest = read_ini(host.tempest_conf)
     assert dict(tempest['snapdriver_feature_enabled']) == {
         'live_snapshot': 'True', 'paused_snapshot': 'False',
