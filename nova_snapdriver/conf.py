@@ -199,7 +199,7 @@ Related options:
 * ``reserved_space_mb``, ``[libvirt] snapshots_directory``
 """),
     cfg.StrOpt('capture_method',
-               default='rebase',
+               default='auto',
                choices=[
                    ('rebase', 'The classic sequence nova\'s in-tree driver '
                     'runs: undefine the persistent domain, '
@@ -272,9 +272,9 @@ throughout (no window in which a crash of nova-compute or libvirtd leaves
 a transient domain); ``backup`` for the shortest and most predictable
 snapshot with a persistent domain and, without compression, half the
 temporary space and disk traffic; ``stream`` for the least time and
-temporary space of all.  ``auto`` picks the best this host supports.
-The method actually used is logged with the plan and recorded in the
-snapshot's journal record.
+temporary space of all.  ``auto``, the default, picks the best this host
+supports, for each snapshot.  The method actually used is logged with the
+plan and recorded in the snapshot's journal record.
 
 Related options:
 

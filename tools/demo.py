@@ -309,9 +309,11 @@ def start_nova(workdir, glance_url):
     """What nova-compute does at start, up to a running driver.
 
     nova.conf is parsed and logging set up; the driver named by
-    ``compute_driver`` is loaded and its ``init_host()`` run.
+    ``compute_driver`` is loaded and its ``init_host()`` run.  Its capture
+    method is the default a fresh install gets: ``auto``.
     """
-    nova_env.configure(workdir, glance_url, virt_type=libvirtd.virt_type())
+    nova_env.configure(workdir, glance_url, virt_type=libvirtd.virt_type(),
+                       extra={'snapdriver': {'capture_method': 'auto'}})
     oslo_logging.setup(nova_env.CONF, 'nova')
     driver = nova_env.load_driver()
     return driver, '%s, init_host() done' % nova_env.CONF.compute_driver

@@ -221,6 +221,14 @@ class CaptureMethodTestCase(base.TestCase):
         self.conn.getDomainCapabilities.assert_called_once_with(
             None, 'x86_64', None, 'kvm', 0)
 
+    def test_auto_is_the_default_and_streams_where_it_can(self):
+        self._caps('yes')
+        self._libnbd(True)
+
+        self.assertEqual('auto', snapshot_plan.CONF.snapdriver.capture_method)
+        self.assertEqual('stream', snapshot_plan.capture_method(
+            self.driver, self.guest))
+
     def test_stream_and_auto_stream_under_eventlet_and_threads(self):
         # nova 31 to 33 run nova-compute under eventlet, 34 on threads:
         # the stream's threads are the OS's in both (novacompat).

@@ -67,7 +67,7 @@ class ConfTestCase(base.TestCase):
             {'block_job_timeout': 1800, 'block_job_bandwidth': 0,
              'block_job_poll_interval': 0.5, 'progress_log_interval': 10,
              'reserved_space_mb': 256, 'convert_coroutines': 16,
-             'capture_method': 'rebase', 'compression_type': 'zlib',
+             'capture_method': 'auto', 'compression_type': 'zlib',
              'journal_path': os.path.join(self.tmp, 'snapdriver-journal'),
              'libvirt_reconnect_timeout': 60, 'recovery_interval': 300,
              'stream_scratch_max_mb': 0},
@@ -99,7 +99,9 @@ class SnapshotTestCase(base.TestCase):
 
     def setUp(self):
         super(SnapshotTestCase, self).setUp()
-        self.flags(reserved_space_mb=0, group='snapdriver')
+        # nova's sequence unless a test names another (auto is the default).
+        self.flags(reserved_space_mb=0, capture_method='rebase',
+                   group='snapdriver')
         self.work_dir = self.fix_work_dir()
         self.overlay = os.path.join(self.work_dir, 'overlay.qcow2')
         self.image_path = os.path.join(self.work_dir, 'image')

@@ -374,7 +374,9 @@ class BuildTestCase(base.TestCase):
 
     def setUp(self):
         super(BuildTestCase, self).setUp()
-        self.flags(reserved_space_mb=0, group='snapdriver')
+        # nova's sequence unless a test names another (auto is the default).
+        self.flags(reserved_space_mb=0, capture_method='rebase',
+                   group='snapdriver')
         self.qemu_img, self.execute = self.patch_execute()
         self.qemu_img.required = 3 * MiB
         self.work_dir = self.fix_work_dir()

@@ -247,6 +247,12 @@ connection = {db}
             'api_timeout': CALL_TIMEOUT}}}, f, indent=2)
 
 
+def _capture_method():
+    """The nova.conf line of MINICLOUD_CAPTURE_METHOD; none: the default."""
+    method = os.environ.get('MINICLOUD_CAPTURE_METHOD')
+    return 'capture_method = %s' % method if method else ''
+
+
 def nova_conf(rabbit, lock_path):
     return """\
 [DEFAULT]
@@ -278,10 +284,10 @@ discover_hosts_in_cells_interval = -1
 virt_type = qemu
 cpu_mode = none
 [snapdriver]
-# The driver's own way: the running disk streamed to Glance (a pull-mode
-# backup read over NBD), no temp image.  MINICLOUD_CAPTURE_METHOD picks
-# another for a run.
-capture_method = {capture_method}
+# The driver's default, auto, which streams here (a pull-mode backup read
+# over NBD, no temp image): 'minicloud methods' checks that it did.
+# MINICLOUD_CAPTURE_METHOD picks another for a run.
+{capture_method}
 [vnc]
 enabled = false
 [spice]
@@ -294,8 +300,7 @@ heartbeat_timeout_threshold = 0
 metadata_proxy_shared_secret = {secret}
 {service_user}send_service_user_token = true
 """.format(host=COMPUTE_HOST, ip=HOST, state=STATE, rabbit=rabbit,
-           capture_method=os.environ.get('MINICLOUD_CAPTURE_METHOD',
-                                         'stream'),
+           capture_method=_capture_method(),
            lock_path=lock_path, api_db=db_url('nova_api'), db=db_url('nova'),
            authtoken=authtoken('nova'),
            placement=service_auth('placement', 'placement'),
