@@ -15,6 +15,7 @@
     nova-snapdriver-manage [--config-file F] [--json] status
     nova-snapdriver-manage [--config-file F] [--json] recover [--dry-run]
     nova-snapdriver-manage [--config-file F] [--json] check
+    nova-snapdriver-manage [--config-file F] [--json] purge
     nova-snapdriver-manage reexport [--remove]
 
 ``status`` lists the snapshots in flight (or left by a dead process) with
@@ -29,7 +30,10 @@ nova-compute imports it, versions, features, the image cache and snapshots
 directories, a snapshot's qemu-img command lines run for real on a scratch
 chain, that no root command is needed (and no stale rootwrap filters of an
 earlier release are installed), free space and the journal's
-permissions.  ``reexport`` writes the driver's ``nova.virt.snapdriver``
+permissions.  ``purge`` removes the driver's own state from the host (the
+journal and work directories left without a record), for a host going
+back to nova's in-tree driver, and refuses while a snapshot is in flight
+or still to repair.  ``reexport`` writes the driver's ``nova.virt.snapdriver``
 into nova's own package directory, for a nova from distribution packages
 (``reexport``); ``--remove`` takes it away.  Exit status: 0 when all is
 well, 1 when something needs the operator.
@@ -39,6 +43,8 @@ import argparse
 import json
 import os
 import pwd
+import re
+import shutil
 import sys
 import tempfile
 import time
@@ -171,6 +177,58 @@ def _print_recover(reports):
             print('  PROBLEM: %s' % problem)
         for item in r.get('pending', []) if r['state'] != 'dry run' else []:
             print('  still to do: %s' % item)
+
+
+# -- purge ----------------------------------------------------------------
+
+# A snapshot's work dir (plan.work_dir_name); nova's own are tmp*.
+WORK_DIR = re.compile(r'^[0-9a-f]{8}\.[0-9a-f]{12}$')
+
+
+def purge():
+    """Remove the driver's state, unless a snapshot still needs it.
+
+    A journal record means a snapshot in flight, or one whose repair is
+    not done: its record, saved XML and work dir are what recovery needs,
+    so nothing is removed.  Otherwise the journal directory and the work
+    directories (named as this driver names them) in the snapshots
+    directory go.  Run it with nova-compute stopped or on nova's in-tree
+    driver: a snapshot of this driver begun meanwhile would lose its dir.
+    """
+    records = journal.paths()
+    if records:
+        return {'removed': [], 'refused': (
+            '%d snapshot record(s) in %s: %s.  A snapshot is in flight, or '
+            'its repair is not done; nothing was removed.  Run '
+            '"nova-snapdriver-manage recover" (nova-compute with this '
+            'driver runs it too) until "status" shows none, then purge '
+            'again.' % (len(records), journal.directory(),
+                        ', '.join(os.path.basename(p) for p in records)))}
+    removed = []
+    snapshots = CONF.libvirt.snapshots_directory
+    try:
+        names = sorted(os.listdir(snapshots))
+    except FileNotFoundError:
+        names = []
+    for name in names:
+        path = os.path.join(snapshots, name)
+        if WORK_DIR.match(name) and os.path.isdir(path):
+            shutil.rmtree(path)
+            removed.append(path)
+    if os.path.isdir(journal.directory()):
+        shutil.rmtree(journal.directory())
+        removed.append(journal.directory())
+    return {'removed': removed, 'refused': None}
+
+
+def _print_purge(result):
+    if result['refused']:
+        print('Refused: %s' % result['refused'])
+        return
+    for path in result['removed']:
+        print('Removed %s' % path)
+    if not result['removed']:
+        print('Nothing to purge.')
 
 
 # -- check ----------------------------------------------------------------
@@ -368,6 +426,9 @@ def parse_args(argv):
     rec.add_argument('--dry-run', action='store_true',
                      help='say what would be done, do nothing')
     sub.add_parser('check', help='can this host run the driver?')
+    sub.add_parser('purge', help="remove the driver's state (for nova's "
+                                 'in-tree driver); refused while a snapshot '
+                                 'needs it')
     rex = sub.add_parser(
         'reexport', help="make nova.virt.snapdriver importable from nova's "
                          'own package directory (nova from distribution '
@@ -404,6 +465,9 @@ def main(argv=None):
             result, show = recover(conn, args.dry_run), _print_recover
             failed = any(r['problems'] or r['state'] in (
                 'failed', 'corrupt', 'incomplete', 'kept') for r in result)
+        elif args.command == 'purge':
+            result, show = purge(), _print_purge
+            failed = bool(result['refused'])
         else:
             result, show = check(conn), _print_check
             failed = any(r['result'] == 'FAIL' for r in result)

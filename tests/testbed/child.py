@@ -34,8 +34,9 @@ goes on (``resume``); with 'end' it does not stop.  Its last line is
 each journal record begun, None for a cold snapshot) and ``eventlet``
 (whether eventlet patched its threads).
 
-``serve`` starts a child that only starts the driver, as nova-compute
-does (``init_host``, then periodic recovery), and runs until killed.
+``serve`` starts a child that only starts the driver ``compute_driver``
+names, as nova-compute does (``init_host``, then periodic recovery), and
+runs until killed.
 """
 
 import json
@@ -144,7 +145,8 @@ def _configure(conf_path):
     options = json.loads(os.environ.get('SNAPDRIVER_CHILD_OPTIONS') or '{}')
     for group, values in options.items():
         for name, value in values.items():
-            nova_env.CONF.set_override(name, value, group)
+            nova_env.CONF.set_override(
+                name, value, None if group == 'DEFAULT' else group)
 
 
 def note_methods(methods):
@@ -188,7 +190,7 @@ def _eventlet_patched():
 def main(conf_path, instance_json, image_id, stop_at):
     _configure(conf_path)
     if stop_at == 'serving':
-        nova_env.load_driver()
+        nova_env.load_driver(nova_env.CONF.compute_driver)
         print('REACHED serving', flush=True)
         time.sleep(3600)
     result = {'ok': False, 'error': None, 'methods': [],
@@ -211,7 +213,8 @@ def main(conf_path, instance_json, image_id, stop_at):
                 time.sleep(3600)
 
     progress.listen(stop_here)
-    snapshot_once(nova_env.DRIVER_NAME, instance_json, image_id, result)
+    snapshot_once(nova_env.CONF.compute_driver, instance_json, image_id,
+                  result)
     print('FINISHED ' + json.dumps(result), flush=True)
     sys.stderr.flush()
     # nova's and libvirt's threads must not keep the process alive.

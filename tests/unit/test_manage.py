@@ -884,6 +884,50 @@ class ManageTestCase(base.TestCase):
         self.assertIn('cannot import nova.virt.snapdriver', line)
         self.assertIn('Run "nova-snapdriver-manage reexport" as root', line)
 
+    # --- purge: the driver's state goes, unless a snapshot needs it -------
+
+    def _dirs(self):
+        os.makedirs(self.snapshots_dir, exist_ok=True)
+        ours = os.path.join(self.snapshots_dir, '0123abcd.0123456789ab')
+        novas = os.path.join(self.snapshots_dir, 'tmpa1b2c3d4')
+        for path in (ours, novas):
+            os.mkdir(path)
+        return ours, novas
+
+    def test_purge_with_a_record_refuses_and_removes_nothing(self):
+        ours, novas = self._dirs()
+        self._record()
+
+        code, out = self._main('purge')
+
+        self.assertEqual(1, code)
+        self.assertIn('Refused: 1 snapshot record(s) in %s: %s.json'
+                      % (self.journal_dir, base.IMAGE_ID), out)
+        self.assertIn('"nova-snapdriver-manage recover"', out)
+        for path in (ours, novas, self.path):
+            self.assertTrue(os.path.exists(path), path)
+
+    def test_purge_removes_the_journal_and_our_work_dirs_only(self):
+        ours, novas = self._dirs()
+        os.makedirs(self.journal_dir, exist_ok=True)
+
+        code, out = self._main('purge')
+
+        self.assertEqual(0, code, out)
+        self.assertEqual(['Removed %s' % ours,
+                          'Removed %s' % self.journal_dir],
+                         out.splitlines())
+        self.assertFalse(os.path.exists(ours))
+        self.assertTrue(os.path.isdir(novas))
+        self.assertFalse(os.path.exists(self.journal_dir))
+
+    def test_purge_twice_finds_nothing(self):
+        self._main('purge')
+        self.stdout.truncate(0)
+        self.stdout.seek(0)
+
+        self.assertEqual((0, 'Nothing to purge.\n'), self._main('purge'))
+
 
 class VersionTestCase(base.TestCase):
 
