@@ -22,8 +22,10 @@ snapshot; of a stopped or paused server it must equal the disk.
 """
 
 import os
+import stat
 import subprocess
 import tempfile
+import threading
 
 import libvirt
 
@@ -179,3 +181,53 @@ def test_snapshot_of_a_paused_server(resources, tmp_path):
     wait_for_status(server['id'], 'ACTIVE')
     wait_for('markers after unpause',
              lambda: console_marks(server['id'])[0] > count)
+
+
+def regular_files_under(directory):
+    """Every regular file below ``directory`` right now."""
+    found = []
+    for top, _dirs, files in os.walk(directory):
+        for name in files:
+            path = os.path.join(top, name)
+            try:
+                if stat.S_ISREG(os.lstat(path).st_mode):
+                    found.append(path)
+            except FileNotFoundError:
+                pass  # gone between the listing and the look
+    return found
+
+
+def test_shelve_streams_with_no_temp_file_at_any_point(resources, tmp_path):
+    """Shelve snapshots the shut-off server: read straight into Glance.
+
+    The snapshots directory is watched every 10 ms from the shelve until
+    the server is offloaded: a converted cold snapshot (nova's way) writes
+    a temp image there for as long as its convert runs.
+    """
+    server = resources.boot('e2e-shelve', min_marks=20)
+    seen = []
+    stop = threading.Event()
+
+    def watch():
+        while not stop.is_set():
+            seen.extend(regular_files_under(os.path.join(INSTANCES,
+                                                         'snapshots')))
+            stop.wait(0.01)
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        openstack('server', 'shelve', server['id'], parse=False)
+        wait_for_status(server['id'], 'SHELVED_OFFLOADED')
+    finally:
+        stop.set()
+        watcher.join()
+
+    assert sorted(set(seen)) == []
+    assert_host_clean()
+    image, = openstack('image', 'list', '--name', 'e2e-shelve-shelved')
+    resources.images.append(image['ID'])
+    path = download(image['ID'], str(tmp_path))
+    assert test_guest.check_consistent(
+        test_guest.read_markers(path, 'qcow2')) >= 20
+    openstack('server', 'unshelve', server['id'], parse=False)
+    wait_for_status(server['id'], 'ACTIVE')
