@@ -139,6 +139,8 @@ class ComputeHost(object):
                    % (ROOTWRAP_CONF, self.conf))
         return {
             'DEFAULT': {
+                # What nova-compute loads; a child names its driver itself.
+                'compute_driver': 'snapdriver.SnapLibvirtDriver',
                 'state_path': os.path.join(self.root, 'state'),
                 'instances_path': self.instances_path,
                 'rootwrap_config': ROOTWRAP_CONF,
