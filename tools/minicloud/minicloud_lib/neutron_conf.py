@@ -126,7 +126,11 @@ interface_driver = openvswitch
 # The network has no router: the DHCP port serves 169.254.169.254 and
 # dnsmasq sends the route to it (option 121).
 enable_isolated_metadata = true
-""" + ovs_section()
+# dnsmasq's DHCP log (log/dnsmasq/<network>/dhcp_dns_log): which lease
+# each guest got, or why none (an address still leased to a deleted
+# port's MAC, when neutron gives it again).
+dnsmasq_base_log_dir = {logdir}
+""".format(logdir=path('log', 'dnsmasq')) + ovs_section()
 
 
 def metadata_agent_ini():

@@ -98,7 +98,9 @@ snapshot = True
 pause = True
 suspend = True
 shelve = True
-console_output = False
+# On an SSH failure tempest logs the guest's console (log_console_output):
+# the test guest says there whether it got a DHCP lease and SSH is up.
+console_output = True
 change_password = False
 [service_available]
 nova = True
