@@ -137,7 +137,7 @@ def os_threads():
     pool (``tpool``): those two must be OS threads with OS locks, as
     eventlet's own ``tpool`` uses (``eventlet.patcher.original``).
     """
-    if not _eventlet_threads():
+    if not eventlet_threads():
         return threading, queue
     from eventlet import patcher
     return patcher.original('threading'), patcher.original('queue')
@@ -150,7 +150,7 @@ def wait_natively(func, *args):
     that the other green threads of nova-compute (its RPC, its heartbeat)
     run meanwhile; a plain call otherwise.
     """
-    if not _eventlet_threads():
+    if not eventlet_threads():
         return func(*args)
     from eventlet import tpool
     return tpool.execute(func, *args)
@@ -165,7 +165,7 @@ def native_domain(domain):
     event it cannot wait for.  libvirt's handles may be used from any OS
     thread.  ``Proxy._obj`` is the wrapped object (eventlet 0.39 to 0.41).
     """
-    if not _eventlet_threads():
+    if not eventlet_threads():
         return domain
     from eventlet import tpool
     while isinstance(domain, tpool.Proxy):
@@ -173,7 +173,7 @@ def native_domain(domain):
     return domain
 
 
-def _eventlet_threads():
+def eventlet_threads():
     """True if eventlet monkey-patched ``threading`` in this process."""
     if 'eventlet' not in sys.modules:
         return False

@@ -21,6 +21,7 @@ touched.
 
 import dataclasses
 import os
+import re
 import secrets
 import shutil
 from xml.etree import ElementTree
@@ -425,6 +426,10 @@ def check_space(directory, needed):
             needed_h=progress.human_size(needed + reserve),
             reserve=reserve, free=free, free_h=progress.human_size(free))
     return free
+
+
+# What work_dir_name makes (nova's own work dirs are tmp*): for purge.
+WORK_DIR_PATTERN = re.compile(r'^[0-9a-f]{8}\.[0-9a-f]{12}$')
 
 
 def work_dir_name(snapshots_dir, image_id):

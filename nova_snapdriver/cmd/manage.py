@@ -43,7 +43,6 @@ import argparse
 import json
 import os
 import pwd
-import re
 import shutil
 import sys
 import tempfile
@@ -63,6 +62,7 @@ from oslo_config import cfg  # noqa: E402
 from nova_snapdriver import chain  # noqa: E402
 from nova_snapdriver import conf  # noqa: F401,E402  (registers options)
 from nova_snapdriver import journal  # noqa: E402
+from nova_snapdriver import plan as snapshot_plan  # noqa: E402
 from nova_snapdriver import progress  # noqa: E402
 from nova_snapdriver import qemu_img  # noqa: E402
 from nova_snapdriver import recovery  # noqa: E402
@@ -181,10 +181,6 @@ def _print_recover(reports):
 
 # -- purge ----------------------------------------------------------------
 
-# A snapshot's work dir (plan.work_dir_name); nova's own are tmp*.
-WORK_DIR = re.compile(r'^[0-9a-f]{8}\.[0-9a-f]{12}$')
-
-
 def purge():
     """Remove the driver's state, unless a snapshot still needs it.
 
@@ -212,7 +208,8 @@ def purge():
         names = []
     for name in names:
         path = os.path.join(snapshots, name)
-        if WORK_DIR.match(name) and os.path.isdir(path):
+        if (snapshot_plan.WORK_DIR_PATTERN.match(name) and
+                os.path.isdir(path)):
             shutil.rmtree(path)
             removed.append(path)
     if os.path.isdir(journal.directory()):

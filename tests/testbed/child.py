@@ -55,6 +55,7 @@ if __name__ == '__main__':
 from tests.testbed import nova_env  # noqa: E402,I100  (nova.tests first)
 
 from nova_snapdriver import journal  # noqa: E402
+from nova_snapdriver import novacompat  # noqa: E402
 from nova_snapdriver import progress  # noqa: E402
 from tests.testbed import instance as test_instance  # noqa: E402
 
@@ -180,13 +181,6 @@ def snapshot_once(driver_name, instance_json, image_id, result):
         result['traceback'] = traceback.format_exc()
 
 
-def _eventlet_patched():
-    if 'eventlet' not in sys.modules:
-        return False
-    from eventlet import patcher
-    return patcher.is_monkey_patched('thread')
-
-
 def main(conf_path, instance_json, image_id, stop_at):
     _configure(conf_path)
     if stop_at == 'serving':
@@ -194,7 +188,7 @@ def main(conf_path, instance_json, image_id, stop_at):
         print('REACHED serving', flush=True)
         time.sleep(3600)
     result = {'ok': False, 'error': None, 'methods': [],
-              'eventlet': _eventlet_patched()}
+              'eventlet': novacompat.eventlet_threads()}
     note_methods(result['methods'])
     pause = stop_at.startswith('pause:')
     step = stop_at[len('pause:'):] if pause else stop_at

@@ -23,6 +23,7 @@ Glance keeps its state in sqlite, which locks under concurrent requests:
 hence one worker with one thread.
 """
 
+import functools
 import logging
 import os
 import shutil
@@ -110,6 +111,7 @@ def client(url):
     return glanceclient.Client(endpoint=url + '/v2', token='x')
 
 
+@functools.lru_cache(maxsize=None)
 def _no_control_socket():
     """gunicorn 25's control socket, off; older ones have none (2025.x).
 
@@ -118,8 +120,8 @@ def _no_control_socket():
     """
     proc = subprocess.run([sys.executable, '-m', 'gunicorn', '--help'],
                           capture_output=True, text=True)
-    return (['--no-control-socket'] if '--no-control-socket' in proc.stdout
-            else [])
+    return (('--no-control-socket',) if '--no-control-socket' in proc.stdout
+            else ())
 
 
 class GlanceServer(object):
@@ -180,7 +182,7 @@ class GlanceServer(object):
         cmd = [sys.executable, '-m', 'gunicorn',
                '--workers', '1', '--threads', '1', '--timeout', '3600',
                '--bind', '127.0.0.1:%d' % self.port]
-        cmd += _no_control_socket() + [
+        cmd += list(_no_control_socket()) + [
                # By package: this directory on sys.path would make this
                # module shadow Glance itself.
                '--pythonpath', REPO_ROOT,

@@ -142,7 +142,7 @@ class CaptureMethodTestCase(base.TestCase):
 
     def _eventlet(self, patched):
         self.useFixture(fixtures.MockPatchObject(
-            snapshot_plan.novacompat, '_eventlet_threads',
+            snapshot_plan.novacompat, 'eventlet_threads',
             return_value=patched))
 
     def _caps(self, backup):

@@ -122,7 +122,7 @@ class OsThreadsTestCase(base.TestCase):
     def test_plain_modules_where_eventlet_patched_nothing(self):
         import queue
         import threading
-        with mock.patch.object(novacompat, '_eventlet_threads',
+        with mock.patch.object(novacompat, 'eventlet_threads',
                                return_value=False):
             self.assertEqual((threading, queue), novacompat.os_threads())
             self.assertEqual(3, novacompat.wait_natively(len, 'abc'))
@@ -132,7 +132,7 @@ class OsThreadsTestCase(base.TestCase):
     def test_the_originals_and_the_domain_unwrapped_under_eventlet(self):
         from eventlet import patcher
         from eventlet import tpool
-        with mock.patch.object(novacompat, '_eventlet_threads',
+        with mock.patch.object(novacompat, 'eventlet_threads',
                                return_value=True):
             threading, queue = novacompat.os_threads()
             self.assertIs(patcher.original('threading'), threading)
