@@ -206,15 +206,20 @@ def purge():
         names = sorted(os.listdir(snapshots))
     except FileNotFoundError:
         names = []
-    for name in names:
-        path = os.path.join(snapshots, name)
-        if (snapshot_plan.WORK_DIR_PATTERN.match(name) and
-                os.path.isdir(path)):
-            shutil.rmtree(path)
-            removed.append(path)
+    doomed = [os.path.join(snapshots, name) for name in names
+              if snapshot_plan.WORK_DIR_PATTERN.match(name) and
+              os.path.isdir(os.path.join(snapshots, name))]
     if os.path.isdir(journal.directory()):
-        shutil.rmtree(journal.directory())
-        removed.append(journal.directory())
+        doomed.append(journal.directory())
+    for path in doomed:
+        try:
+            shutil.rmtree(path)
+        except OSError as e:
+            return {'removed': removed, 'refused': (
+                'could not remove %s (%s); run purge as nova-compute\'s '
+                'user, or as root, and again until it says nothing is '
+                'left' % (path, e))}
+        removed.append(path)
     return {'removed': removed, 'refused': None}
 
 

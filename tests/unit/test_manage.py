@@ -921,6 +921,18 @@ class ManageTestCase(base.TestCase):
         self.assertTrue(os.path.isdir(novas))
         self.assertFalse(os.path.exists(self.journal_dir))
 
+    def test_purge_that_cannot_remove_says_what_to_do(self):
+        ours, _novas = self._dirs()
+        self.useFixture(fixtures.MockPatch(
+            'shutil.rmtree', side_effect=PermissionError(13, 'denied')))
+
+        code, out = self._main('purge')
+
+        self.assertEqual(1, code)
+        self.assertIn('Refused: could not remove %s' % ours, out)
+        self.assertIn("run purge as nova-compute's user, or as root", out)
+        self.assertTrue(os.path.isdir(ours))
+
     def test_purge_twice_finds_nothing(self):
         self._main('purge')
         self.stdout.truncate(0)
