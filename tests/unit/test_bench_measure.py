@@ -27,6 +27,7 @@ import os
 import subprocess
 import sys
 import types
+from unittest import mock
 
 import bench_cpu
 
@@ -77,3 +78,31 @@ class CpuMeterTestCase(base.TestCase):
         self.assertEqual(meter.used['qemu'] + meter.used['ours'],
                          meter.used['host'])
         self.assertEqual(0, meter.used['glance'])
+
+    def test_a_qemu_a_managed_save_replaces_is_counted_to_its_last_sample(
+            self):
+        tick = os.sysconf('SC_CLK_TCK')
+        # pid: utime ticks now; 0 stime.  QEMU 10 runs, then 20 does.
+        ticks = {10: 5 * tick}
+        running = [10]
+
+        def stat(pid):
+            if pid not in ticks:
+                return None
+            return ['0'] * 11 + [str(ticks[pid]), '0']
+        with mock.patch.object(bench_cpu, '_proc_stat', stat):
+            meter = bench_cpu.CpuMeter(types.SimpleNamespace(glance_pgid=-1),
+                                       qemu_pid=lambda: running[0])
+            meter.start()
+            ticks[10] = 7 * tick   # 2 s during the snapshot
+            meter.sample()
+            del ticks[10]          # saved: that QEMU is gone
+            running[0] = None
+            meter.sample()
+            ticks[20] = 1 * tick   # restored: a new QEMU, 1 s since it began
+            running[0] = 20
+            meter.stop()
+
+        self.assertEqual(3.0, meter.used['qemu'])
+        self.assertEqual(meter.used['qemu'] + meter.used['ours'],
+                         meter.used['host'])

@@ -13,7 +13,8 @@
 """The bench's CPU accounting: seconds per process, from /proc.
 
 ``CpuMeter`` counts, between its start and stop, glance-api's process
-group, the instance's QEMU, and the bench's own process with the children
+group, the instance's QEMU (each of them, if a managed save replaces it),
+and the bench's own process with the children
 it waited for.  Nothing here needs nova: the unit tier runs it on every
 nova release it supports.
 """
@@ -64,24 +65,48 @@ class CpuMeter(object):
     compute host.  On two cores these share the machine with Glance's
     worker, which sets the pace of every upload.  Runs from before
     2026-12-07 have no ``host`` and left the children out of ``ours``.
+
+    ``qemu_pid`` says which QEMU runs the instance now (None: none, a
+    shut-off domain).  A managed save (``[workarounds]
+    disable_libvirt_livesnapshot``) ends the QEMU and starts another:
+    ``sample()``, called often while it runs, keeps each QEMU's seconds
+    up to its last sample (what it used after that is lost), and a QEMU
+    first seen after start() counts from zero.
     """
 
-    def __init__(self, bench, inst=None):
+    def __init__(self, bench, qemu_pid=None):
         self._glance = group_pids(bench.glance_pgid)
-        self._qemu = [inst.qemu_pid()] if inst is not None else []
+        self._qemu_pid = qemu_pid or (lambda: None)
+        self._qemu = {}  # pid: [seconds at first sight, at last sight]
+        self._started = False
         self.used = None
+
+    def sample(self):
+        """Note the seconds of the QEMU running now, if any."""
+        pid = self._qemu_pid()
+        fields = _proc_stat(pid) if pid is not None else None
+        if fields is None:
+            return
+        now = (int(fields[11]) + int(fields[12])) / os.sysconf('SC_CLK_TCK')
+        seen = self._qemu.setdefault(pid, [now if not self._started
+                                           else 0.0, now])
+        seen[1] = now
 
     def _now(self):
         times = os.times()
         return {'glance': cpu_seconds(self._glance),
-                'qemu': cpu_seconds(self._qemu),
                 'ours': (times.user + times.system +
                          times.children_user + times.children_system)}
 
     def start(self):
+        self.sample()
+        self._started = True
         self._start = self._now()
 
     def stop(self):
         end = self._now()
+        self.sample()
         self.used = {k: end[k] - self._start[k] for k in end}
+        self.used['qemu'] = sum(last - first
+                                for first, last in self._qemu.values())
         self.used['host'] = self.used['qemu'] + self.used['ours']
