@@ -50,6 +50,16 @@ class TestRatios(unittest.TestCase):
                          {k: [round(r, 3) for r in v]
                           for k, v in pooled.items()})
 
+    def test_cases_of_another_domain_state_are_not_pooled(self):
+        cold = dict(case(1, [5.0], [10.0, 10.0]), state='shutoff')
+        live = bench_pool.ratios_by_size([NEW, OLD, [cold]], 'stream',
+                                         'glance-only')
+        shutoff = bench_pool.ratios_by_size([NEW, OLD, [cold]], 'stream',
+                                            'glance-only', 'shutoff')
+
+        self.assertEqual(3, len(live[1]))
+        self.assertEqual({1: [0.5]}, shutoff)
+
     def test_runs_without_the_floor_do_not_count(self):
         pooled = bench_pool.ratios_by_size([NEW, OLD], 'stream',
                                            'image-API-only')

@@ -56,14 +56,23 @@ def rows(cases):
     table = bench_report.timing_table(cases)
     cells = [[c.strip() for c in line.strip('|').split('|')]
              for line in table.splitlines()[2:]]
-    return {row[3]: row for row in cells}
+    return {row[4]: row for row in cells}
+
+
+def columns(cases):
+    """The table's rows, each a dict of its cells by column, by method."""
+    table = bench_report.timing_table(cases)
+    lines = [[c.strip() for c in line.strip('|').split('|')]
+             for line in table.splitlines()]
+    header = lines[0]
+    return {row[4]: dict(zip(header, row)) for row in lines[2:]}
 
 
 class TestTimingTable(unittest.TestCase):
 
     def test_ratios_to_both_floors(self):
         row = rows([new_case()])['stream']
-        self.assertEqual(['12.0', '1.20', '1.09', '-'], row[4:8])
+        self.assertEqual(['12.0', '1.20', '1.09', '-'], row[5:9])
 
     def test_host_cpu_per_gib_where_it_was_measured(self):
         measured = new_case()
@@ -75,40 +84,40 @@ class TestTimingTable(unittest.TestCase):
             'glance': 0.0, 'qemu': 1.0, 'ours': 3.0}
         table = rows([measured])
 
-        self.assertEqual('2.00', table['stream'][10])
-        self.assertEqual('-', table['stream (read alone)'][10])
-        self.assertEqual('-', table['glance-only'][10])
+        self.assertEqual('2.00', table['stream'][12])
+        self.assertEqual('-', table['stream (read alone)'][12])
+        self.assertEqual('-', table['glance-only'][12])
 
     def test_paired_takes_the_uploads_around_each_run(self):
         # Round 1 lies between uploads 0 and 1 (mean 10), round 2 between
         # 1 and 2 (11), round 3 between 2 and 3 (11): 1.20, 1.00, 1.18.
-        phases = rows([new_case()])['stream'][11]
+        phases = rows([new_case()])['stream'][13]
         self.assertIn('paired ÷ glance-only 1.18 (1.00-1.20)', phases)
         self.assertIn('paired ÷ image-API-only', phases)
 
     def test_the_read_alone_has_no_image_api_ratio(self):
         row = rows([new_case()])['stream (read alone)']
-        self.assertEqual('0.60', row[5])
-        self.assertEqual('-', row[6])
-        self.assertIn('paired ÷ glance-only', row[11])
-        self.assertNotIn('image-API-only', row[11])
+        self.assertEqual('0.60', row[6])
+        self.assertEqual('-', row[7])
+        self.assertIn('paired ÷ glance-only', row[13])
+        self.assertNotIn('image-API-only', row[13])
 
     def test_floor_rows(self):
         table = rows([new_case()])
         self.assertEqual(['10.0', '1.00', '0.91'],
-                         table['glance-only'][4:7])
+                         table['glance-only'][5:8])
         api = table['image-API-only']
-        self.assertEqual(['11.0', '1.10', '1.00'], api[4:7])
+        self.assertEqual(['11.0', '1.10', '1.00'], api[5:8])
         # Each upload ÷ glance-only's next to it: 1.04, 1.10, 1.00, 1.10.
-        self.assertIn('side by side ÷ glance-only 1.07 (1.00-1.10)', api[11])
+        self.assertIn('side by side ÷ glance-only 1.07 (1.00-1.10)', api[13])
 
     def test_a_run_from_before_the_image_api_floor(self):
         old = new_case()
         del old['results']['image-API-only']
         table = rows([old])
         self.assertNotIn('image-API-only', table)
-        self.assertEqual(['12.0', '1.20', '-'], table['stream'][4:7])
-        self.assertNotIn('image-API-only', table['stream'][11])
+        self.assertEqual(['12.0', '1.20', '-'], table['stream'][5:8])
+        self.assertNotIn('image-API-only', table['stream'][13])
 
     def test_one_round_has_no_paired_ratio(self):
         one = case({
@@ -116,7 +125,124 @@ class TestTimingTable(unittest.TestCase):
             'glance-only': {'wall': 10.0, 'walls': [10.0, 10.0]},
             'image-API-only': {'wall': 11.0, 'walls': [11.0, 11.0]},
         })
-        self.assertNotIn('paired', rows([one])['stream'][11])
+        self.assertNotIn('paired', rows([one])['stream'][13])
+
+
+def cold_case():
+    """A shut-off domain, three rounds: our cold stream against in-tree."""
+    stream = with_walls(snapshot_run(9.0), [9.0, 8.0, 10.0])
+    stream.update(ran='ours, cold stream', cpu={
+        'glance': 8.0, 'qemu': 0.0, 'ours': 3.0, 'host': 3.0})
+    intree = with_walls(dict(snapshot_run(15.0), phases={
+        'extract': 3.0, 'upload': 12.0}, peak_temp=GiB), [15.0, 14.0, 16.0])
+    intree.update(ran='nova in-tree', cpu={
+        'glance': 8.0, 'qemu': 0.0, 'ours': 5.0, 'host': 5.0})
+    return dict(case({
+        'stream': stream,
+        'in-tree': intree,
+        'glance-only': {'wall': 10.0, 'walls': [10.0, 10.0, 10.0, 10.0]},
+        'image-API-only': {'wall': 10.0, 'walls': [10.0] * 4},
+    }), state='shutoff')
+
+
+class TestDomainStates(unittest.TestCase):
+
+    def test_every_row_says_its_state(self):
+        table = columns([new_case(), cold_case()])
+        self.assertEqual('shutoff', table['in-tree']['state'])
+        self.assertEqual('shutoff', table['glance-only']['state'])
+        # new_case() has no state: a run from before --state, running.
+        self.assertEqual('running',
+                         columns([new_case()])['stream']['state'])
+
+    def test_cold_rows_ratios_peak_temp_cpu_and_what_ran(self):
+        table = columns([cold_case()])
+        ours, intree = table['stream'], table['in-tree']
+
+        self.assertEqual('0.60', ours['÷ in-tree'])
+        self.assertEqual('0.90', ours['÷ glance-only'])
+        self.assertEqual('0.00', ours['peak temp ÷ image'])
+        self.assertEqual('1.00', intree['peak temp ÷ image'])
+        self.assertEqual('3.00', ours['host CPU s/GiB'])
+        self.assertEqual('5.00', intree['host CPU s/GiB'])
+        self.assertTrue(ours['phases s'].startswith(
+            'ran: ours, cold stream; '), ours['phases s'])
+        self.assertIn('paired ÷ glance-only 0.90 (0.80-1.00)',
+                      ours['phases s'])
+        self.assertEqual('-', ours['guest down s'])
+
+    def test_suspend_rows_give_the_guest_downtime(self):
+        suspended = cold_case()
+        suspended['state'] = 'suspend'
+        intree = suspended['results']['in-tree']
+        intree.update(down=2.5, downs=[2.5, 2.25, 3.0])
+        intree['phases']['save'] = 2.0  # nova's managed save, timed
+        table = columns([suspended])
+
+        self.assertIn('save 2.0, extract 3.0', table['in-tree']['phases s'])
+
+        self.assertEqual('2.50', table['in-tree']['guest down s'])
+        self.assertIn('down 2.50, 2.25, 3.00', table['in-tree']['phases s'])
+        self.assertEqual('-', table['glance-only']['guest down s'])
+
+    def test_notes_name_the_states_and_the_methods_left_out(self):
+        note = bench_report.state_note([new_case(), cold_case()])
+        self.assertIn('State shutoff', note)
+        self.assertIn('rebase, copy and backup are left out', note)
+        self.assertNotIn('State suspend', note)
+        self.assertEqual('', bench_report.state_note([new_case()]))
+
+
+class TestMethodsInState(unittest.TestCase):
+
+    def test_running_times_every_method(self):
+        methods = ['rebase', 'copy', 'backup', 'stream']
+        self.assertEqual(methods,
+                         bench_report.methods_in_state(methods, 'running'))
+
+    def test_cold_only_stream(self):
+        for domain_state in ('shutoff', 'suspend'):
+            self.assertEqual(['stream'], bench_report.methods_in_state(
+                ['rebase', 'copy', 'backup', 'stream'], domain_state))
+            self.assertEqual([], bench_report.methods_in_state(
+                ['copy'], domain_state))
+
+
+class TestWhatRan(unittest.TestCase):
+
+    def test_in_tree_is_nova(self):
+        self.assertEqual('nova in-tree', bench_report.what_ran(
+            'in-tree', ['Planned cold snapshot (capture method stream)']))
+
+    def test_ours_planned(self):
+        self.assertEqual('ours, cold stream', bench_report.what_ran(
+            'ours', ['Beginning', 'Planned cold snapshot (capture method '
+                     'stream) of /x/disk (qcow2, 1 GiB virtual, ...)']))
+
+    def test_ours_says_how(self):
+        self.assertEqual(
+            'ours, cold stream, the guest suspended while its disk is read',
+            bench_report.what_ran('ours', [
+                'Planned cold snapshot (capture method stream, the guest '
+                'suspended while its disk is read) of /x/disk (qcow2, ...']))
+
+    def test_ours_cold_convert_is_named_as_nova_does_it(self):
+        self.assertEqual('ours, cold qemu-img convert',
+                         bench_report.what_ran('ours', [
+                             'Planned cold snapshot (capture method '
+                             'rebase) of /x/disk']))
+
+    def test_ours_left_to_nova(self):
+        ran = bench_report.what_ran('ours', [
+            "Snapshot of [workarounds] disable_libvirt_livesnapshot (nova "
+            "suspends the guest for a cold snapshot) is left to nova's "
+            "libvirt driver"])
+        self.assertEqual("ours, left to nova's code ([workarounds] "
+                         "disable_libvirt_livesnapshot (nova suspends the "
+                         "guest for a cold snapshot))", ran)
+
+    def test_nothing_logged_says_nothing(self):
+        self.assertIsNone(bench_report.what_ran('ours', ['other']))
 
 
 class Axes(object):
@@ -137,6 +263,12 @@ class TestPlot(unittest.TestCase):
     def test_floors_are_not_drawn_as_drivers(self):
         ax = Axes()
         bench_report.plot_times(ax, [new_case()])
-        self.assertEqual(['1G random instance stream',
-                          '1G random instance stream (read alone)'],
+        self.assertEqual(['1G random instance running stream',
+                          '1G random instance running stream (read alone)'],
                          ax.labels)
+
+    def test_labels_say_the_state(self):
+        ax = Axes()
+        bench_report.plot_times(ax, [cold_case()])
+        self.assertEqual(['1G random instance shutoff stream',
+                          '1G random instance shutoff in-tree'], ax.labels)

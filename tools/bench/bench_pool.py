@@ -23,7 +23,9 @@ the median of the ratios resampled with replacement, 2,000 times, with a
 fixed seed, so the same files always print the same table.  With
 ``--floor image-API-only``, only runs that measured that floor count.
 With ``--method image-API-only``, a floor, each of its uploads ÷ the
-``--floor`` upload next to it (``side_by_side_ratios``).
+``--floor`` upload next to it (``side_by_side_ratios``).  Only cases
+of one domain state are pooled: ``--state``, running unless it says
+otherwise (a cold snapshot's ratios are not a live one's).
 
     tools/bench/bench_pool.py doc/benchmark/*-instance*/bench.json
     tools/bench/bench_pool.py --method stream --floor image-API-only \\
@@ -46,11 +48,16 @@ RESAMPLES = 2000
 SEED = 0
 
 
-def ratios_by_size(runs, method, floor):
-    """{size_gib: [ratio, ...]} of ``method`` ÷ ``floor``, paired."""
+def ratios_by_size(runs, method, floor, state=bench_report.RUNNING):
+    """{size_gib: [ratio, ...]} of ``method`` ÷ ``floor``, paired.
+
+    Cases of domain ``state`` only.
+    """
     pooled = {}
     for cases in runs:
         for case in cases:
+            if bench_report.state(case) != state:
+                continue
             res = case['results']
             walls = res.get(method, {}).get('walls', [])
             floor_walls = res.get(floor, {}).get('walls', [])
@@ -72,12 +79,13 @@ def interval(ratios, resamples=RESAMPLES, seed=SEED):
             medians[int(0.95 * resamples) - 1])
 
 
-def pool_table(runs, method, floor):
+def pool_table(runs, method, floor, state=bench_report.RUNNING):
     rows = ['| disk | %s ÷ %s | runs | median | 90 %% interval of the '
             'median | lowest-highest |' % (method, floor),
             '|---|---|---|---|---|---|']
     how = ('side by side' if method in bench_report.FLOORS else 'paired')
-    for size, ratios in sorted(ratios_by_size(runs, method, floor).items()):
+    pooled = ratios_by_size(runs, method, floor, state)
+    for size, ratios in sorted(pooled.items()):
         low, high = interval(ratios)
         rows.append('| %g GiB | %s | %d | %.3f | %.3f-%.3f | '
                     '%.2f-%.2f |' % (size, how, len(ratios),
@@ -94,6 +102,9 @@ def parse_args(argv=None):
                         'floor (then ÷ the other floor, upload by upload)')
     parser.add_argument('--floor', default=bench_report.GLANCE_ONLY,
                         choices=bench_report.FLOORS)
+    parser.add_argument('--state', default=bench_report.RUNNING,
+                        choices=bench_report.STATES,
+                        help='pool the cases of this domain state only')
     return parser.parse_args(argv)
 
 
@@ -105,7 +116,7 @@ def main(argv=None):
     for path in args.bench_json:
         with open(path) as f:
             runs.append(json.load(f)['cases'])
-    print(pool_table(runs, args.method, args.floor), end='')
+    print(pool_table(runs, args.method, args.floor, args.state), end='')
 
 
 if __name__ == '__main__':

@@ -26,10 +26,20 @@ Every row says its data layout: ``base`` (the data in the instance's base
 image) or ``instance`` (in the instance's own qcow2 layer), see
 bench_measure.py.  A bench.json from before layouts were measured has
 none: its rows are ``base``, which is what it measured.
+
+Every row says the domain's state too (``--state``): ``running`` (a live
+snapshot; runs from before --state measured only this), ``shutoff`` (a
+cold snapshot of the shut-off domain) or ``suspend`` (running, with
+``[workarounds] disable_libvirt_livesnapshot``: nova saves the guest for
+a cold snapshot and restores it; ``guest down s`` is how long the guest
+was not running).  In the last two, only ``stream`` of our capture
+methods runs (``methods_in_state``), and each of our rows says what ran
+(``what_ran``).
 """
 
 import json
 import os
+import re
 import statistics
 
 # The two floors, timing rows that are not drivers (bench_measure.py): the
@@ -37,7 +47,7 @@ import statistics
 GLANCE_ONLY = 'glance-only'
 IMAGE_API_ONLY = 'image-API-only'
 FLOORS = (GLANCE_ONLY, IMAGE_API_ONLY)
-PHASES = ('plan', 'capture', 'extract', 'upload', 'stream')
+PHASES = ('plan', 'save', 'capture', 'extract', 'upload', 'stream')
 # Parts of a stream's phase (bench_measure.our_phases), after the phases.
 STREAM_EDGES = ('to 1st byte', 'after last')
 # The targets drawn on the plot (issue 13's for stream; 0.70: the guest's
@@ -46,11 +56,65 @@ TARGET_TIME = 1.03
 TARGET_WRITES_LIMITED = 0.70
 TARGET_WRITES_STREAM = 0.50
 LAYOUT_COLOURS = {'base': 'tab:blue', 'instance': 'tab:orange'}
+# The domain's state during the snapshots (--state; see above).
+RUNNING, SHUTOFF, SUSPEND = 'running', 'shutoff', 'suspend'
+STATES = (RUNNING, SHUTOFF, SUSPEND)
+# Our capture methods that mean something other than nova's way when the
+# domain is shut off (or saved by nova): rebase, copy and backup are live
+# capture methods; cold, each is nova's qemu-img convert, the in-tree row.
+COLD_METHODS = ('stream',)
 
 
 def layout(case):
     """The case's data layout; runs from before layouts measured 'base'."""
     return case.get('layout', 'base')
+
+
+def state(case):
+    """The domain's state; runs from before --state measured 'running'."""
+    return case.get('state', RUNNING)
+
+
+def methods_in_state(methods, domain_state):
+    """The capture methods of ``methods`` that a ``domain_state`` run times.
+
+    Running: all of them.  Shut off or suspended: those in COLD_METHODS.
+    """
+    if domain_state == RUNNING:
+        return list(methods)
+    return [m for m in methods if m in COLD_METHODS]
+
+
+PLANNED = re.compile(
+    r'Planned (\w+) snapshot \(capture method (\w+)([^)]*)\)')
+LEFT_TO_NOVA = re.compile(r'Snapshot of (.*) is left to nova')
+
+
+def what_ran(driver, messages):
+    """What took the snapshot, from the driver's log ``messages``.
+
+    ``driver``: 'in-tree' or 'ours'.  Ours either hands the snapshot to
+    nova's code ("... is left to nova's libvirt driver", e.g. with
+    [workarounds] disable_libvirt_livesnapshot) or plans its own ("Planned
+    <kind> snapshot (capture method <method>[, how])", how saying e.g.
+    that the guest is suspended while its disk is read); a cold 'rebase'
+    is nova's way, qemu-img convert then upload, run by our driver.  None
+    if the log says neither.
+    """
+    if driver == 'in-tree':
+        return 'nova in-tree'
+    for message in messages:
+        left = LEFT_TO_NOVA.search(message)
+        if left:
+            return 'ours, left to nova\'s code (%s)' % left.group(1)
+    for message in messages:
+        planned = PLANNED.search(message)
+        if planned:
+            kind, method, how = planned.groups()
+            if kind == 'cold' and method == 'rebase':
+                method = 'qemu-img convert'
+            return 'ours, %s %s%s' % (kind, method, how)
+    return None
 
 
 def mib(nbytes):
@@ -120,11 +184,15 @@ def side_by_side_ratios(walls, floor_walls):
     return [w / f for w, f in zip(walls, floor_walls)]
 
 
+def seconds(value):
+    return '-' if value is None else '%.2f' % value
+
+
 def timing_table(cases):
-    rows = ['| disk | data | layout | method | wall s | ÷ glance-only | '
-            '÷ image API | ÷ in-tree | transient s | peak temp ÷ image '
-            '| host CPU s/GiB | phases s |',
-            '|---|---|---|---|---|---|---|---|---|---|---|---|']
+    rows = ['| disk | data | layout | state | method | wall s '
+            '| ÷ glance-only | ÷ image API | ÷ in-tree | transient s '
+            '| guest down s | peak temp ÷ image | host CPU s/GiB | phases s |',
+            '|---|---|---|---|---|---|---|---|---|---|---|---|---|---|']
     for case in cases:
         res = case['results']
         floor = res[GLANCE_ONLY]['wall']
@@ -141,6 +209,11 @@ def timing_table(cases):
             phases = ', '.join('%s %.1f' % (p, r['phases'][p])
                                for p in PHASES + STREAM_EDGES
                                if p in r['phases'])
+            if r.get('ran'):
+                phases = 'ran: %s; %s' % (r['ran'], phases)
+            if len(r.get('downs', ())) > 1:
+                phases += '; down ' + ', '.join('%.2f' % d
+                                                for d in r['downs'])
             if len(r.get('walls', ())) > 1:
                 # --repeat: the wall is the median; phases of that run.
                 phases += '; runs ' + ', '.join('%.1f' % w
@@ -153,14 +226,14 @@ def timing_table(cases):
                 if ratios:
                     phases += '; paired ÷ %s %s' % (floor_name, ratios)
             phases += cpu_text(r)
-            rows.append('| %g GiB | %s | %s | %s | %.1f | %.2f | %s | %s '
-                        '| %.2f | %s | %s | %s |'
+            rows.append('| %g GiB | %s | %s | %s | %s | %.1f | %.2f | %s '
+                        '| %s | %.2f | %s | %s | %s | %s |'
                         % (case['size_gib'], case['kind'], layout(case),
-                           name, r['wall'],
+                           state(case), name, r['wall'],
                            r['wall'] / floor,
                            ratio(r['wall'], api if r['uploaded'] else None),
                            ratio(r['wall'], intree),
-                           r['transient'],
+                           r['transient'], seconds(r.get('down')),
                            # Nothing uploaded: the read-alone row.
                            '%.2f' % (r['peak_temp'] / r['uploaded'])
                            if r['uploaded'] else '-',
@@ -181,10 +254,11 @@ def timing_table(cases):
                 if ratios:
                     uploads += '; side by side ÷ %s %s' % (GLANCE_ONLY,
                                                            ratios)
-            rows.append('| %g GiB | %s | %s | %s | %.1f | %.2f | %s | %s '
-                        '| - | - | %s | uploads %s%s |'
+            rows.append('| %g GiB | %s | %s | %s | %s | %.1f | %.2f | %s '
+                        '| %s | - | - | - | %s | uploads %s%s |'
                         % (case['size_gib'], case['kind'], layout(case),
-                           name, wall, wall / floor, ratio(wall, api),
+                           state(case), name, wall, wall / floor,
+                           ratio(wall, api),
                            ratio(wall, intree),
                            host_cpu_per_gib(res[name], case['size_gib']),
                            uploads, cpu_text(res[name])))
@@ -247,9 +321,9 @@ def plot_times(ax, cases):
         floor = case['results'][GLANCE_ONLY]['wall']
         for name, r in case['results'].items():
             if name not in FLOORS:
-                labels.append('%gG %s %s %s' % (case['size_gib'],
-                                                case['kind'], layout(case),
-                                                name))
+                labels.append('%gG %s %s %s %s' % (
+                    case['size_gib'], case['kind'], layout(case),
+                    state(case), name))
                 ratios.append(r['wall'] / floor)
                 colours.append(LAYOUT_COLOURS[layout(case)])
     ax.bar(range(len(labels)), ratios, color=colours)
@@ -304,6 +378,40 @@ def pinning_note(args):
             'bench, QEMU and libvirtd on the others.\n\n' % (cpu, cpu))
 
 
+def state_note(cases):
+    """A paragraph per domain state other than running that the run has."""
+    notes = {
+        SHUTOFF: (
+            'State shutoff: the domain is shut off before the timed '
+            'snapshots (libvirt\'s graceful destroy: QEMU, sent SIGTERM, '
+            'flushes and closes the disk; the test guest, idle, writes '
+            'nothing and has no ACPI handler) and stays shut off; every '
+            'snapshot is of the shut-off domain.  Ours is [snapdriver] '
+            'capture_method = stream: its cold path reads the disk with '
+            'qemu-nbd straight into Glance ("ran" says whether it did).  '
+            'rebase, copy and backup are left out: they are live capture '
+            'methods, and cold each is nova\'s qemu-img convert into a '
+            'temp image, then the upload: the in-tree row.  No QEMU runs: '
+            'host CPU is the bench and its children (qemu-nbd, qemu-img).'
+        ),
+        SUSPEND: (
+            'State suspend: the domain runs, and [workarounds] '
+            'disable_libvirt_livesnapshot = True: nova saves the guest '
+            '(managed save: its RAM to libvirt\'s save directory, not in '
+            'peak temp), snapshots the disk cold and starts the guest '
+            'again.  guest down s: how long the domain was not running '
+            'during the snapshot (its state polled every 10 ms); "ran" '
+            'says whose code took the snapshot.  Only stream of our '
+            'methods runs; rebase, copy and backup are live capture '
+            'methods.  The QEMU that a save ends is counted up to its '
+            'last poll; libvirtd\'s own work (writing and reading the '
+            'saved RAM) is not counted.'
+        ),
+    }
+    present = [s for s in STATES if s in {state(case) for case in cases}]
+    return ''.join(notes[s] + '\n\n' for s in present if s in notes)
+
+
 def save_json(cases, args):
     """bench.json in --out: the arguments and every case measured so far."""
     path = os.path.join(args.out, 'bench.json')
@@ -316,12 +424,13 @@ def report(cases, args):
     out = args.out
     save_json(cases, args)
     timings, writes = timing_table(cases), writes_table(cases)
-    md = pinning_note(args) + timings + '\n' + writes
+    notes = pinning_note(args) + state_note(cases)
+    md = notes + timings + '\n' + writes
     with open(os.path.join(out, 'bench.md'), 'w') as f:
         f.write(md)
     with open(os.path.join(out, 'bench.rst'), 'w') as f:
         f.write('.. Written by tools/bench/bench_report.py from '
-                'bench.json.\n\n' + pinning_note(args) + 'Snapshot times\n\n'
+                'bench.json.\n\n' + notes + 'Snapshot times\n\n'
                 + rst_table(timings))
         if any(case['writes'] for case in cases):
             # --write-seconds 0: no rows, and RST has no empty tables.
