@@ -30,6 +30,16 @@ nova's in-tree driver compresses with zlib, as [libvirt]
 snapshot_compression makes it; ``stream`` is then left out: a stream is
 never compressed, the driver would run copy or rebase in its place).
 
+The domain's state (--state): ``running`` (the default: live
+snapshots), ``shutoff`` (the domain shut off before the timed snapshots:
+our cold stream, nova in-tree's qemu-img convert and upload, the
+floors) and ``suspend`` (running, with ``[workarounds]
+disable_libvirt_livesnapshot``: nova saves the guest for a cold
+snapshot; the guest's downtime is measured).  Shut off or suspended,
+only ``stream`` of the capture methods runs: rebase, copy and backup
+are live capture methods, and cold each is nova's convert path, the
+in-tree row.
+
 This file is the entry point: the arguments, and the run.  What is
 measured and how: tools/bench/bench_measure.py.  The tables, the plot and the
 JSON: tools/bench/bench_report.py.
@@ -52,7 +62,11 @@ layout, the layer, rebase's or copy's copy of it, the image and Glance's):
     tox -e bench -- --sizes 1 --methods stream --repeat 5   (medians)
 
 A short try: ``--sizes 1 --layout instance`` (about 5 minutes quiet, 10
-on a busy machine; ``--sizes 0.25`` both layouts, about 6 busy).
+on a busy machine; ``--sizes 0.25`` both layouts, about 6 busy).  Cold,
+and the guest's downtime under the workaround:
+
+    tox -e bench -- --sizes 1 --layout instance --state shutoff --repeat 3
+    tox -e bench -- --sizes 1 --layout instance --state suspend --repeat 3
 
 ``--replot BENCH_JSON`` rewrites bench.json, bench.md, bench.rst and
 bench.png from an earlier run's figures, without the test bed;
@@ -80,6 +94,13 @@ def parse_args():
                         help='where the data is: base (the instance\'s base '
                         'image), instance (its own qcow2 layer; 64 MiB in '
                         'the base); comma separated')
+    parser.add_argument('--state', default=bench_report.RUNNING,
+                        help='the domain\'s state during the snapshots: '
+                        'running (live), shutoff (cold), suspend (running, '
+                        'with [workarounds] disable_libvirt_livesnapshot: '
+                        'nova saves the guest; its downtime is reported); '
+                        'comma separated.  Shut off or suspended, only '
+                        'stream of --methods runs')
     parser.add_argument('--skip-intree', action='store_true')
     parser.add_argument('--repeat', type=int, default=1,
                         help='time each driver and the two floors this '
@@ -116,6 +137,11 @@ def parse_args():
         if layout not in bench_measure.LAYOUTS:
             parser.error('unknown layout %r (%s)' % (
                 layout, ', '.join(bench_measure.LAYOUTS)))
+    args.state = [k for k in args.state.split(',') if k]
+    for domain_state in args.state:
+        if domain_state not in bench_report.STATES:
+            parser.error('unknown state %r (%s)' % (
+                domain_state, ', '.join(bench_report.STATES)))
     args.methods = [m for m in args.methods.split(',') if m]
     if args.repeat < 1:
         parser.error('--repeat must be at least 1')
@@ -123,6 +149,13 @@ def parse_args():
         # The driver never compresses a stream: it would time copy.
         print('--compression: stream left out (a stream is never compressed)')
         args.methods.remove('stream')
+    for domain_state in args.state:
+        left_out = [m for m in args.methods if m not in
+                    bench_report.methods_in_state(args.methods, domain_state)]
+        if left_out:
+            print('--state %s: %s left out (live capture methods; cold, '
+                  'each is nova\'s convert path, the in-tree row)'
+                  % (domain_state, ', '.join(left_out)))
     return args
 
 
@@ -133,7 +166,8 @@ def main():
         with open(args.replot) as f:
             earlier = json.load(f)
         # Runs from before --layout measured the base layout only.
-        args.__dict__.update(layout=['base'])
+        # and runs from before --state, the domain running.
+        args.__dict__.update(layout=['base'], state=[bench_report.RUNNING])
         args.__dict__.update(earlier['args'], out=args.out)
         bench_report.report(earlier['cases'], args)
         return

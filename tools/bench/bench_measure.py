@@ -68,10 +68,24 @@ from 32 MiB to its end (the same image either way) in one of two layouts:
   libnbd), as a guest that wrote its data itself leaves it.  The shallow
   captures then copy that layer first: temp space of about the layer plus
   the image, and rebase's transient window as long as that copy.
+
+The domain's state (--state): ``running``, all of the above.
+``shutoff``: the domain is shut off once it has booted (``shut_off``)
+and every timed snapshot is cold: ours with ``capture_method = stream``
+(its cold stream: qemu-nbd, run by the driver, read straight into
+Glance), nova in-tree (qemu-img convert into a temp image, then the
+upload), the read alone and the floors; no guest writes.  ``suspend``:
+the domain runs and ``[workarounds] disable_libvirt_livesnapshot`` is
+set, so nova saves the guest (managed save) for a cold snapshot and
+starts it again; ``DowntimeWatcher`` sums how long the domain was not
+running.  In both, rebase, copy and backup are left out
+(bench_report.methods_in_state), and each of our rows says what ran,
+from the driver's log (``DriverLog``, bench_report.what_ran).
 """
 
 import contextlib
 import io
+import logging
 import os
 import shutil
 import statistics
@@ -205,6 +219,31 @@ class DataInstance(test_instance.NovaInstance):
         with open('/run/libvirt/qemu/%s.pid' % self.name) as f:
             return int(f.read())
 
+    def running_qemu_pid(self):
+        """qemu_pid(), or None while no QEMU runs the domain."""
+        try:
+            return self.qemu_pid()
+        except (FileNotFoundError, ValueError):
+            return None  # shut off, or saved and not yet restored
+
+
+def shut_off(inst, timeout=60):
+    """Shut the domain off cleanly and wait until libvirt says it is.
+
+    libvirt's graceful destroy sends QEMU SIGTERM only: QEMU flushes and
+    closes its images and exits, as it does when nova's power-off gives
+    up waiting for the guest.  An ACPI shutdown (``dom.shutdown()``) is
+    not asked for: the test guest has no handler for it.  The guest is
+    idle and never writes, so nothing it wrote is in flight.
+    """
+    inst.lookup().destroyFlags(libvirt.VIR_DOMAIN_DESTROY_GRACEFUL)
+    deadline = time.monotonic() + timeout
+    while inst.state() != libvirt.VIR_DOMAIN_SHUTOFF:
+        if time.monotonic() > deadline:
+            raise RuntimeError('%s did not shut off in %d s'
+                               % (inst.name, timeout))
+        time.sleep(0.1)
+
 
 # -- what is measured -----------------------------------------------------
 
@@ -248,6 +287,81 @@ class Watcher(threading.Thread):
         self._done.set()
         self.join()
         self.conn.close()
+
+
+class DowntimeWatcher(threading.Thread):
+    """Sums the seconds the domain was not running, polled every 10 ms.
+
+    Each interval between two polls counts as the state the second poll
+    saw; a domain libvirt does not find (undefined for a moment) counts
+    as down.  libvirt's lifecycle events would need an event loop of
+    their own beside the one nova's Host runs in this process: polled.
+    ``sample``, if given, is called at every poll (CpuMeter.sample:
+    a managed save replaces the QEMU).
+    """
+
+    def __init__(self, uuid, interval=0.01, sample=None):
+        super(DowntimeWatcher, self).__init__(daemon=True)
+        self.conn = libvirt.open(libvirtd.URI)
+        self.uuid = uuid
+        self.interval = interval
+        self.sample = sample or (lambda: None)
+        self.down = 0.0
+        self.states = []  # every state seen, in order, each once per run
+        self._done = threading.Event()
+
+    def _state(self):
+        try:
+            return self.conn.lookupByUUIDString(self.uuid).state()[0]
+        except libvirt.libvirtError:
+            return None
+
+    def run(self):
+        last = time.monotonic()
+        while not self._done.is_set():
+            dom_state = self._state()
+            now = time.monotonic()
+            if dom_state != libvirt.VIR_DOMAIN_RUNNING:
+                self.down += now - last
+            if not self.states or self.states[-1] != dom_state:
+                self.states.append(dom_state)
+            last = now
+            self.sample()
+            time.sleep(self.interval)
+
+    def stop(self):
+        self._done.set()
+        self.join()
+        self.conn.close()
+
+
+class DriverLog(logging.Handler):
+    """The messages our driver logs (nova_snapdriver.*) while attached."""
+
+    LOGGER = 'nova_snapdriver'
+
+    def __init__(self):
+        super(DriverLog, self).__init__(logging.INFO)
+        self.messages = []
+
+    def emit(self, record):
+        try:
+            self.messages.append(record.getMessage())
+        except Exception:
+            pass
+
+    def __enter__(self):
+        logger = logging.getLogger(self.LOGGER)
+        self._level = logger.level
+        if logger.getEffectiveLevel() > logging.INFO:
+            logger.setLevel(logging.INFO)
+        logger.addHandler(self)
+        return self
+
+    def __exit__(self, *exc):
+        logger = logging.getLogger(self.LOGGER)
+        logger.removeHandler(self)
+        logger.setLevel(self._level)
 
 
 def disk_qom_path(domain, dev='vda'):
@@ -361,9 +475,13 @@ def intree_phases(driver, phases):
     """The in-tree driver's capture, extract and upload, timed from here.
 
     ``_live_snapshot`` mirrors, aborts, redefines, then runs
-    ``extract_snapshot``: capture is the first minus the second.
+    ``extract_snapshot``: capture is the first minus the second.  A cold
+    snapshot runs ``extract_snapshot`` alone (qemu-img convert); of a
+    running guest (``disable_libvirt_livesnapshot``), after ``suspend``,
+    the managed save, timed as ``save``.
     """
     with timed(driver, '_live_snapshot', phases, 'live_snapshot'), \
+            timed(driver, 'suspend', phases, 'save'), \
             timed(libvirt_utils, 'extract_snapshot', phases, 'extract'), \
             timed(driver._image_api, 'update', phases, 'upload'):
         yield
@@ -418,43 +536,80 @@ def settle():
     os.sync()
 
 
-def snapshot(bench, name, inst, writer=None):
+def snapshot(bench, name, inst, writer=None,
+             domain_state=bench_report.RUNNING):
     """Snapshot ``inst`` with driver ``name`` ('in-tree' or a method).
 
     Returns wall time, phases, transient seconds, peak temp bytes, bytes
     uploaded and the image id; with ``writer`` (a GuestWriter), it is
-    started with the snapshot.
+    started with the snapshot.  In a state other than running, also what
+    ran (bench_report.what_ran); in ``suspend``, the seconds the guest
+    was down (``down``, DowntimeWatcher).
     """
     image = compute_utils.create_image(bench.context, inst.obj, 'bench',
                                        'snapshot', bench.image_api)
-    phases = {}
+    phases, nova_phases = {}, {}
     listener = our_phases(inst.uuid, phases)
     progress.listen(listener)
     driver = bench.drivers['in-tree' if name == 'in-tree' else 'ours']
+    # nova's phases, wherever nova's code may run: in-tree, and ours,
+    # which leaves a suspended snapshot to nova's code (or did before it
+    # had its own).  Ours reports its own phases when it runs them.
+    nova_code = (name == 'in-tree' or
+                 domain_state == bench_report.SUSPEND)
     settle()
     watcher = Watcher(inst.uuid, bench.snapshots_dir)
     watcher.start()
     if writer:
         writer.start()
-    cpu = CpuMeter(bench, inst)
+    cpu = CpuMeter(bench, inst.running_qemu_pid)
+    downtime = None
+    if domain_state == bench_report.SUSPEND:
+        downtime = DowntimeWatcher(inst.uuid, sample=cpu.sample)
+    log = DriverLog()
     cpu.start()
+    if downtime:
+        downtime.start()
     start = time.monotonic()
     try:
-        with (intree_phases(driver, phases) if name == 'in-tree'
-              else contextlib.nullcontext()):
+        with log, (intree_phases(driver, nova_phases) if nova_code
+                   else contextlib.nullcontext()):
             driver.snapshot(bench.context, inst.obj, image['id'],
                             lambda **kw: None)
     finally:
         wall = time.monotonic() - start
+        if downtime:
+            downtime.stop()
         cpu.stop()
         if writer:
             writer.stop()
         watcher.stop()
         progress.unlisten(listener)
+    if phases and 'save' in nova_phases:
+        # Our own path saved the guest through the driver's suspend().
+        phases['save'] = nova_phases['save']
     size = bench.glance.images.get(image['id']).size
-    return {'wall': wall, 'phases': phases, 'transient': watcher.transient,
-            'peak_temp': watcher.peak, 'uploaded': size,
-            'image_id': image['id'], 'cpu': cpu.used}
+    result = {'wall': wall, 'phases': phases or nova_phases,
+              'transient': watcher.transient, 'peak_temp': watcher.peak,
+              'uploaded': size, 'image_id': image['id'], 'cpu': cpu.used}
+    if domain_state != bench_report.RUNNING:
+        result['ran'] = bench_report.what_ran(
+            'in-tree' if name == 'in-tree' else 'ours', log.messages)
+    if downtime:
+        result['down'] = downtime.down
+        result['states'] = [STATE_NAMES.get(s, str(s))
+                            for s in downtime.states]
+    return result
+
+
+# libvirt's domain states, as DowntimeWatcher.states names them.
+STATE_NAMES = {None: 'not found',
+               libvirt.VIR_DOMAIN_RUNNING: 'running',
+               libvirt.VIR_DOMAIN_PAUSED: 'paused',
+               libvirt.VIR_DOMAIN_SHUTOFF: 'shut off',
+               libvirt.VIR_DOMAIN_SHUTDOWN: 'shutting down',
+               libvirt.VIR_DOMAIN_BLOCKED: 'blocked',
+               libvirt.VIR_DOMAIN_PMSUSPENDED: 'pm-suspended'}
 
 
 def download(glance_client, image_id, workdir):
@@ -519,25 +674,30 @@ def glance_only(bench, path):
 
 
 @contextlib.contextmanager
-def snapdriver_options(**options):
-    """Set [snapdriver] options for the block, then clear them."""
+def conf_options(group, **options):
+    """Set options of ``group`` for the block, then clear them."""
     for key, value in options.items():
-        nova_env.CONF.set_override(key, value, 'snapdriver')
+        nova_env.CONF.set_override(key, value, group)
     try:
         yield
     finally:
         for key in options:
-            nova_env.CONF.clear_override(key, 'snapdriver')
+            nova_env.CONF.clear_override(key, group)
 
 
-def drivers_to_run(args):
-    return list(args.methods) + ([] if args.skip_intree else ['in-tree'])
+def drivers_to_run(args, domain_state=bench_report.RUNNING):
+    return (bench_report.methods_in_state(args.methods, domain_state) +
+            ([] if args.skip_intree else ['in-tree']))
 
 
-def timed_drivers(args):
-    """The drivers timed, and with stream its read alone (READ_ALONE)."""
-    names = drivers_to_run(args)
-    if 'stream' in names:
+def timed_drivers(args, domain_state=bench_report.RUNNING):
+    """The drivers timed, and with stream its read alone (READ_ALONE).
+
+    Not in ``suspend``: there nova's code may take our snapshot, and the
+    read alone would then upload all the same.
+    """
+    names = drivers_to_run(args, domain_state)
+    if 'stream' in names and domain_state != bench_report.SUSPEND:
         names.insert(names.index('stream') + 1, READ_ALONE)
     return names
 
@@ -553,20 +713,24 @@ def read_to_nowhere(image_api, context, image_id, metadata, fileobj, size,
         pass
 
 
-def run_snapshot(bench, name, inst, bandwidth=0, writer=None):
+def run_snapshot(bench, name, inst, bandwidth=0, writer=None,
+                 domain_state=bench_report.RUNNING):
     """One snapshot with driver ``name`` and the given bandwidth limit."""
+    if domain_state == bench_report.SHUTOFF and \
+            inst.state() != libvirt.VIR_DOMAIN_SHUTOFF:
+        raise RuntimeError('%s is not shut off' % inst.name)
     options = {'block_job_bandwidth': bandwidth}
     if name == READ_ALONE:
         options['capture_method'] = 'stream'
     elif name != 'in-tree':
         options['capture_method'] = name
-    with snapdriver_options(**options), (
+    with conf_options('snapdriver', **options), (
             mock.patch.object(upload, 'upload_file', read_to_nowhere)
             if name == READ_ALONE else contextlib.nullcontext()):
-        return snapshot(bench, name, inst, writer)
+        return snapshot(bench, name, inst, writer, domain_state)
 
 
-def timing_runs(bench, inst, args):
+def timing_runs(bench, inst, args, domain_state=bench_report.RUNNING):
     """Each driver, nothing else running, and the two floors; --repeat.
 
     The floors re-upload the first snapshot's image: right after that
@@ -581,7 +745,7 @@ def timing_runs(bench, inst, args):
     snapshot's image is deleted as soon as it is measured, so at most one
     is stored at a time.
     """
-    runs = {name: [] for name in timed_drivers(args)}
+    runs = {name: [] for name in timed_drivers(args, domain_state)}
     floors = {name: [] for name in bench_report.FLOORS}
     path = disk_format = None
 
@@ -598,9 +762,14 @@ def timing_runs(bench, inst, args):
 
     try:
         for _round in range(args.repeat):
-            for name in timed_drivers(args):
-                result = run_snapshot(bench, name, inst)
+            for name in timed_drivers(args, domain_state):
+                result = run_snapshot(bench, name, inst,
+                                      domain_state=domain_state)
                 runs[name].append(result)
+                if bench.pinning and domain_state == bench_report.SUSPEND:
+                    # The managed save ended the QEMU pinned: pin its
+                    # successor.
+                    bench.pinning.pin_qemu(inst.qemu_pid())
                 if path is None and name != READ_ALONE:
                     path = download(bench.glance, result['image_id'],
                                     args.workdir)
@@ -621,6 +790,11 @@ def timing_runs(bench, inst, args):
         # The other figures are those of the run nearest the median.
         results[name] = dict(min(done, key=lambda r: abs(r['wall'] - wall)),
                              wall=wall, walls=walls)
+        if 'down' in done[0]:
+            results[name]['downs'] = [r['down'] for r in done]
+        rans = list(dict.fromkeys(r['ran'] for r in done if r.get('ran')))
+        if len(rans) > 1:  # runs that took different paths: say so
+            results[name]['ran'] = ' / '.join(rans)
     return results
 
 
@@ -645,21 +819,31 @@ def write_runs(bench, inst, args):
     return runs
 
 
-def run_case(bench, size_gib, kind, layout, args, with_writes):
+def run_case(bench, size_gib, kind, layout, args, with_writes,
+             domain_state=bench_report.RUNNING):
+    """One case; guest writes only with the domain running (no save)."""
     inst = DataInstance(bench.conn, bench.boot, disk_mib=int(size_gib * 1024),
                         kind=kind, layout=layout,
                         image_ref=bench.booted_image_id)
+    workarounds = {}
+    if domain_state == bench_report.SUSPEND:
+        workarounds['disable_libvirt_livesnapshot'] = True
     try:
         # Inside the try: a guest that never comes up is still destroyed.
         inst.start()
-        if bench.pinning:
+        if domain_state == bench_report.SHUTOFF:
+            shut_off(inst)
+        elif bench.pinning:
             bench.pinning.pin_qemu(inst.qemu_pid())
-        results = timing_runs(bench, inst, args)
-        writes = write_runs(bench, inst, args) if with_writes else []
+        with conf_options('workarounds', **workarounds):
+            results = timing_runs(bench, inst, args, domain_state)
+        writes = (write_runs(bench, inst, args)
+                  if with_writes and domain_state == bench_report.RUNNING
+                  else [])
     finally:
         inst.cleanup()
     return {'size_gib': size_gib, 'kind': kind, 'layout': layout,
-            'results': results, 'writes': writes}
+            'state': domain_state, 'results': results, 'writes': writes}
 
 
 # -- the test bed ---------------------------------------------------------
@@ -739,12 +923,15 @@ def measure(args, on_case=None):
             for kind in args.data:
                 with_writes = args.write_seconds > 0 and kind == args.data[0]
                 for layout in args.layout:
-                    print('case: %g GiB %s, data in the %s layer'
-                          % (size, kind, layout), flush=True)
-                    cases.append(run_case(bench, size, kind, layout, args,
-                                          with_writes))
-                    if on_case:
-                        on_case(cases)
+                    for domain_state in args.state:
+                        print('case: %g GiB %s, data in the %s layer, '
+                              'domain %s' % (size, kind, layout,
+                                             domain_state), flush=True)
+                        cases.append(run_case(bench, size, kind, layout,
+                                              args, with_writes,
+                                              domain_state))
+                        if on_case:
+                            on_case(cases)
     finally:
         if bench:
             if bench.pinning:
