@@ -28,7 +28,10 @@ its exact size.  It holds:
 - ``StreamReader``: the file-like object for nova's image API and
   glanceclient; it reads the segments with the caller's ``pread`` and
   returns at most ``max_read`` (1 MiB) bytes per ``read()``, and it rewinds
-  with ``seek(0)`` so that an upload can be retried.
+  with ``seek(0)`` so that an upload can be retried.  A ``read()`` hands
+  on what one ``pread`` returned as it is, never joined with other bytes:
+  it ends short where the disk's data begins, so that the reads that
+  follow line up with the read-ahead's requests (no copy of the data).
 
 A raw image is the disk, every byte of it: zero extents become zero bytes
 without reading the disk.
@@ -441,8 +444,10 @@ class StreamReader(object):
     ``pread(offset, length)`` returns ``length`` bytes of the disk at
     ``offset``; it is called only for ranges the layout reads, at most
     ``max_read`` bytes at a time, in stream order.  ``read()`` returns at
-    most ``max_read`` bytes (fewer only at the end) and ``b''`` at the end;
-    ``size`` is the total.
+    most ``max_read`` bytes and ``b''`` at the end; fewer is not the end:
+    a read ends where the disk's data begins or a range of it ends, and
+    hands on a piece of the disk as ``pread`` returned it, never joined
+    to other bytes.  ``size`` is the total.
 
     Seeking: ``seek(0)`` restarts from the first byte (an upload retry
     reads the image again, calling ``pread`` again); ``seek(0, 2)`` and
@@ -517,11 +522,16 @@ class StreamReader(object):
         wanted = size
         try:
             while wanted:
-                piece = self._next_piece(wanted)
-                if piece is None:
+                # Disk data is handed on alone, as it was read: never
+                # joined to the bytes before or after it (a copy).
+                found = self._next_piece(wanted, literal_only=bool(pieces))
+                if found is None:
                     break
+                piece, from_disk = found
                 pieces.append(piece)
                 wanted -= len(piece)
+                if from_disk:
+                    break
         except Exception as e:
             self._failed = e
             raise
@@ -541,10 +551,12 @@ class StreamReader(object):
                               'more' if data else 'it ends', self._position))
         return data
 
-    def _next_piece(self, wanted):
-        """At most ``wanted`` bytes of the current segment, or None at end.
+    def _next_piece(self, wanted, literal_only=False):
+        """``(data, from_disk)`` of the current segment, or None.
 
-        Never returns an empty piece: empty segments are skipped.
+        At most ``wanted`` bytes; None at the end, or at disk data if
+        ``literal_only``.  Never an empty piece: empty segments are
+        skipped.
         """
         while True:
             if self._segment is None:
@@ -553,7 +565,10 @@ class StreamReader(object):
                 if self._segment is None:
                     return None
             segment = self._segment
-            if isinstance(segment, tuple):
+            from_disk = isinstance(segment, tuple)
+            if from_disk and literal_only:
+                return None
+            if from_disk:
                 offset, length = segment
                 count = min(wanted, length - self._done)
                 if count > 0:
@@ -573,7 +588,7 @@ class StreamReader(object):
                 self._segment = None
                 continue
             self._done += count
-            return data
+            return data, from_disk
 
     def close(self):
         self.closed = True
