@@ -48,6 +48,7 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(
 CONF_TEMPLATE = """\
 [DEFAULT]
 debug = {debug}
+hashing_algorithm = {hashing_algorithm}
 enabled_backends = fs:file
 image_cache_dir = {workdir}/cache
 worker_self_reference_url = {url}
@@ -125,12 +126,18 @@ def _no_control_socket():
 
 
 class GlanceServer(object):
-    """glance-api under gunicorn, bound to 127.0.0.1:`port`."""
+    """glance-api under gunicorn, bound to 127.0.0.1:`port`.
 
-    def __init__(self, workdir, port=None, debug=False):
+    ``hashing_algorithm``: Glance's option of that name (its default,
+    sha512, if not given): what it reports as ``os_hash_algo``.
+    """
+
+    def __init__(self, workdir, port=None, debug=False,
+                 hashing_algorithm='sha512'):
         self.workdir = os.path.abspath(workdir)
         self.port = port or free_port()
         self.debug = debug
+        self.hashing_algorithm = hashing_algorithm
         self.log_path = os.path.join(self.workdir, 'glance-api.log')
         self._etc = os.path.join(self.workdir, 'etc')
         self._conf = os.path.join(self._etc, 'glance-api.conf')
@@ -161,7 +168,9 @@ class GlanceServer(object):
         shutil.copy(_find_paste_ini(), os.path.join(self._etc, PASTE_INI))
         with open(self._conf, 'w') as f:
             f.write(CONF_TEMPLATE.format(workdir=self.workdir, url=self.url,
-                                         paste=PASTE_INI, debug=self.debug))
+                                         paste=PASTE_INI, debug=self.debug,
+                                         hashing_algorithm=(
+                                             self.hashing_algorithm)))
         marker = os.path.join(self.workdir, '.db_synced')
         if not os.path.exists(marker):
             cmd = [sys.executable, '-m', 'glance.cmd.manage',

@@ -139,3 +139,10 @@ class PinningNoteTestCase(unittest.TestCase):
             types.SimpleNamespace(pin_glance=None)))
         self.assertEqual('', bench_report.pinning_note(
             types.SimpleNamespace()))
+
+    def test_the_report_says_glance_hashed_with_another_algorithm(self):
+        note = bench_report.pinning_note(types.SimpleNamespace(
+            pin_glance=None, glance_hash='sha256'))
+        self.assertIn('hashing_algorithm is sha256', note)
+        self.assertEqual('', bench_report.pinning_note(
+            types.SimpleNamespace(pin_glance=None, glance_hash='sha512')))

@@ -123,6 +123,11 @@ def parse_args():
                         'rest (the bench, QEMU, libvirtd) on the others, '
                         'as a cloud keeps Glance off its compute hosts '
                         '(tools/bench/bench_pin.py)')
+    parser.add_argument('--glance-hash', default='sha512',
+                        metavar='ALGO',
+                        help='Glance\'s hashing_algorithm (its default: '
+                        'sha512); a stream hashes its upload with it, '
+                        'to verify what Glance stored')
     parser.add_argument('--out', default='bench-results')
     parser.add_argument('--replot', metavar='BENCH_JSON',
                         help='only rewrite the files in --out from the '

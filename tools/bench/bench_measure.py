@@ -905,7 +905,9 @@ def measure(args, on_case=None):
     # QEMU runs as a user of its own: it must enter the instances below.
     os.chmod(args.workdir, 0o711)
     libvirtd.ensure_running()
-    glance = test_glance.GlanceServer(os.path.join(args.workdir, 'glance'))
+    glance = test_glance.GlanceServer(
+        os.path.join(args.workdir, 'glance'),
+        hashing_algorithm=getattr(args, 'glance_hash', 'sha512'))
     glance.start()
     cases = []
     bench = None

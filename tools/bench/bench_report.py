@@ -372,10 +372,17 @@ def plot_writes(ax, cases):
 def pinning_note(args):
     """A paragraph saying where the run pinned Glance, if it did."""
     cpu = getattr(args, 'pin_glance', None)  # None in runs before it
-    if cpu is None:
-        return ''
-    return ('Pinned (--pin-glance %d): glance-api on CPU %d alone; the '
-            'bench, QEMU and libvirtd on the others.\n\n' % (cpu, cpu))
+    algo = getattr(args, 'glance_hash', None) or 'sha512'
+    note = ''
+    if cpu is not None:
+        note += ('Pinned (--pin-glance %d): glance-api on CPU %d alone; '
+                 'the bench, QEMU and libvirtd on the others.\n\n'
+                 % (cpu, cpu))
+    if algo != 'sha512':
+        note += ('Glance\'s hashing_algorithm is %s (--glance-hash), not '
+                 'its default sha512: a stream hashes its upload with it.'
+                 '\n\n' % algo)
+    return note
 
 
 def state_note(cases):
