@@ -29,7 +29,13 @@ pass (``plan.cold_method`` says when it can).
 3. ``stream.reader`` lays the image out from the allocation map and
    reads it ahead; nova's image API uploads it, verified against Glance's
    hash, as a live stream is.
+
+A guest saved for its snapshot (``suspend``) is streamed the same way,
+but ``read_done`` starts it again as soon as the last byte is read
+(``LastByte``): qemu-nbd is gone by then, so QEMU can take its lock.
 """
+
+import io
 
 from oslo_log import log as logging
 
@@ -51,14 +57,73 @@ class NoScratch(object):
         pass
 
 
+class LastByte(object):
+    """The image stream, which calls ``done()`` once its last byte is read.
+
+    ``done`` runs inside the ``read`` that returns the last bytes, once:
+    the upload has every byte by then, and only Glance's finishing is
+    left.  After it, the disk may change (the guest runs again), so going
+    back to read it again (an upload's retry) fails with a clear error
+    instead of reading another disk.  Seeking forward, to measure the
+    size as requests does, is left to the stream.
+    """
+
+    def __init__(self, stream, size, done):
+        self._stream = stream
+        self.size = size
+        self._done = done
+        self._read = 0  # bytes returned since the last rewind
+        self.finished = False
+
+    def readable(self):
+        return True
+
+    def seekable(self):
+        return self._stream.seekable()
+
+    def tell(self):
+        return self._stream.tell()
+
+    def read(self, size=-1):
+        data = self._stream.read(size)
+        self._read += len(data)
+        if self._read >= self.size and not self.finished:
+            self.finished = True
+            self._done()
+        return data
+
+    def seek(self, offset, whence=io.SEEK_SET):
+        if whence == io.SEEK_CUR:
+            target = offset + self._stream.tell()
+        elif whence == io.SEEK_END:
+            target = offset + self.size
+        else:
+            target = offset
+        if self.finished and target < self._read:
+            raise io.UnsupportedOperation(
+                'the disk was read to its end and the guest started again, '
+                'so the disk may have changed since: it is not read again')
+        position = self._stream.seek(offset, whence)
+        if position == 0:
+            self._read = 0
+        return position
+
+    def close(self):
+        self._stream.close()
+
+
 def argv(plan):
     """qemu-nbd's command line: the chain, read-only, for one client."""
     return [snapshot_plan.QEMU_NBD, '--read-only', '--shared=1',
             plan.chain.filename()]
 
 
-def stream_disk(instance, plan, step, upload):
-    """Read the shut-off disk into ``upload(reader, size)``; its size."""
+def stream_disk(instance, plan, step, upload, read_done=None):
+    """Read the shut-off disk into ``upload(reader, size)``; its size.
+
+    ``read_done()``: called once the disk's last byte is read and qemu-nbd
+    has let it go (``LastByte``), while the upload may still run.
+    """
     export = None
     try:
         step('streaming')
@@ -68,6 +133,11 @@ def stream_disk(instance, plan, step, upload):
         image, size = novacompat.wait_natively(
             stream.reader, export, plan, NoScratch(), instance)
         step('streaming', size=size)
+        if read_done is not None:
+            def last_byte_read():
+                export.close()  # qemu-nbd exits: its shared lock goes
+                read_done()
+            image = LastByte(image, size, last_byte_read)
         upload(image, size)
         LOG.info('Streamed %(size)s from the shut-off disk',
                  {'size': progress.human_size(size)}, instance=instance)

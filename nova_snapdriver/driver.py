@@ -17,7 +17,10 @@ module each, in the order of the file list: ``plan`` (read-only, fails
 early), ``capture`` (the only phase that touches the domain), ``extract``
 (a flat image), ``upload`` (to Glance, verified); or, with
 ``capture_method = stream``, ``stream`` (capture and upload in one
-pass, no temp image).  Temp files live in one
+pass, no temp image).  Under ``[workarounds]
+disable_libvirt_livesnapshot`` a running or paused guest is saved
+(``suspend``) while its disk is streamed as a shut-off one is
+(``coldstream``).  Temp files live in one
 directory per snapshot under ``[libvirt] snapshots_directory`` and are
 removed whatever happens.
 """
@@ -43,6 +46,7 @@ from nova_snapdriver import plan as snapshot_plan
 from nova_snapdriver import progress
 from nova_snapdriver import recovery
 from nova_snapdriver import stream
+from nova_snapdriver import suspend
 from nova_snapdriver import upload
 
 CONF = cfg.CONF
@@ -131,22 +135,26 @@ class SnapLibvirtDriver(libvirt_driver.LibvirtDriver):
             raise nova_exception.InstanceNotRunning(instance_id=instance.uuid)
 
         try:
-            snapshot_plan.root_disk(guest)
+            _dev, _path, disk_format = snapshot_plan.root_disk(guest)
             snapshot_plan.nova_takes_it(
-                guest.get_power_state(novacompat.host(self)))
+                guest.get_power_state(novacompat.host(self)), disk_format)
         except snapshot_plan.NotHandled as e:
-            LOG.info('Snapshot of %(what)s is left to nova\'s libvirt '
-                     'driver', {'what': e}, instance=instance)
-            return super(SnapLibvirtDriver, self).snapshot(
-                context, instance, image_id, update_task_state)
+            return self._left_to_nova(e, context, instance, image_id,
+                                      update_task_state)
 
         # A record left by an earlier snapshot (a redefine that failed, a
-        # job left running) is repaired before a new one starts.
+        # job left running, a guest left saved) is repaired before a new
+        # one starts.
         self._recover('before a snapshot')
         clock = progress.PhaseClock(instance)
-        with clock.phase('plan'):
-            plan = snapshot_plan.build(self, context, instance, image_id,
-                                       guest)
+        try:
+            with clock.phase('plan'):
+                plan = snapshot_plan.build(self, context, instance,
+                                           image_id, guest)
+        except snapshot_plan.NotHandled as e:
+            # The power state changed since: the plan touched nothing.
+            return self._left_to_nova(e, context, instance, image_id,
+                                      update_task_state)
         metadata = novacompat.snapshot_metadata(
             self,
             instance.image_meta, instance, plan.image_format,
@@ -176,6 +184,13 @@ class SnapLibvirtDriver(libvirt_driver.LibvirtDriver):
         LOG.info('Snapshot image upload complete in %(summary)s',
                  {'summary': clock.summary()}, instance=instance)
 
+    def _left_to_nova(self, why, context, instance, image_id,
+                      update_task_state):
+        LOG.info('Snapshot of %(what)s is left to nova\'s libvirt driver',
+                 {'what': why}, instance=instance)
+        return super(SnapLibvirtDriver, self).snapshot(
+            context, instance, image_id, update_task_state)
+
     def _run(self, context, instance, guest, plan, metadata,
              update_task_state, clock):
         # The definition with its secrets, journalled for recovery: only
@@ -204,7 +219,7 @@ class SnapLibvirtDriver(libvirt_driver.LibvirtDriver):
         try:
             if plan.cold_stream:
                 # Nothing staged, not even a directory.
-                self._cold_stream(context, instance, plan, metadata,
+                self._cold_stream(context, instance, guest, plan, metadata,
                                   update_task_state, clock, step)
                 return
             # A new name: whatever is already there is not ours (and is
@@ -265,9 +280,14 @@ class SnapLibvirtDriver(libvirt_driver.LibvirtDriver):
         with novacompat.disk_ops_semaphore(), clock.phase('stream'):
             stream.stream(self, context, instance, guest, plan, step, send)
 
-    def _cold_stream(self, context, instance, plan, metadata,
+    def _cold_stream(self, context, instance, guest, plan, metadata,
                      update_task_state, clock, step):
-        """Read a shut-off disk straight into Glance (no temp image)."""
+        """Read a shut-off disk straight into Glance (no temp image).
+
+        Or a saved one (``plan.suspend``): the guest is saved once nova's
+        disk-ops slot is ours, not while waiting for it, and started again
+        as soon as the stream has read the disk's last byte.
+        """
         update_task_state(task_state=task_states.IMAGE_UPLOADING,
                           expected_state=task_states.IMAGE_PENDING_UPLOAD)
 
@@ -277,7 +297,13 @@ class SnapLibvirtDriver(libvirt_driver.LibvirtDriver):
                                instance, take_disk_ops=False,
                                hashes=plan.hashes)
         with novacompat.disk_ops_semaphore(), clock.phase('stream'):
-            coldstream.stream_disk(instance, plan, step, send)
+            if not plan.suspend:
+                coldstream.stream_disk(instance, plan, step, send)
+                return
+            with suspend.suspended(self, context, instance, guest,
+                                   plan.power_state, step) as saved:
+                coldstream.stream_disk(instance, plan, step, send,
+                                       read_done=saved.restore_soon)
 
     def _finish(self, instance, plan, record, was_persistent,
                 made_work_dir):
@@ -295,6 +321,9 @@ class SnapLibvirtDriver(libvirt_driver.LibvirtDriver):
         the life of this nova-compute.
         """
         problems, job_may_run = [], False
+        if record.data.get('saved'):
+            problems.append('the guest is still saved (managed save): '
+                            'recovery starts it again')
         try:
             if plan.live:
                 problems, job_may_run = capture.leftovers(

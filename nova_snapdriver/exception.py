@@ -148,3 +148,14 @@ class ScratchSpaceExhausted(SnapshotError):
                 "[snapdriver] stream_scratch_max_mb and reserved_space_mb, "
                 "give [libvirt] snapshots_directory more room, or snapshot "
                 "when the guest writes less.")
+
+
+class GuestNotRestored(SnapshotError):
+    msg_fmt = _("Instance %(instance_uuid)s was suspended (managed save) "
+                "for its snapshot under [workarounds] "
+                "disable_libvirt_livesnapshot, and starting it again from "
+                "its saved state failed: %(reason)s. Its journal record is "
+                "kept: \"nova-snapdriver-manage recover\", the periodic "
+                "recovery or the next start of nova-compute restores it; "
+                "or start the domain %(name)s with 'virsh start' (libvirt "
+                "restores the saved state).")

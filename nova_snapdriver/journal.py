@@ -15,9 +15,10 @@
 nova-compute can die at any instant (OOM, a restart, a deploy).  Before a
 snapshot touches anything, it writes one record: the instance, the image,
 the domain's saved inactive XML, the disk and the temp paths, and the
-phase it is in.  The record is rewritten at each phase and removed last, so
-a record that outlives its process says exactly what to repair (see
-``recovery``).
+phase it is in (and ``saved``: whether the snapshot may have saved the
+guest, managed save, see ``suspend``).  The record is rewritten at each
+phase and removed last, so a record that outlives its process says
+exactly what to repair (see ``recovery``).
 
 Records are JSON files in ``[snapdriver] journal_path``, written
 atomically (temp file, fsync, rename, fsync of the directory) with mode

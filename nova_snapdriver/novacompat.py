@@ -86,6 +86,20 @@ def undefine(driver, guest):
                                        keep_nvram=True)
 
 
+def resume_after_snapshot(driver, context, instance, guest, state):
+    """``LibvirtDriver._resume_guest_after_snapshot`` of a cold snapshot.
+
+    How nova starts a guest it suspended (``suspend``, managed save) for
+    a snapshot under ``[workarounds] disable_libvirt_livesnapshot``: its
+    CPUs powered up, ``Guest.launch`` (libvirt restores the saved state,
+    running or paused as it was), its PCI devices and direct ports
+    attached again.  ``state``: the power state before the suspend.
+    Read in 31.3.1 and 34.0.0 (the same signature and body).
+    """
+    driver._resume_guest_after_snapshot(context, False, state, instance,
+                                        guest)
+
+
 def domain(guest):
     """``Guest._domain``: the libvirt ``virDomain`` behind nova's ``Guest``.
 

@@ -56,6 +56,10 @@ NATIVE_FORMATS = ('raw', 'qcow2')
 # nova takes live snapshots of every domain that is not shut down; a paused
 # domain's block jobs run although its vCPUs don't.
 LIVE_STATES = tuple(set(power_state.STATE_MAP) - {power_state.SHUTDOWN})
+# Power states in which nova suspends the guest (managed save) for a cold
+# snapshot under [workarounds] disable_libvirt_livesnapshot
+# (LibvirtDriver._needs_suspend_resume_for_snapshot).
+SUSPEND_STATES = (power_state.RUNNING, power_state.PAUSED)
 
 QEMU_NBD = 'qemu-nbd'
 OVERLAY_NAME = 'overlay.qcow2'
@@ -95,6 +99,9 @@ class SnapshotPlan(object):
     # What the upload hashes: the algorithm Glance will report
     # (upload.hashes_for), or sha512 and md5 where it is not known.
     hashes: tuple = upload.BOTH
+    # [workarounds] disable_libvirt_livesnapshot: the running or paused
+    # guest is saved (managed save) while its disk is streamed cold.
+    suspend: bool = False
 
     @property
     def backing_file(self):
@@ -158,20 +165,51 @@ def root_disk(guest):
     return conf.target_dev, disk_path, disk_format
 
 
-def nova_takes_it(state):
+def compressed(image_format):
+    """Whether the image is written compressed, as nova decides it."""
+    return bool(CONF.libvirt.snapshot_compression and
+                image_format == 'qcow2')
+
+
+def nova_takes_it(state, disk_format='qcow2'):
     """NotHandled if nova's options leave this snapshot to nova's driver.
 
     ``[workarounds] disable_libvirt_livesnapshot``: operators set it when
     live snapshots crash guests on their QEMU; nova then suspends a
-    running or paused guest (managed save), extracts, and resumes it.
-    ``[ephemeral_storage_encryption] enabled``: nova's own path for
-    encrypted disks.  Both are nova's exactly as nova does them.
+    running or paused guest (managed save), converts its disk into a temp
+    image, resumes the guest, and uploads.  We take such a guest only
+    where we can stream its disk (``suspend_unavailable``): saved, read
+    straight into Glance, restored once the last byte is read
+    (``suspend``).  ``[ephemeral_storage_encryption] enabled``: nova's
+    own path for encrypted disks.  What we leave is nova's exactly as
+    nova does it.
     """
     if CONF.ephemeral_storage_encryption.enabled:
         raise NotHandled('[ephemeral_storage_encryption] enabled')
     if CONF.workarounds.disable_libvirt_livesnapshot and state in LIVE_STATES:
-        raise NotHandled('[workarounds] disable_libvirt_livesnapshot (nova '
-                         'suspends the guest for a cold snapshot)')
+        why = suspend_unavailable(state, disk_format)
+        if why:
+            raise NotHandled('[workarounds] disable_libvirt_livesnapshot '
+                             '(%s: nova suspends the guest for a cold '
+                             'snapshot)' % why)
+
+
+def suspend_unavailable(state, disk_format):
+    """Why nova's driver, not ours, suspends this guest; None if we do.
+
+    Ours streams the saved guest's disk as a shut-off one is streamed
+    (``cold_stream_unavailable``), so it needs ``capture_method`` stream
+    or auto, an uncompressed raw or qcow2 image, qemu-nbd and libnbd.
+    And a running or paused guest: nova takes other states (crashed, say)
+    cold as they are, without a suspend.
+    """
+    method = CONF.snapdriver.capture_method
+    if method not in ('stream', 'auto'):
+        return 'capture_method %s does not stream' % method
+    if state not in SUSPEND_STATES:
+        return 'power state %s' % power_state.STATE_MAP.get(state, state)
+    image_format = output_format(disk_format)
+    return cold_stream_unavailable(image_format, compressed(image_format))
 
 
 def quiesce_wanted(driver, instance, image_meta, guest=None):
@@ -451,7 +489,11 @@ def build(driver, context, instance, image_id, guest):
     # The image may have been deleted between the API call and now.
     image = novacompat.image_api(driver).get(context, image_id)
     state = guest.get_power_state(novacompat.host(driver))
-    live = state in LIVE_STATES
+    # Asked again: the state may have changed since the driver asked.
+    nova_takes_it(state, disk_format)
+    suspend = bool(CONF.workarounds.disable_libvirt_livesnapshot and
+                   state in SUSPEND_STATES)
+    live = state in LIVE_STATES and not suspend
     image_format = output_format(disk_format)
     # Checked before any qemu-img reads it: raises UnsafeDiskChain.
     node = disk_chain.disk_chain(disk_path, disk_format)
@@ -460,13 +502,16 @@ def build(driver, context, instance, image_id, guest):
         quiesce_wanted(driver, instance, instance.image_meta, guest)
         if live else (False, False))
 
-    compress = bool(CONF.libvirt.snapshot_compression and
-                    image_format == 'qcow2')
+    compress = compressed(image_format)
     snapshots_dir = CONF.libvirt.snapshots_directory
     work_dir = work_dir_name(snapshots_dir, image_id)
-    method = (capture_method(driver, guest, compress, instance,
-                             image_format, work_dir) if live
-              else cold_method(compress, image_format, instance))
+    if live:
+        method = capture_method(driver, guest, compress, instance,
+                                image_format, work_dir)
+    elif suspend:
+        method = 'stream'  # nova_takes_it checked that it can
+    else:
+        method = cold_method(compress, image_format, instance)
 
     os.makedirs(snapshots_dir, exist_ok=True)
     needed = space_needed(live, node, disk_info, image_format, method,
@@ -492,14 +537,17 @@ def build(driver, context, instance, image_id, guest):
         capture_method=method,
         compression_type=CONF.snapdriver.compression_type,
         hashes=upload.hashes_for(novacompat.image_api(driver), context,
-                                 image, instance))
+                                 image, instance),
+        suspend=suspend)
     LOG.info('Planned %(kind)s snapshot (capture method %(method)s'
              '%(single)s) of %(disk)s (%(fmt)s, %(vsize)s virtual, backed '
              'by %(backing)s) into a %(ofmt)s image hashed with %(hashes)s: '
              'needs %(needed)s in %(dir)s, %(free)s free',
              {'kind': 'live' if live else 'cold', 'disk': disk_path,
               'method': method if live or method == 'stream' else 'none',
-              'single': ', single copy' if plan.single_copy else '',
+              'single': (', single copy' if plan.single_copy else
+                         ', the guest suspended while its disk is read'
+                         if suspend else ''),
               'fmt': disk_format,
               'vsize': progress.human_size(plan.virtual_size),
               'backing': ('%s %s' % (plan.backing_format, plan.backing_file)

@@ -50,6 +50,7 @@ from nova_snapdriver import blockjob
 from nova_snapdriver import capture
 from nova_snapdriver import driver
 from nova_snapdriver import journal
+from nova_snapdriver import plan as snapshot_plan
 
 objects.register_all()
 
@@ -450,6 +451,17 @@ class TestCase(oslotest_base.BaseTestCase):
 
     def flags(self, group=None, **kw):
         self.conf.config(group=group, **kw)
+
+    def cold_stream_tools(self):
+        """qemu-nbd and libnbd's binding present, whatever this host has.
+
+        Returns the mock of ``shutil.which`` (set its return_value to None:
+        no qemu-nbd).
+        """
+        self.useFixture(fixtures.MockPatchObject(
+            snapshot_plan, 'libnbd_available', return_value=True))
+        return self.useFixture(fixtures.MockPatch(
+            'shutil.which', return_value='/usr/bin/qemu-nbd')).mock
 
     def fix_work_dir(self):
         """The work dir a snapshot of IMAGE_ID plans, made predictable.

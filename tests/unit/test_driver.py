@@ -36,6 +36,7 @@ from nova.virt.libvirt import driver as libvirt_driver
 from nova.virt.libvirt import host as libvirt_host
 
 from nova_snapdriver import chain
+from nova_snapdriver import coldstream
 from nova_snapdriver import conf
 from nova_snapdriver import driver
 from nova_snapdriver import exception
@@ -705,6 +706,81 @@ class SnapshotTestCase(base.TestCase):
         self.assertEqual([], self._domain_changes())
         self.assertFalse(os.path.exists(self.record_path))
         self.assertIn('disable_libvirt_livesnapshot', self.logs.output)
+
+    def _saved_guest_snapshot(self, start_fails=False):
+        """disable_libvirt_livesnapshot, streamed: what happened, in order.
+
+        The stream is a fake that reads the image out, as the upload
+        would, and starts the guest at its last byte; nova's save and
+        start are autospec'd.
+        """
+        self.flags(disable_libvirt_livesnapshot=True, group='workarounds')
+        self.flags(capture_method='stream', group='snapdriver')
+        self.cold_stream_tools()
+        events = []
+
+        def saved():
+            with open(self.record_path) as f:
+                return json.load(f).get('saved')
+        save = self.useFixture(fixtures.MockPatchObject(
+            libvirt_driver.LibvirtDriver, 'suspend', autospec=True)).mock
+
+        def save_it(*args):
+            events.append(('save', saved()))
+            self.domain.state = libvirt.VIR_DOMAIN_SHUTOFF
+        save.side_effect = save_it
+        start = self.useFixture(fixtures.MockPatchObject(
+            libvirt_driver.LibvirtDriver, '_resume_guest_after_snapshot',
+            autospec=True)).mock
+
+        def started(*args):
+            events.append(('start', saved()))
+            if not start_fails:
+                self.domain.state = libvirt.VIR_DOMAIN_PAUSED
+            else:
+                raise base.libvirt_error(libvirt.VIR_ERR_OPERATION_FAILED,
+                                         'Failed to get "write" lock')
+        start.side_effect = started
+
+        def stream_disk(instance, plan, step, upload, read_done=None):
+            events.append(('read', saved()))
+            read_done()
+            events.append(('upload ends', saved()))
+        self.useFixture(fixtures.MockPatchObject(
+            coldstream, 'stream_disk', side_effect=stream_disk))
+        self.domain.state = libvirt.VIR_DOMAIN_PAUSED
+        return events, start
+
+    def test_a_saved_guest_is_streamed_and_started_at_the_last_byte(self):
+        events, start = self._saved_guest_snapshot()
+
+        self.assertIsNone(self._snapshot())
+
+        self.assertEqual([('save', True), ('read', True), ('start', True),
+                          ('upload ends', False)], events)
+        # Paused before: nova's start is told so.
+        start.assert_called_once_with(
+            self.driver, self.context, False, libvirt.VIR_DOMAIN_PAUSED,
+            self.instance, mock.ANY)
+        self.assertEqual([], self._domain_changes())
+        self._assert_task_states()
+        self._assert_cleaned_up()
+
+    def test_a_saved_guest_that_does_not_start_keeps_its_record(self):
+        events, start = self._saved_guest_snapshot(start_fails=True)
+
+        error = self.assertRaises(exception.GuestNotRestored,
+                                  self._snapshot)
+
+        self.assertIn('Failed to get "write" lock', str(error))
+        self.assertEqual(2, start.call_count)  # at the last byte, at the end
+        with open(self.record_path) as f:
+            record = json.load(f)
+        self.assertTrue(record['saved'])
+        self.assertIn('the guest is still saved (managed save)',
+                      self.logs.output)
+        # Released for recovery: not "in flight".
+        self.assertFalse(journal.held(self.record_path))
 
     @mock.patch.object(libvirt_driver.LibvirtDriver, 'snapshot',
                        autospec=True)

@@ -18,6 +18,7 @@ from unittest import mock
 import fixtures
 import libvirt
 
+from nova.compute import power_state
 from nova import exception as nova_exception
 from nova.virt.libvirt import config as vconfig
 from nova.virt.libvirt import guest as libvirt_guest
@@ -569,10 +570,7 @@ class ColdMethodTestCase(base.TestCase):
 
     def setUp(self):
         super(ColdMethodTestCase, self).setUp()
-        self.useFixture(fixtures.MockPatchObject(
-            snapshot_plan, 'libnbd_available', return_value=True))
-        self.which = self.useFixture(fixtures.MockPatch(
-            'shutil.which', return_value='/usr/bin/qemu-nbd')).mock
+        self.which = self.cold_stream_tools()
 
     def test_stream_and_auto_stream_a_shut_off_disk(self):
         for method in ('stream', 'auto'):
@@ -601,3 +599,111 @@ class ColdMethodTestCase(base.TestCase):
     def test_a_cold_stream_stages_nothing(self):
         self.assertEqual(0, snapshot_plan.space_needed(
             False, NODE, {'virtual-size': 10 ** 12}, 'raw', 'stream'))
+
+
+class SuspendTestCase(base.TestCase):
+    """disable_libvirt_livesnapshot: which saved guests are ours to stream.
+
+    nova suspends a running or paused guest for a cold snapshot; ours does
+    too where it can stream the disk, and leaves the rest to nova.
+    """
+
+    def setUp(self):
+        super(SuspendTestCase, self).setUp()
+        self.flags(disable_libvirt_livesnapshot=True, group='workarounds')
+        self.flags(capture_method='auto', group='snapdriver')
+        self.which = self.cold_stream_tools()
+
+    def _left_to_nova(self, state=power_state.RUNNING, disk_format='qcow2'):
+        """The reason nova_takes_it gives, or None if it is ours."""
+        try:
+            snapshot_plan.nova_takes_it(state, disk_format)
+        except snapshot_plan.NotHandled as e:
+            return str(e)
+        return None
+
+    def test_a_running_or_paused_guest_is_ours_with_stream_or_auto(self):
+        for method in ('stream', 'auto'):
+            self.flags(capture_method=method, group='snapdriver')
+            for state in (power_state.RUNNING, power_state.PAUSED):
+                for fmt in ('raw', 'qcow2'):
+                    self.assertIsNone(self._left_to_nova(state, fmt),
+                                      (method, state, fmt))
+
+    def test_methods_that_do_not_stream_leave_it_to_nova(self):
+        for method in ('rebase', 'copy', 'backup'):
+            self.flags(capture_method=method, group='snapdriver')
+            self.assertEqual(
+                '[workarounds] disable_libvirt_livesnapshot (capture_method '
+                '%s does not stream: nova suspends the guest for a cold '
+                'snapshot)' % method, self._left_to_nova())
+
+    def test_what_cannot_be_streamed_is_left_to_nova_and_says_why(self):
+        self.flags(snapshot_image_format='vmdk', group='libvirt')
+        self.assertIn('a stream writes raw or qcow2 images, not vmdk',
+                      self._left_to_nova())
+        self.flags(snapshot_image_format=None, group='libvirt')
+        self.flags(snapshot_compression=True, group='libvirt')
+        self.assertIn('no compressed image', self._left_to_nova())
+        self.assertIsNone(self._left_to_nova(disk_format='raw'))
+        self.flags(snapshot_compression=False, group='libvirt')
+        self.which.return_value = None
+        self.assertIn('qemu-nbd is not installed', self._left_to_nova())
+
+    def test_other_live_states_are_left_to_nova(self):
+        # nova takes a crashed guest cold as it is, without a suspend.
+        self.assertIn('power state crashed',
+                      self._left_to_nova(power_state.CRASHED))
+
+    def test_a_shut_off_guest_is_not_suspended(self):
+        self.flags(capture_method='rebase', group='snapdriver')
+        self.assertIsNone(self._left_to_nova(power_state.SHUTDOWN))
+
+    def test_without_the_workaround_nothing_is_suspended(self):
+        self.flags(disable_libvirt_livesnapshot=False, group='workarounds')
+        self.flags(capture_method='rebase', group='snapdriver')
+        self.assertIsNone(self._left_to_nova())
+
+
+class BuildSuspendedTestCase(base.TestCase):
+    """build() of a guest to save: a cold stream, nothing staged."""
+
+    _build = BuildTestCase._build
+
+    def setUp(self):
+        super(BuildSuspendedTestCase, self).setUp()
+        self.flags(reserved_space_mb=0, group='snapdriver')
+        self.qemu_img, self.execute = self.patch_execute()
+        self.qemu_img.required = 3 * MiB
+        self.work_dir = self.fix_work_dir()
+        self.disk, self.base = self.make_disk()
+        self.driver = self.make_driver()
+        self.driver._image_api.get.return_value = {'name': 'my snap'}
+        self.flags(disable_libvirt_livesnapshot=True, group='workarounds')
+        self.flags(capture_method='stream', group='snapdriver')
+        self.cold_stream_tools()
+
+    def test_running_and_paused_guests_are_saved_and_streamed(self):
+        for state in (libvirt.VIR_DOMAIN_RUNNING, libvirt.VIR_DOMAIN_PAUSED):
+            plan = self._build(state=state, hw_qemu_guest_agent='yes')
+
+            self.assertTrue(plan.suspend)
+            self.assertFalse(plan.live)
+            self.assertTrue(plan.cold_stream)
+            self.assertEqual('stream', plan.capture_method)
+            self.assertEqual(0, plan.space_needed)
+            # A saved guest runs nothing to quiesce.
+            self.assertFalse(plan.quiesce)
+        self.assertIn('Planned cold snapshot (capture method stream, the '
+                      'guest suspended while its disk is read)',
+                      self.logs.output)
+
+    def test_a_state_left_to_nova_since_the_driver_asked_is_refused(self):
+        self.assertRaises(snapshot_plan.NotHandled, self._build,
+                          state=libvirt.VIR_DOMAIN_CRASHED)
+
+    def test_a_shut_off_guest_is_not_saved(self):
+        plan = self._build(state=libvirt.VIR_DOMAIN_SHUTOFF)
+
+        self.assertFalse(plan.suspend)
+        self.assertTrue(plan.cold_stream)
