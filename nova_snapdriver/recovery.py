@@ -27,9 +27,17 @@ For each journal record whose process is gone (its lock is free), in order:
    ``_changed``).  A persistent definition is never overwritten: if it
    differs from the saved one, someone changed it since, and theirs wins
    (reported);
-3. delete the temp files, unless a job of ours still writes into them;
-4. delete the Glance image if it was left ``queued`` or ``saving``;
-5. remove the record, once nothing is left to do.
+3. start a domain the snapshot saved (``[workarounds]
+   disable_libvirt_livesnapshot``, ``suspend``): only if the record says
+   it may have saved it (``saved``) and the domain is shut off with a
+   managed-save image.  libvirt restores it from there, running or paused
+   as it was.  nova's own start after a snapshot also attaches again the
+   PCI devices and direct ports it detached for the save; recovery, which
+   runs without nova's driver, does not (an instance with such devices
+   needs a hard reboot to get them back);
+4. delete the temp files, unless a job of ours still writes into them;
+5. delete the Glance image if it was left ``queued`` or ``saving``;
+6. remove the record, once nothing is left to do.
 
 While another snapshot of the same instance is in flight (its record is
 held by a live process), the domain is left alone (no abort, no redefine):
@@ -201,6 +209,7 @@ class _Repair(object):
         else:
             foreign_job = None
         self._definition(dom, foreign_job)
+        self._saved_guest(dom)
         self._temp_files()
         self._image()
 
@@ -414,7 +423,34 @@ class _Repair(object):
             LOG.warning('Could not save the XML to %s: %s', path, e)
         return path
 
-    # --- 3. temp files ----------------------------------------------------
+    # --- 3. a guest the snapshot saved --------------------------------------
+
+    def _saved_guest(self, dom):
+        """Start a domain the snapshot left saved (managed save)."""
+        if not self.data.get('saved') or dom is None or dom.isActive():
+            return
+        if not dom.hasManagedSaveImage(0):
+            self.left_alone.append(
+                'the domain %s is shut off with no saved state: the '
+                'snapshot did not leave it so, not started' % self.name)
+            return
+        what = 'start the domain %s from its managed save' % self.name
+        if self._defer(what):
+            return
+        self.actions.append('started the domain %s from the state the '
+                            'snapshot saved' % self.name)
+        if self.dry_run:
+            return
+        try:
+            dom.create()  # restores the saved state, running or paused
+        except libvirt.libvirtError as e:
+            self.actions.pop()
+            self.pending.append(what)
+            self.problems.append("not done: %s: %s; check it and start it "
+                                 "('virsh start %s'), then run recover "
+                                 "again" % (what, e, self.name))
+
+    # --- 4. temp files ----------------------------------------------------
 
     def _temp_files(self):
         work_dir = self.data['work_dir']
@@ -443,7 +479,7 @@ class _Repair(object):
             self.pending.append(what)
             self.problems.append('not done: %s: %s' % (what, e))
 
-    # --- 4. the image -----------------------------------------------------
+    # --- 5. the image -----------------------------------------------------
 
     def _image(self):
         image_id = self.rec.image_id

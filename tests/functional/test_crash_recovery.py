@@ -97,6 +97,39 @@ def test_killed_mid_job_is_repaired_for_every_method(
     assert domain.jobStats().get('type') == libvirt.VIR_DOMAIN_JOB_NONE
 
 
+@pytest.mark.parametrize('stop_at', ['suspended', 'upload-data'])
+def test_killed_with_the_guest_saved_is_started_again_by_recover(
+        stop_at, nova_conf, instance, make_image, glance_client, reference,
+        snapshots_dir):
+    """disable_libvirt_livesnapshot, streamed: kill -9 with the guest saved.
+
+    Right after the managed save, and mid-upload (qemu-nbd reading).
+    recover starts the guest from its saved state: a new QEMU, running.
+    """
+    image = make_image(instance)
+    with open('/run/libvirt/qemu/%s.pid' % instance.name) as f:
+        qemu_before = f.read()
+    child = test_child.run_until(
+        nova_conf, instance, image['id'], stop_at,
+        options={'workarounds': {'disable_libvirt_livesnapshot': True},
+                 'snapdriver': {'capture_method': 'stream'}})
+    path = os.path.join(journal.directory(), image['id'] + '.json')
+    with open(path) as f:
+        record = json.load(f)
+    assert record['saved'] is True, record
+    assert record['capture_method'] == 'stream', record
+    domain = instance.lookup()
+    assert domain.state()[0] == libvirt.VIR_DOMAIN_SHUTOFF
+    assert domain.hasManagedSaveImage(0)
+
+    test_child.kill9(child)
+    recover_all(nova_conf, instance, image, glance_client, reference,
+                snapshots_dir)
+    assert not domain.hasManagedSaveImage(0)
+    with open('/run/libvirt/qemu/%s.pid' % instance.name) as f:
+        assert f.read() != qemu_before
+
+
 def test_periodic_recovery_repairs_without_a_restart(
         nova_conf, conf, instance, make_image, glance_client, reference,
         snapshots_dir):

@@ -337,6 +337,98 @@ class RecoveryTestCase(base.TestCase):
         self.conn.mock.defineXML.assert_not_called()
         self.assertEqual(['rmtree', 'delete'], self._changes())
 
+    # --- a guest the snapshot saved (disable_libvirt_livesnapshot) --------
+
+    def _saved_guest(self, saved=True, has_image=True,
+                     state=libvirt.VIR_DOMAIN_SHUTOFF, **fields):
+        """A cold stream of a saved guest, dead after its managed save."""
+        self.domain.job = None
+        self.domain.mirror = None
+        self.domain.persistent = True
+        self.domain.state = state
+        self.domain.mock.hasManagedSaveImage.return_value = int(has_image)
+        self._record_event(self.domain.mock, 'create')
+        fields.setdefault('phase', 'streaming')
+        return self._dead_record(xml=None, persistent=False,
+                                 capture_method='stream', saved=saved,
+                                 **fields)
+
+    def test_guest_the_snapshot_saved_is_started_from_its_saved_state(self):
+        self._saved_guest()
+
+        reports = self._recover()
+
+        self.assertEqual('recovered', reports[0]['state'])
+        self.domain.mock.hasManagedSaveImage.assert_called_once_with(0)
+        self.domain.mock.create.assert_called_once_with()
+        self.assertIn('started the domain instance-00000001 from the state '
+                      'the snapshot saved', reports[0]['actions'])
+        self.assertEqual(['create', 'rmtree', 'delete'], self._changes())
+        self._assert_record_gone()
+
+    def test_saved_guest_of_no_record_of_ours_is_not_started(self):
+        # The record does not say the snapshot saved it: someone else did.
+        for saved in (False, None):
+            self._saved_guest(saved=saved)
+
+            self._recover()
+
+            self.domain.mock.create.assert_not_called()
+
+    def test_shut_off_guest_without_a_saved_state_is_not_started(self):
+        self._saved_guest(has_image=False)
+
+        reports = self._recover()
+
+        self.domain.mock.create.assert_not_called()
+        self.assertEqual('recovered', reports[0]['state'])
+        self.assertIn('the domain instance-00000001 is shut off with no '
+                      'saved state: the snapshot did not leave it so, not '
+                      'started', reports[0]['left_alone'])
+
+    def test_guest_running_again_is_left_alone(self):
+        self._saved_guest(state=libvirt.VIR_DOMAIN_RUNNING,
+                          phase='suspending')
+
+        reports = self._recover()
+
+        self.domain.mock.create.assert_not_called()
+        self.domain.mock.hasManagedSaveImage.assert_not_called()
+        self.assertEqual('recovered', reports[0]['state'])
+
+    def test_saved_guest_dry_run_starts_nothing(self):
+        self._saved_guest()
+
+        reports = self._recover(dry_run=True)
+
+        self.domain.mock.create.assert_not_called()
+        self.assertIn('started the domain instance-00000001 from the state '
+                      'the snapshot saved', reports[0]['actions'])
+        self.assertTrue(os.path.exists(self.path))
+
+    def test_saved_guest_that_does_not_start_keeps_the_record(self):
+        self._saved_guest()
+        self.domain.mock.create.side_effect = base.libvirt_error(
+            libvirt.VIR_ERR_OPERATION_FAILED, 'Failed to get "write" lock')
+
+        reports = self._recover()
+
+        self.assertEqual('incomplete', reports[0]['state'])
+        self.assertEqual(['start the domain instance-00000001 from its '
+                          'managed save'], reports[0]['pending'])
+        self.assertIn('Failed to get "write" lock',
+                      ' '.join(reports[0]['problems']))
+        self.assertTrue(self._stored()['saved'])
+
+    def test_saved_guest_waits_for_a_snapshot_in_flight(self):
+        self._saved_guest()
+        self._live_record(xml=None, phase='streaming')
+
+        reports = self._recover()
+
+        self.domain.mock.create.assert_not_called()
+        self.assertEqual('incomplete', reports[0]['state'])
+
     def test_libvirt_failing_fails_the_record_keeps_it_and_goes_on(self):
         self._dead_record()
         other = self._dead_record(image_id=OTHER_IMAGE,
