@@ -20,9 +20,13 @@ properties, and bytes that read back under that format as the disk.  A
 method that cannot write the format (a stream lays out raw and qcow2 only)
 must give way to one that can, as ``auto`` would, and convert.
 
-``[workarounds] disable_libvirt_livesnapshot`` is nova's: with it, a
-running guest is suspended (managed save) for a cold snapshot and resumed,
-by nova's code, whichever driver is loaded.
+``[workarounds] disable_libvirt_livesnapshot``: with it, a running or
+paused guest is suspended (managed save) for a cold snapshot and resumed.
+By nova's code under nova's driver and under ours with capture methods
+that do not stream (or formats a stream cannot write); by ours, with
+stream or auto, which streams the saved guest's disk and starts the guest
+again once the disk's last byte is read (``suspend``): the same image as
+nova's, nothing staged, the guest back as it was before Glance is done.
 
 ``[compute] max_concurrent_disk_ops``: with its one slot taken, neither
 driver sends a byte to Glance, and a stream does not begin its backup,
@@ -33,11 +37,14 @@ import os
 import threading
 import time
 
+import glanceclient.exc
 import libvirt
 from nova.compute import utils as compute_utils
 import pytest
 
+from nova_snapdriver import exception
 from nova_snapdriver import journal
+from nova_snapdriver import novacompat
 from tests.testbed import checks
 from tests.testbed import nova_env
 
@@ -134,13 +141,21 @@ def test_every_method_gives_the_image_nova_gives(
     assert len(begun) == len(METHODS)
 
 
-@pytest.mark.parametrize('which', ['ours', 'in-tree'])
+@pytest.mark.fallback_allowed  # vmdk: no stream, so nova's own path
+@pytest.mark.parametrize('which,method,fmt', [
+    ('in-tree', 'auto', 'qcow2'), ('ours', 'rebase', 'qcow2'),
+    ('ours', 'auto', 'vmdk')])
 def test_disable_libvirt_livesnapshot_suspends_the_guest_as_nova_does(
-        which, driver, intree, context, conf, make_instance, make_image,
-        glance_client, snapshots_dir, workdir, begun):
-    """The guest is saved and resumed (a new QEMU), by either driver."""
+        which, method, fmt, driver, intree, context, conf, make_instance,
+        make_image, glance_client, snapshots_dir, workdir, begun, caplog):
+    """The guest is saved and resumed (a new QEMU), by nova's code.
+
+    Our driver hands it to nova's where it does not stream: a capture
+    method that does not, or a format a stream cannot write.
+    """
     conf('workarounds', disable_libvirt_livesnapshot=True)
-    conf('snapdriver', capture_method='auto')
+    conf('snapdriver', capture_method=method)
+    conf('libvirt', snapshot_image_format=fmt)
     inst = make_instance()
     before = qemu_pid(inst)
     image = make_image(inst)
@@ -148,12 +163,145 @@ def test_disable_libvirt_livesnapshot_suspends_the_guest_as_nova_does(
     (driver if which == 'ours' else intree).snapshot(
         context, inst.obj, image['id'], lambda **kw: None)
 
-    # Our driver handed it to nova's code: nothing of ours was planned.
+    # Nothing of ours was planned: nova's code ran, and our log says why.
     assert begun == []
+    if which == 'ours':
+        assert "left to nova's libvirt driver" in caplog.text
+        assert ('capture_method rebase does not stream' if method ==
+                'rebase' else 'not vmdk') in caplog.text
     assert qemu_pid(inst) != before, 'the guest was never stopped'
     assert glance_client.images.get(image['id']).status == 'active'
-    assert_same_as_the_disk(glance_client, image['id'], inst, 'qcow2',
-                            workdir)
+    assert_same_as_the_disk(glance_client, image['id'], inst, fmt, workdir)
+    assert_untouched(inst, snapshots_dir)
+
+
+class SavedGuestWatch(object):
+    """What a test sees while our driver snapshots a saved guest.
+
+    ``while_saved``: (domain state, has a managed-save image) once the
+    guest is saved; ``staged``: what the snapshots directory holds at
+    each upload update; ``at_last_byte``: the domain's state when the
+    upload has read the image's last byte, before that read returns to
+    the upload: Glance has not got those bytes yet.  (Glance is not asked
+    from here: its one worker is busy with the upload.)
+    """
+
+    def __init__(self, inst, snapshots_dir):
+        self.inst = inst
+        self.snapshots_dir = snapshots_dir
+        self.while_saved = []
+        self.staged = []
+        self.at_last_byte = []
+
+    def __call__(self, uuid, phase, done, total):
+        if uuid != self.inst.uuid:
+            return
+        if phase == 'step:suspended':
+            domain = self.inst.lookup()
+            self.while_saved.append((domain.state()[0],
+                                     domain.hasManagedSaveImage(0)))
+        elif phase == 'upload':
+            self.staged.append(checks.leftovers(self.snapshots_dir))
+            if total and done == total and not self.at_last_byte:
+                self.at_last_byte.append(self.inst.state())
+
+
+@pytest.mark.parametrize('method,fmt,paused', [
+    ('stream', 'qcow2', False), ('auto', 'raw', False),
+    ('auto', 'qcow2', True)])
+def test_disable_libvirt_livesnapshot_streams_the_saved_guest(
+        method, fmt, paused, driver, intree, context, conf, make_instance,
+        make_image, glance_client, listener, snapshots_dir, workdir, begun,
+        caplog):
+    """Ours: nova's image, nothing staged, the guest back before Glance."""
+    conf('workarounds', disable_libvirt_livesnapshot=True)
+    conf('snapdriver', capture_method=method)
+    conf('libvirt', snapshot_image_format=fmt)
+    inst = make_instance()
+    if paused:
+        inst.lookup().suspend()
+    state = (libvirt.VIR_DOMAIN_PAUSED if paused
+             else libvirt.VIR_DOMAIN_RUNNING)
+    theirs = make_image(inst)
+    intree.snapshot(context, inst.obj, theirs['id'], lambda **kw: None)
+    assert inst.state() == state
+    before = qemu_pid(inst)
+    ours = make_image(inst)
+    watch = SavedGuestWatch(inst, snapshots_dir)
+    listener(watch)
+
+    driver.snapshot(context, inst.obj, ours['id'], lambda **kw: None)
+
+    assert begun == ['stream']
+    assert 'the guest suspended while its disk is read' in caplog.text
+    assert 'again: suspended for' in caplog.text
+    assert watch.while_saved == [(libvirt.VIR_DOMAIN_SHUTOFF, 1)]
+    assert qemu_pid(inst) != before, 'the guest was never stopped'
+    # Nothing staged, ever; the guest back once the disk was read, before
+    # Glance had the image.
+    assert watch.staged and all(s == [] for s in watch.staged), watch.staged
+    assert watch.at_last_byte == [state], watch.at_last_byte
+    assert image_record(glance_client, ours['id']) == \
+        image_record(glance_client, theirs['id'])
+    assert_same_as_the_disk(glance_client, ours['id'], inst, fmt, workdir)
+    assert inst.state() == state
+    assert not inst.lookup().hasManagedSaveImage(0)
+    if paused:
+        inst.lookup().resume()
+    assert_untouched(inst, snapshots_dir)
+
+
+def fail_upload(monkeypatch, whole, error):
+    """Glance's upload reads part (or ``whole``) of the image, then fails."""
+    def send(self, image_id, data):
+        if whole:
+            while data.read(1024 * 1024):
+                pass
+        else:
+            data.read(64 * 1024)
+        raise error
+    monkeypatch.setattr(novacompat.GlanceUploader, 'send', send)
+
+
+def test_a_failed_upload_of_a_saved_guest_starts_it_again(
+        driver, context, conf, make_instance, make_image, snapshots_dir,
+        begun, monkeypatch):
+    """Glance fails half-way: the snapshot fails, the guest runs again."""
+    conf('workarounds', disable_libvirt_livesnapshot=True)
+    conf('snapdriver', capture_method='stream')
+    inst = make_instance()
+    before = qemu_pid(inst)
+    image = make_image(inst)
+    fail_upload(monkeypatch, whole=False,
+                error=glanceclient.exc.HTTPInternalServerError('injected'))
+
+    with pytest.raises(glanceclient.exc.HTTPInternalServerError):
+        driver.snapshot(context, inst.obj, image['id'], lambda **kw: None)
+
+    assert begun == ['stream']
+    assert qemu_pid(inst) != before, 'the guest was never stopped'
+    assert not inst.lookup().hasManagedSaveImage(0)
+    assert_untouched(inst, snapshots_dir)
+
+
+def test_a_retry_after_the_guest_runs_again_does_not_read_its_disk(
+        driver, context, conf, make_instance, make_image, snapshots_dir,
+        begun, monkeypatch):
+    """The upload fails once the whole disk was read: no second read."""
+    conf('workarounds', disable_libvirt_livesnapshot=True)
+    conf('snapdriver', capture_method='stream')
+    conf('glance', num_retries=1)
+    inst = make_instance()
+    image = make_image(inst)
+    fail_upload(monkeypatch, whole=True,
+                error=IOError('connection reset (injected)'))
+
+    with pytest.raises(exception.UploadNotRewindable) as raised:
+        driver.snapshot(context, inst.obj, image['id'], lambda **kw: None)
+
+    assert 'the disk may have changed since' in str(raised.value)
+    assert begun == ['stream']
+    assert not inst.lookup().hasManagedSaveImage(0)
     assert_untouched(inst, snapshots_dir)
 
 
