@@ -178,7 +178,7 @@ def nova_takes_it(state, disk_format='qcow2'):
     live snapshots crash guests on their QEMU; nova then suspends a
     running or paused guest (managed save), converts its disk into a temp
     image, resumes the guest, and uploads.  We take such a guest only
-    where we can stream its disk (``suspend_unavailable``): saved, read
+    where asked to stream its disk (``suspend_unavailable``): saved, read
     straight into Glance, restored once the last byte is read
     (``suspend``).  ``[ephemeral_storage_encryption] enabled``: nova's
     own path for encrypted disks.  What we leave is nova's exactly as
@@ -198,13 +198,22 @@ def suspend_unavailable(state, disk_format):
     """Why nova's driver, not ours, suspends this guest; None if we do.
 
     Ours streams the saved guest's disk as a shut-off one is streamed
-    (``cold_stream_unavailable``), so it needs ``capture_method`` stream
-    or auto, an uncompressed raw or qcow2 image, qemu-nbd and libnbd.
-    And a running or paused guest: nova takes other states (crashed, say)
-    cold as they are, without a suspend.
+    (``cold_stream_unavailable``), so it needs ``capture_method`` stream,
+    an uncompressed raw or qcow2 image, qemu-nbd and libnbd.  And a
+    running or paused guest: nova takes other states (crashed, say) cold
+    as they are, without a suspend.
+
+    ``auto`` leaves it to nova: ours keeps the guest saved while Glance
+    takes the image, nova's only while it converts the disk on the host,
+    which is the shorter outage wherever the upload is slower than the
+    convert (doc/source/capture-methods.rst has the measurement).
+    ``stream`` is for hosts that would rather not stage the image.
     """
     method = CONF.snapdriver.capture_method
-    if method not in ('stream', 'auto'):
+    if method == 'auto':
+        return ('capture_method auto keeps nova\'s shorter outage; '
+                'stream would keep the guest saved for the upload')
+    if method != 'stream':
         return 'capture_method %s does not stream' % method
     if state not in SUSPEND_STATES:
         return 'power state %s' % power_state.STATE_MAP.get(state, state)

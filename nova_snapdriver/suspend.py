@@ -16,13 +16,14 @@
 live snapshots crash guests.  nova's in-tree driver then saves the guest
 (managed save: its memory to a file libvirt keeps, QEMU gone), converts
 the disk into a temp image, starts the guest again, and uploads.  With
-``capture_method`` stream or auto (``plan.suspend_unavailable``), this
-driver saves the guest the same way, streams the disk as a shut-off disk
-is streamed (``coldstream``: no temp image), and starts the guest again
-as soon as the stream has read the disk's last byte.  So the guest is
-down while the upload reads the disk (the stream reads as Glance takes
-it), where nova's is down for its convert; Glance's finishing and the
-hash check run with the guest up again.
+``capture_method`` stream (``plan.suspend_unavailable``; auto leaves it to
+nova, whose outage is the shorter), this driver saves the guest the same
+way, streams the disk as a shut-off disk is streamed (``coldstream``: no
+temp image), and starts the guest again as soon as the stream has read the
+disk's last byte.  So the guest is down while the upload reads the disk
+(the stream reads as Glance takes it), where nova's is down for its
+convert; Glance's finishing and the hash check run with the guest up
+again.
 
 The save and the start are nova's own calls (``LibvirtDriver.suspend``;
 ``novacompat.resume_after_snapshot``): PCI devices, direct ports and
