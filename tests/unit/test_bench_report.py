@@ -249,7 +249,9 @@ class Axes(object):
     """What plot_times draws, kept: the bars' labels."""
 
     def bar(self, x, heights, **kwargs):
-        self.heights = heights
+        # The first call draws the data; legend_layouts' come after.
+        if 'heights' not in vars(self):
+            self.heights = heights
 
     def set_xticklabels(self, labels, **kwargs):
         self.labels = labels
@@ -272,3 +274,17 @@ class TestPlot(unittest.TestCase):
         bench_report.plot_times(ax, [cold_case()])
         self.assertEqual(['1G random instance shutoff stream',
                           '1G random instance shutoff in-tree'], ax.labels)
+
+    def test_cpu_is_drawn_as_a_ratio_to_nova_in_trees(self):
+        results = new_case()['results']
+        results['stream']['cpu'] = {'host': 3.0}
+        results['in-tree'] = dict(snapshot_run(18.0), cpu={'host': 6.0})
+        ax = Axes()
+        bench_report.plot_cpu(ax, [case(results)])
+        self.assertEqual(['1G random instance running stream'], ax.labels)
+        self.assertEqual([0.5], ax.heights)
+
+    def test_no_cpu_bars_without_an_in_tree_figure(self):
+        ax = Axes()
+        bench_report.plot_cpu(ax, [new_case()])
+        self.assertEqual([], ax.labels)

@@ -50,11 +50,14 @@ FLOORS = (GLANCE_ONLY, IMAGE_API_ONLY)
 PHASES = ('plan', 'save', 'capture', 'extract', 'upload', 'stream')
 # Parts of a stream's phase (bench_measure.our_phases), after the phases.
 STREAM_EDGES = ('to 1st byte', 'after last')
-# The targets drawn on the plot (issue 13's for stream; 0.70: the guest's
-# writes with block_job_bandwidth).
+# The targets drawn on the plot: a stream's time ÷ Glance alone, the
+# guest's writes during a snapshot ÷ idle (0.70 with block_job_bandwidth,
+# 0.80 during a stream), and the host's CPU ÷ nova in-tree's.
 TARGET_TIME = 1.03
 TARGET_WRITES_LIMITED = 0.70
-TARGET_WRITES_STREAM = 0.50
+TARGET_WRITES_STREAM = 0.80
+# The compute host's CPU per GiB of a snapshot ÷ nova in-tree's.
+TARGET_CPU = 0.50
 LAYOUT_COLOURS = {'base': 'tab:blue', 'instance': 'tab:orange'}
 # The domain's state during the snapshots (--state; see above).
 RUNNING, SHUTOFF, SUSPEND = 'running', 'shutoff', 'suspend'
@@ -306,8 +309,9 @@ def plot(cases, path):
     except ImportError:
         print('matplotlib is not installed (bench-requirements.txt): no plot')
         return
-    fig, (times, writes) = pyplot.subplots(2, 1, figsize=(14, 11))
+    fig, (times, cpu, writes) = pyplot.subplots(3, 1, figsize=(14, 16))
     plot_times(times, cases)
+    plot_cpu(cpu, cases)
     plot_writes(writes, cases)
     fig.tight_layout()
     fig.savefig(path)
@@ -334,6 +338,41 @@ def plot_times(ax, cases):
     ax.set_xticks(range(len(labels)))
     ax.set_xticklabels(labels, fontsize=7, rotation=90)
     ax.set_ylabel('snapshot time ÷ Glance alone')
+    ax.legend(fontsize=8)
+
+
+def cpu_ratios(cases):
+    """(label, host CPU ÷ nova in-tree's, layout) of each snapshot row.
+
+    Rows of cases with no in-tree row, or no CPU figures (runs before the
+    CPU was measured whole), are left out.
+    """
+    rows = []
+    for case in cases:
+        intree = (case['results'].get('in-tree') or {}).get('cpu')
+        if not intree or not intree.get('host'):
+            continue
+        for name, r in case['results'].items():
+            if name in FLOORS or name == 'in-tree' or not r.get('cpu'):
+                continue
+            rows.append(('%gG %s %s %s %s' % (
+                case['size_gib'], case['kind'], layout(case), state(case),
+                name), r['cpu']['host'] / intree['host'], layout(case)))
+    return rows
+
+
+def plot_cpu(ax, cases):
+    """The compute host's CPU per snapshot ÷ nova in-tree's, same case."""
+    rows = cpu_ratios(cases)
+    ax.bar(range(len(rows)), [r[1] for r in rows],
+           color=[LAYOUT_COLOURS[r[2]] for r in rows])
+    ax.axhline(1.0, color='tab:grey', label='nova in-tree')
+    ax.axhline(TARGET_CPU, color='tab:red', linestyle=':',
+               label='target %.2f' % TARGET_CPU)
+    legend_layouts(ax, cases)
+    ax.set_xticks(range(len(rows)))
+    ax.set_xticklabels([r[0] for r in rows], fontsize=7, rotation=90)
+    ax.set_ylabel('host CPU ÷ nova in-tree (QEMU + driver, Glance apart)')
     ax.legend(fontsize=8)
 
 
