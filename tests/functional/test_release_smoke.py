@@ -21,7 +21,9 @@ operator who kept eventlet would.
 
 The smoke of a release, run by the functional tier on 34 and by
 ``tools/run-tests`` in each older release's env (``unit-nova31`` ..., with
-that release's Glance): a live snapshot with each capture method, one
+that release's Glance): a live snapshot with each capture method, a guest
+saved for its snapshot (``disable_libvirt_livesnapshot``, nova's own
+``suspend`` and start, the start from inside the upload's read), one
 crash-recovery phase, one libvirtd restart.
 """
 
@@ -89,6 +91,35 @@ def test_each_method_under_eventlet(
         options={'snapdriver': {'capture_method': method}})
 
     assert_snapshot_ran(result, method)
+    assert_image_is_the_disk(glance_client, image['id'], reference, workdir)
+    assert_instance_as_it_was(instance, reference, snapshots_dir)
+
+
+def qemu_pid(instance):
+    with open('/run/libvirt/qemu/%s.pid' % instance.name) as f:
+        return int(f.read())
+
+
+def test_saved_guest_streamed_under_eventlet(
+        nova_conf, instance, make_image, glance_client, reference,
+        snapshots_dir, workdir):
+    """The guest saved by nova's ``suspend``, streamed, started again.
+
+    Started by nova's code from the upload's read, which nova's image API
+    runs in a native thread under eventlet: the guest runs again in a new
+    QEMU, and the image is its disk.
+    """
+    image = make_image(instance)
+    before = qemu_pid(instance)
+
+    result = test_child.run(
+        nova_conf, instance, image['id'], environ=ENVIRON,
+        options={'snapdriver': {'capture_method': 'stream'},
+                 'workarounds': {'disable_libvirt_livesnapshot': True}})
+
+    assert_snapshot_ran(result)  # ours: nova's own path journals nothing
+    assert qemu_pid(instance) != before
+    assert not instance.lookup().hasManagedSaveImage(0)
     assert_image_is_the_disk(glance_client, image['id'], reference, workdir)
     assert_instance_as_it_was(instance, reference, snapshots_dir)
 
