@@ -44,6 +44,8 @@ import subprocess
 import sys
 import time
 
+import bench_cpu
+
 MiB = 1024 * 1024
 GiB = 1024 * MiB
 
@@ -64,29 +66,6 @@ class _Plan(object):
     image_format = 'qcow2'
 
 
-def _children_named(name):
-    """The pids of this process's children called ``name``."""
-    found = []
-    for pid in os.listdir('/proc'):
-        if not pid.isdigit():
-            continue
-        try:
-            with open('/proc/%s/stat' % pid) as f:
-                stat = f.read()
-        except OSError:
-            continue
-        comm, rest = stat.split(' (', 1)[1].rsplit(') ', 1)
-        if comm == name and int(rest.split()[1]) == os.getpid():
-            found.append(int(pid))
-    return found
-
-
-def _cpu_seconds(pid):
-    with open('/proc/%d/stat' % pid) as f:
-        fields = f.read().rsplit(') ', 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf('SC_CLK_TCK')
-
-
 def read_once(disk, algo):
     """Read ``disk`` as a stream does; a dict of what it cost."""
     from nova_snapdriver import stream
@@ -97,13 +76,13 @@ def read_once(disk, algo):
     start = time.monotonic()
     export = stream.Export(None, 'bytepath', None, argv)
     try:
-        qemu_nbd = _children_named('qemu-nbd')
+        qemu_nbd = bench_cpu.child_pids(os.getpid())  # libnbd's qemu-nbd
         image, size = stream.reader(export, _Plan(), _NoScratch())
         hashing = upload.HashingReader(
             image, _Meter(), () if algo == 'none' else (algo,))
         while hashing.read(MiB):
             pass
-        server = sum(_cpu_seconds(pid) for pid in qemu_nbd)
+        server = bench_cpu.cpu_seconds(qemu_nbd)
     finally:
         export.close()
     wall = time.monotonic() - start

@@ -42,6 +42,17 @@ def group_pids(pgid):
     return pids
 
 
+def child_pids(ppid):
+    """The pids of the processes whose parent is ``ppid``."""
+    pids = []
+    for name in os.listdir('/proc'):
+        if name.isdigit():
+            fields = _proc_stat(int(name))
+            if fields and int(fields[1]) == ppid:
+                pids.append(int(name))
+    return pids
+
+
 def cpu_seconds(pids):
     """CPU seconds (user + system) the processes ``pids`` used so far."""
     ticks = 0
