@@ -31,26 +31,25 @@ def _proc_stat(pid):
         return None
 
 
-def group_pids(pgid):
-    """The pids of the processes in process group ``pgid``."""
+def _pids_where(field, value):
+    """The pids whose /proc stat ``field`` (after the name) is ``value``."""
     pids = []
     for name in os.listdir('/proc'):
         if name.isdigit():
             fields = _proc_stat(int(name))
-            if fields and int(fields[2]) == pgid:
+            if fields and int(fields[field]) == value:
                 pids.append(int(name))
     return pids
+
+
+def group_pids(pgid):
+    """The pids of the processes in process group ``pgid``."""
+    return _pids_where(2, pgid)
 
 
 def child_pids(ppid):
     """The pids of the processes whose parent is ``ppid``."""
-    pids = []
-    for name in os.listdir('/proc'):
-        if name.isdigit():
-            fields = _proc_stat(int(name))
-            if fields and int(fields[1]) == ppid:
-                pids.append(int(name))
-    return pids
+    return _pids_where(1, ppid)
 
 
 def cpu_seconds(pids):
