@@ -321,9 +321,6 @@ class SnapLibvirtDriver(libvirt_driver.LibvirtDriver):
         the life of this nova-compute.
         """
         problems, job_may_run = [], False
-        if record.data.get('saved'):
-            problems.append('the guest is still saved (managed save): '
-                            'recovery starts it again')
         try:
             if plan.live:
                 problems, job_may_run = capture.leftovers(
@@ -333,6 +330,9 @@ class SnapLibvirtDriver(libvirt_driver.LibvirtDriver):
             LOG.exception('Checking the domain after the snapshot failed',
                           instance=instance)
             problems, job_may_run = ['cannot check the domain: %s' % e], True
+        if record.data.get('saved'):
+            problems.append('the guest is still saved (managed save): '
+                            'recovery starts it again')
         if job_may_run:
             problems.append('%s is kept: a job may still write into it'
                             % plan.work_dir)
