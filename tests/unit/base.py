@@ -26,6 +26,7 @@ import hashlib
 import logging
 import os
 import subprocess
+import types
 from unittest import mock
 from xml.etree import ElementTree
 
@@ -78,6 +79,39 @@ QEMU_IMG_ENV = {'LC_ALL': 'C', 'LANG': 'C',
 # one LUKS create in twelve, at random, idle or busy; another try passes.
 PBKDF_BENCHMARK_BUG = 'Unable to get accurate CPU usage'
 PBKDF_BENCHMARK_TRIES = 8
+
+
+class _LazyAutospec(mock.NonCallableMagicMock):
+    """An instance mock whose methods are autospecced when first used.
+
+    ``mock.create_autospec(cls, instance=True)`` specs every method of
+    ``cls`` at once: two mocks and a signature each.  ``virDomain`` and
+    ``virConnect`` have hundreds, and building them took two thirds of
+    the unit tier's time, for the few a test calls.  This builds each
+    one as ``create_autospec`` does (a child whose calls are checked
+    against the method's signature, ``self`` left out) on its first
+    access.  Names not on the class raise AttributeError as before.
+    """
+
+    def __getattr__(self, name):
+        spec_class = self.__dict__.get('_spec_class')
+        if (spec_class is not None and not name.startswith('_')
+                and name not in self._mock_children):
+            original = getattr(spec_class, name, None)
+            if isinstance(original, types.FunctionType):
+                child = mock.MagicMock(parent=self, name=name,
+                                       _new_name=name, _new_parent=self,
+                                       spec=original, _eat_self=True)
+                # As create_autospec does: assert_called_with and friends
+                # compare calls through the method's signature.
+                mock._check_signature(original, child, skipfirst=True)
+                self._mock_children[name] = child
+        return super().__getattr__(name)
+
+
+def autospec(cls):
+    """``mock.create_autospec(cls, instance=True)``, built lazily."""
+    return _LazyAutospec(spec=cls)
 
 
 class QemuImgFailed(subprocess.CalledProcessError):
@@ -199,7 +233,7 @@ class FakeDomain(object):
         Its state (job, mirror, persistence) is the domain's, shared by
         every handle, as libvirtd holds it.
         """
-        m = mock.create_autospec(libvirt.virDomain, instance=True)
+        m = autospec(libvirt.virDomain)
         m.XMLDesc.side_effect = self._xml
         m.blockJobInfo.side_effect = self._job_info
         m.blockRebase.side_effect = self._rebase
@@ -213,8 +247,7 @@ class FakeDomain(object):
         m.ID.return_value = 1
         m.UUIDString.return_value = self.uuid
         m.name.return_value = 'instance-00000001'
-        m.connect.return_value = mock.create_autospec(libvirt.virConnect,
-                                                      instance=True)
+        m.connect.return_value = autospec(libvirt.virConnect)
         m.connect.return_value.isAlive.return_value = 1
         return m
 
@@ -288,8 +321,7 @@ class FakeConnection(object):
     def __init__(self, *domains):
         self.domains = {d.uuid: d for d in domains}
         self.defined = []
-        m = self.mock = mock.create_autospec(libvirt.virConnect,
-                                             instance=True)
+        m = self.mock = autospec(libvirt.virConnect)
         m.lookupByUUIDString.side_effect = self._lookup
         m.defineXML.side_effect = self._define
 
@@ -509,8 +541,8 @@ class TestCase(oslotest_base.BaseTestCase):
     def make_driver(self):
         """The real SnapLibvirtDriver on a mocked host and image API."""
         drv = driver.SnapLibvirtDriver(fake_virt.FakeVirtAPI(), False)
-        drv._host = mock.create_autospec(libvirt_host.Host, instance=True)
-        drv._image_api = mock.create_autospec(glance.API, instance=True)
+        drv._host = autospec(libvirt_host.Host)
+        drv._image_api = autospec(glance.API)
         # init_host() learns this from libvirt's version; a new enough one.
         drv._may_keep_vtpm = True
         return drv

@@ -17,7 +17,6 @@ tests (tests/functional/test_capture_methods.py) run each method for real.
 """
 
 import logging
-from unittest import mock
 
 import fixtures
 
@@ -57,7 +56,7 @@ class WaitForBackupTestCase(base.TestCase):
         super(WaitForBackupTestCase, self).setUp()
         self.instance = self.make_instance()
         self.clock = base.FakeClock()
-        self.domain = mock.create_autospec(libvirt.virDomain, instance=True)
+        self.domain = base.autospec(libvirt.virDomain)
 
     def _wait(self, active, final, timeout=60):
         stats = iter(active + [NONE])
@@ -107,13 +106,13 @@ class WaitForBackupTestCase(base.TestCase):
 class AbortBackupTestCase(base.TestCase):
 
     def test_aborts_a_running_backup_and_waits_for_it_to_end(self):
-        domain = mock.create_autospec(libvirt.virDomain, instance=True)
+        domain = base.autospec(libvirt.virDomain)
         domain.jobStats.side_effect = [running(5), running(6), NONE]
         self.assertTrue(blockjob.abort_backup(domain, sleep=lambda s: None))
         domain.abortJob.assert_called_once_with()
 
     def test_nothing_to_abort(self):
-        domain = mock.create_autospec(libvirt.virDomain, instance=True)
+        domain = base.autospec(libvirt.virDomain)
         domain.jobStats.return_value = NONE
         self.assertFalse(blockjob.abort_backup(domain))
         domain.abortJob.assert_not_called()
@@ -126,9 +125,9 @@ class CaptureMethodTestCase(base.TestCase):
         # The real driver, on an autospec'd nova Host whose connection is
         # an autospec'd virConnect.
         self.driver = self.make_driver()
-        self.conn = mock.create_autospec(libvirt.virConnect, instance=True)
+        self.conn = base.autospec(libvirt.virConnect)
         self.driver._host.get_connection.return_value = self.conn
-        self.guest = mock.create_autospec(libvirt_guest.Guest, instance=True)
+        self.guest = base.autospec(libvirt_guest.Guest)
         self.guest.get_xml_desc.return_value = DOMAIN_XML % QEMU_LABEL
         # nova-compute's user (nova, 120) is in QEMU's group, as the
         # install guide says.

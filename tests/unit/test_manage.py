@@ -99,7 +99,7 @@ class ManageTestCase(base.TestCase):
         self.open = self.useFixture(fixtures.MockPatchObject(
             manage.libvirt, 'open', autospec=True,
             return_value=self.conn.mock)).mock
-        self.image_api = mock.create_autospec(glance.API, instance=True)
+        self.image_api = base.autospec(glance.API)
         self.image_api.get.return_value = {'id': base.IMAGE_ID,
                                            'status': 'queued'}
         self.useFixture(fixtures.MockPatchObject(

@@ -114,7 +114,7 @@ class RootDiskTestCase(base.TestCase):
     def test_disk_the_live_config_does_not_call_a_file_is_not_handled(self):
         # find_disk() read a file disk, the live disk lookup does not.
         self.domain = base.FakeDomain(base.file_disk_xml(DISK))
-        guest = mock.create_autospec(libvirt_guest.Guest, instance=True)
+        guest = base.autospec(libvirt_guest.Guest)
         guest.get_config.return_value = self.make_guest(
             self.domain).get_config()
         guest.get_disk.return_value = vconfig.LibvirtConfigGuestDisk()
@@ -172,8 +172,7 @@ class QuiesceWantedTestCase(base.TestCase):
         instance = self.make_instance(hw_qemu_guest_agent='yes',
                                       **image_props)
         guest = mock.Mock(spec=['_domain'])
-        guest._domain = mock.create_autospec(libvirt.virDomain,
-                                             instance=True)
+        guest._domain = base.autospec(libvirt.virDomain)
         if not answers:
             guest._domain.getTime.side_effect = base.libvirt_error(
                 libvirt.VIR_ERR_AGENT_UNRESPONSIVE,

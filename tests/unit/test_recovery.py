@@ -94,7 +94,7 @@ class RecoveryTestCase(base.TestCase):
             'type': libvirt.VIR_DOMAIN_JOB_NONE}
         self.saved_xml = self.domain.xml(SAVE_FLAGS)
         self.conn = base.FakeConnection(self.domain)
-        self.image_api = mock.create_autospec(glance.API, instance=True)
+        self.image_api = base.autospec(glance.API)
         self.image_api.get.return_value = {'id': base.IMAGE_ID,
                                            'status': 'queued'}
         self.path = os.path.join(self.journal_dir, base.IMAGE_ID + '.json')

@@ -38,10 +38,8 @@ class SuspendedTestCase(base.TestCase):
 
     def setUp(self):
         super(SuspendedTestCase, self).setUp()
-        self.driver = mock.create_autospec(libvirt_driver.LibvirtDriver,
-                                           instance=True)
-        self.guest = mock.create_autospec(libvirt_guest.Guest,
-                                          instance=True)
+        self.driver = base.autospec(libvirt_driver.LibvirtDriver)
+        self.guest = base.autospec(libvirt_guest.Guest)
         self.guest.is_active.return_value = False
         self.instance = self.make_instance()
         self.steps = []

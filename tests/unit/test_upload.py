@@ -513,7 +513,7 @@ class UploadTestCase(GlanceTestCase):
         self.path = os.path.join(self.tmp, 'image')
         with open(self.path, 'wb') as f:
             f.write(DATA)
-        self.image_api = mock.create_autospec(glance.API, instance=True)
+        self.image_api = base.autospec(glance.API)
         self.semaphore = self.useFixture(fixtures.MockPatch(
             'nova.compute.utils.disk_ops_semaphore')).mock
         self.calls = []
