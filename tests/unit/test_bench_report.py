@@ -288,3 +288,52 @@ class TestPlot(unittest.TestCase):
         ax = Axes()
         bench_report.plot_cpu(ax, [new_case()])
         self.assertEqual([], ax.labels)
+
+
+def cpu_case(stream_hosts, intree_hosts):
+    """A case whose stream and in-tree kept each round's host CPU."""
+    results = new_case()['results']
+    results['stream']['cpu'] = {'host': stream_hosts[1]}
+    results['stream']['cpus'] = [{'host': h} for h in stream_hosts]
+    results['in-tree'] = with_walls(snapshot_run(18.0), [18.0] * 3)
+    results['in-tree']['cpu'] = {'host': intree_hosts[1]}
+    results['in-tree']['cpus'] = [{'host': h} for h in intree_hosts]
+    return case(results)
+
+
+class TestCpuByRound(unittest.TestCase):
+
+    def test_each_round_against_in_trees_of_the_same_round(self):
+        # 3/6, 2/8, 5/5: 0.50, 0.25, 1.00.
+        phases = rows([cpu_case([3.0, 2.0, 5.0],
+                                [6.0, 8.0, 5.0])])['stream'][13]
+        self.assertIn('host CPU ÷ in-tree by round 0.50 (0.25-1.00)', phases)
+
+    def test_plot_bar_is_the_rounds_median_with_their_range(self):
+        [row] = bench_report.cpu_ratios([cpu_case([3.0, 2.0, 5.0],
+                                                  [6.0, 8.0, 5.0])])
+        self.assertEqual((0.5, (0.25, 1.0)), (row[1], row[3]))
+
+    def test_runs_that_kept_the_median_run_only_have_no_range(self):
+        old = cpu_case([3.0, 2.0, 5.0], [6.0, 8.0, 5.0])
+        for name in ('stream', 'in-tree'):
+            del old['results'][name]['cpus']
+        self.assertNotIn('by round', rows([old])['stream'][13])
+        [row] = bench_report.cpu_ratios([old])
+        self.assertEqual((0.25, None), (row[1], row[3]))
+
+
+class TestWritesTable(unittest.TestCase):
+
+    def writes_row(self, **fields):
+        w = dict({'driver': 'stream', 'bandwidth': 0, 'ratio': 0.8,
+                  'overwritten': 64 * 1024 ** 2, 'peak_temp': 0}, **fields)
+        table = bench_report.writes_table([dict(case({}), writes=[w])])
+        return [c.strip() for c in table.splitlines()[2].strip('|').split('|')]
+
+    def test_repeated_runs_give_the_median_and_range(self):
+        row = self.writes_row(ratio=0.8, ratios=[0.7, 0.8, 0.9])
+        self.assertEqual('0.80 (0.70-0.90)', row[4])
+
+    def test_one_run_gives_its_ratio(self):
+        self.assertEqual('0.80', self.writes_row()[4])

@@ -146,6 +146,20 @@ def host_cpu_per_gib(result, size_gib):
     return '-' if host is None else '%.2f' % (host / size_gib)
 
 
+def cpu_by_round(result, intree):
+    """Each round's host CPU ÷ nova in-tree's of the same round, or [].
+
+    Rounds run each driver in turn (bench_measure.timing_runs), so run i
+    of one and of in-tree are next to each other.  Runs from before every
+    run's CPU was kept (``cpus``) have only the median run's: [].
+    """
+    ours = [c.get('host') for c in (result or {}).get('cpus', ())]
+    theirs = [c.get('host') for c in (intree or {}).get('cpus', ())]
+    if not ours or len(ours) != len(theirs) or None in ours + theirs:
+        return []
+    return [o / t for o, t in zip(ours, theirs)]
+
+
 def paired_ratios(walls, floor_walls):
     """Each run ÷ the floor uploads near it; [] if they do not pair.
 
@@ -228,6 +242,10 @@ def timing_table(cases):
                                 res.get(floor_name, {}).get('walls', ()))
                 if ratios:
                     phases += '; paired ÷ %s %s' % (floor_name, ratios)
+            if name != 'in-tree':
+                ratios = spread(cpu_by_round(r, res.get('in-tree')))
+                if ratios:
+                    phases += '; host CPU ÷ in-tree by round %s' % ratios
             phases += cpu_text(r)
             rows.append('| %g GiB | %s | %s | %s | %s | %.1f | %.2f | %s '
                         '| %s | %.2f | %s | %s | %s | %s |'
@@ -274,10 +292,12 @@ def writes_table(cases):
             '|---|---|---|---|---|---|---|']
     for case in cases:
         for w in case['writes']:
-            rows.append('| %g GiB | %s | %s | %s | %.2f | %s | %s |'
+            # --repeat: the median, then every run's range.
+            ratio = spread(w.get('ratios', ())) or '%.2f' % w['ratio']
+            rows.append('| %g GiB | %s | %s | %s | %s | %s | %s |'
                         % (case['size_gib'], layout(case), w['driver'],
                            '%d MiB/s' % w['bandwidth'] if w['bandwidth']
-                           else 'none', w['ratio'],
+                           else 'none', ratio,
                            mib(w.get('overwritten')),
                            mib(w.get('peak_temp'))))
     return '\n'.join(rows) + '\n'
@@ -342,30 +362,48 @@ def plot_times(ax, cases):
 
 
 def cpu_ratios(cases):
-    """(label, host CPU ÷ nova in-tree's, layout) of each snapshot row.
+    """(label, host CPU ÷ nova in-tree's, layout, range) of snapshot rows.
 
-    Rows of cases with no in-tree row, or no CPU figures (runs before the
-    CPU was measured whole), are left out.
+    The ratio is the median of the rounds' (``cpu_by_round``) and the
+    range their lowest and highest; runs that kept only the median run's
+    CPU give that run's ratio and no range (None).  Rows of cases with no
+    in-tree row, or no CPU figures (runs before the CPU was measured
+    whole), are left out.
     """
     rows = []
     for case in cases:
-        intree = (case['results'].get('in-tree') or {}).get('cpu')
-        if not intree or not intree.get('host'):
+        intree = case['results'].get('in-tree') or {}
+        if not (intree.get('cpu') or {}).get('host'):
             continue
         for name, r in case['results'].items():
             if name in FLOORS or name == 'in-tree' or not r.get('cpu'):
                 continue
-            rows.append(('%gG %s %s %s %s' % (
-                case['size_gib'], case['kind'], layout(case), state(case),
-                name), r['cpu']['host'] / intree['host'], layout(case)))
+            label = '%gG %s %s %s %s' % (case['size_gib'], case['kind'],
+                                         layout(case), state(case), name)
+            rounds = cpu_by_round(r, intree)
+            if rounds:
+                rows.append((label, statistics.median(rounds), layout(case),
+                             (min(rounds), max(rounds))))
+            else:
+                rows.append((label, r['cpu']['host'] / intree['cpu']['host'],
+                             layout(case), None))
     return rows
 
 
 def plot_cpu(ax, cases):
-    """The compute host's CPU per snapshot ÷ nova in-tree's, same case."""
+    """The compute host's CPU per snapshot ÷ nova in-tree's, same case.
+
+    With --repeat, each bar is the median of the rounds' ratios and its
+    whisker their range.
+    """
     rows = cpu_ratios(cases)
     ax.bar(range(len(rows)), [r[1] for r in rows],
            color=[LAYOUT_COLOURS[r[2]] for r in rows])
+    for x, (_label, ratio, _layout, span) in enumerate(rows):
+        if span:
+            ax.errorbar([x], [ratio], yerr=[[ratio - span[0]],
+                                            [span[1] - ratio]],
+                        color='black', capsize=3)
     ax.axhline(1.0, color='tab:grey', label='nova in-tree')
     ax.axhline(TARGET_CPU, color='tab:red', linestyle=':',
                label='target %.2f' % TARGET_CPU)
@@ -395,6 +433,13 @@ def plot_writes(ax, cases):
             ratios.append(w['ratio'])
             colours.append(LAYOUT_COLOURS[layout(case)])
     ax.bar(range(len(labels)), ratios, color=colours)
+    # --repeat: each bar the median, its whisker every run's range.
+    for x, w in enumerate(w for case in cases for w in case['writes']):
+        if len(w.get('ratios', ())) > 1:
+            ax.errorbar([x], [w['ratio']],
+                        yerr=[[w['ratio'] - min(w['ratios'])],
+                              [max(w['ratios']) - w['ratio']]],
+                        color='black', capsize=3)
     ax.axhline(TARGET_WRITES_LIMITED, color='tab:red', linestyle=':',
                label='target %.2f (with block_job_bandwidth)'
                % TARGET_WRITES_LIMITED)
