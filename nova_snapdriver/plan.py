@@ -97,7 +97,8 @@ class SnapshotPlan(object):
     capture_method: str = 'rebase'
     compression_type: str = 'zlib'
     # What the upload hashes: the algorithm Glance will report
-    # (upload.hashes_for), or sha512 and md5 where it is not known.
+    # (upload.hashes_for), or sha512 and md5 where it is not known;
+    # nothing with [snapdriver] verify_upload_hash = False.
     hashes: tuple = upload.BOTH
     # [workarounds] disable_libvirt_livesnapshot: the running or paused
     # guest is saved (managed save) while its disk is streamed cold.
@@ -550,7 +551,7 @@ def build(driver, context, instance, image_id, guest):
         suspend=suspend)
     LOG.info('Planned %(kind)s snapshot (capture method %(method)s'
              '%(single)s) of %(disk)s (%(fmt)s, %(vsize)s virtual, backed '
-             'by %(backing)s) into a %(ofmt)s image hashed with %(hashes)s: '
+             'by %(backing)s) into a %(ofmt)s image %(hashed)s: '
              'needs %(needed)s in %(dir)s, %(free)s free',
              {'kind': 'live' if live else 'cold', 'disk': disk_path,
               'method': method if live or method == 'stream' else 'none',
@@ -561,7 +562,10 @@ def build(driver, context, instance, image_id, guest):
               'vsize': progress.human_size(plan.virtual_size),
               'backing': ('%s %s' % (plan.backing_format, plan.backing_file)
                           if plan.backing_file else 'nothing'),
-              'ofmt': image_format, 'hashes': ' and '.join(plan.hashes),
+              'ofmt': image_format,
+              'hashed': ('hashed with %s' % ' and '.join(plan.hashes)
+                         if plan.hashes else
+                         'not hashed (verify_upload_hash is off)'),
               'needed': progress.human_size(needed), 'dir': snapshots_dir,
               'free': progress.human_size(free)}, instance=instance)
     return plan

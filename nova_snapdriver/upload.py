@@ -18,13 +18,14 @@ receives (``os_hash_algo``/``os_hash_value``, sha512 by default, and the md5
 snapshot fails, so the compute manager deletes the image instead of leaving
 a corrupt one active.  nova's in-tree driver does not look.
 
-Hashing costs the compute host 1.6 (sha512) to 1.9 (md5) CPU seconds per
+Hashing costs the compute host 1.5 (sha512) to 1.9 (md5) CPU seconds per
 GiB, so one hash is made, the one Glance will make: ``hashes_for`` learns
 it before the snapshot begins, from the snapshot's image record, else from
 the record of the image the instance was booted from (Glance fills
 ``os_hash_algo`` in only once an image has data).  Only where neither
 says (a server booted from a volume, its image gone) are sha512 and md5
-both made, as before.
+both made, as before.  With ``[snapdriver] verify_upload_hash = False``
+nothing is hashed and only the size is compared.
 
 A failed attempt is retried as nova retries it (``[glance] num_retries``),
 but from the image's first byte, with a new reader: nova's own retry hands
@@ -94,8 +95,11 @@ def hashes_for(image_api, context, image, instance):
     ``image`` is the snapshot's own record (queued: Glance fills its
     ``os_hash_algo`` in only with the data); the record of the image the
     instance was booted from says how this Glance hashes.  Returns a tuple
-    of hashlib names: the one Glance will report, or ``BOTH``.
+    of hashlib names: the one Glance will report, or ``BOTH``; none with
+    ``[snapdriver] verify_upload_hash = False``.
     """
+    if not CONF.snapdriver.verify_upload_hash:
+        return ()
     algo = _algorithm_of(image)
     source = instance.image_ref
     if algo is None and source:
@@ -225,10 +229,11 @@ def verify(image_id, image, reader, instance=None):
     """Compare Glance's hash and size of the image with ours.
 
     Raises ``UploadVerificationFailed`` on a difference.  Returns the
-    algorithm compared, or None (with a warning) when no hash could be:
-    Glance reported none, or hashed with another algorithm than this
-    upload (its ``hashing_algorithm`` changed since the instance's image
-    was stored); the size is compared all the same.
+    algorithm compared, or None when no hash was: the upload hashed
+    nothing (``[snapdriver] verify_upload_hash = False``), or, with a
+    warning, Glance reported none or hashed with another algorithm than
+    this upload (its ``hashing_algorithm`` changed since the instance's
+    image was stored).  The size is compared all the same.
     """
     algo = _stored(image, 'os_hash_algo')
     stored = _stored(image, 'os_hash_value')
@@ -244,6 +249,8 @@ def verify(image_id, image, reader, instance=None):
     if size is not None and int(size) != reader.sent:
         raise exception.UploadVerificationFailed(
             image_id=image_id, algo='size', stored=size, sent=reader.sent)
+    if not reader.algos:
+        return None  # verify_upload_hash is off: the size alone, asked for
     if not stored:
         LOG.warning('Glance reported no hash for image %(image)s; its '
                     'content could not be verified, only its size',
@@ -292,10 +299,12 @@ def upload_file(image_api, context, image_id, metadata, fileobj, size,
         reader, attempts = send(context, image_id, fileobj, meter, instance,
                                 hashes)
         image = image_api.get(context, image_id)
-    algo = verify(image_id, image, reader, instance)
+    # The hash compared, else the size if Glance gave one.
+    checked = verify(image_id, image, reader, instance) or (
+        'size' if _stored(image, 'size') is not None else None)
     LOG.info('Uploaded %(size)s to image %(image)s%(verified)s%(passes)s',
              {'size': progress.human_size(reader.sent), 'image': image_id,
-              'verified': ' (%s verified)' % algo if algo else '',
+              'verified': ' (%s verified)' % checked if checked else '',
               'passes': ', sent %d times' % attempts
               if attempts > 1 else ''},
              instance=instance)

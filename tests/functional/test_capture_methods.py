@@ -141,6 +141,31 @@ def test_an_instance_whose_image_glance_lacks_hashes_both_ways(
     os.unlink(local)
 
 
+@pytest.mark.parametrize('method', ['stream', 'rebase'])
+def test_verify_upload_hash_off_hashes_nothing_and_checks_the_size(
+        method, driver, context, conf, make_instance, make_image,
+        glance_client, snapshots_dir, workdir, caplog):
+    """[snapdriver] verify_upload_hash = False: the size alone compared."""
+    conf('snapdriver', capture_method=method, verify_upload_hash=False)
+    inst = make_instance()
+    image = make_image(inst)
+
+    driver.snapshot(context, inst.obj, image['id'], lambda **kw: None)
+
+    assert 'image not hashed (verify_upload_hash is off): needs' in \
+        caplog.text
+    assert '(size verified)' in caplog.text
+    assert 'WARNING' not in caplog.text
+    # Glance hashed what it stored, as it always does.
+    stored = glance_client.images.get(image['id'])
+    assert stored.status == 'active'
+    assert stored.os_hash_algo == 'sha512' and stored.os_hash_value
+    local = download(glance_client, image['id'], workdir)
+    assert checks.same_content(local, inst.disk_path)
+    assert_instance_as_before(inst, snapshots_dir)
+    os.unlink(local)
+
+
 def test_backup_is_point_in_time_at_backup_begin(
         driver, context, conf, make_instance, make_image, glance_client,
         snapshots_dir, workdir, listener):

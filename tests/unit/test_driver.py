@@ -71,7 +71,7 @@ class ConfTestCase(base.TestCase):
              'capture_method': 'auto', 'compression_type': 'zlib',
              'journal_path': os.path.join(self.tmp, 'snapdriver-journal'),
              'libvirt_reconnect_timeout': 60, 'recovery_interval': 300,
-             'stream_scratch_max_mb': 0},
+             'stream_scratch_max_mb': 0, 'verify_upload_hash': True},
             {opt.name: cfg.CONF.snapdriver[opt.name]
              for opt in conf.snapdriver_opts})
 

@@ -447,6 +447,18 @@ class BuildTestCase(base.TestCase):
         self.assertEqual(('sha256',), plan.hashes)
         self.assertIn('image hashed with sha256: needs', self.logs.output)
 
+    def test_the_log_says_when_the_upload_is_not_hashed(self):
+        self.flags(verify_upload_hash=False, group='snapdriver')
+        self.domain = base.FakeDomain(base.file_disk_xml(self.disk))
+
+        plan = snapshot_plan.build(self.driver, self.context,
+                                   self.make_instance(), base.IMAGE_ID,
+                                   self.make_guest(self.domain))
+
+        self.assertEqual((), plan.hashes)
+        self.assertIn('image not hashed (verify_upload_hash is off): needs',
+                      self.logs.output)
+
     def test_every_domain_not_shut_down_is_live_like_nova(self):
         # nova's in-tree snapshot() is live unless the power state is
         # SHUTDOWN; a cold read of a disk QEMU holds fails on its lock.

@@ -223,6 +223,18 @@ class VerifyTestCase(base.TestCase):
         self.assertEqual('sha512', self._verify(
             base.glance_image(DATA, size=None)))
 
+    def test_an_upload_that_hashed_nothing_has_its_size_compared_alone(self):
+        # verify_upload_hash = False: Glance's hash is not ours to compare
+        # (the bytes differ here), and that is no warning: it was asked.
+        self.assertIsNone(self._verify(
+            base.glance_image(b'other', size=len(DATA)), algos=()))
+        self.assertNotIn('WARNING', self.logs.output)
+        exc = self.assertRaises(exception.UploadVerificationFailed,
+                                self._verify,
+                                base.glance_image(DATA, size=len(DATA) - 1),
+                                algos=())
+        self.assertEqual('size', exc.kwargs['algo'])
+
 
 class HashesForTestCase(base.TestCase):
     """The one hash to make: what Glance will report, learnt beforehand."""
@@ -280,6 +292,13 @@ class HashesForTestCase(base.TestCase):
             self.image_api.get.return_value = what
 
             self.assertEqual(('sha512', 'md5'), self._hashes(), what)
+
+    def test_nothing_when_verify_upload_hash_is_off(self):
+        self.flags(verify_upload_hash=False, group='snapdriver')
+        self._source()
+
+        self.assertEqual((), self._hashes())
+        self.image_api.get.assert_not_called()
 
     def test_both_for_a_server_booted_from_a_volume(self):
         self.instance.image_ref = ''
@@ -591,8 +610,8 @@ class UploadTestCase(GlanceTestCase):
                            os_hash_value=None)
 
         self.assertEqual(None, self._upload()['checksum'])
-        self.assertIn('INFO Uploaded 107.4 KiB to image %s\n' % base.IMAGE_ID,
-                      self.logs.output + '\n')
+        self.assertIn('INFO Uploaded 107.4 KiB to image %s (size verified)\n'
+                      % base.IMAGE_ID, self.logs.output + '\n')
         self.assertIn('WARNING Glance reported no hash for image %s'
                       % base.IMAGE_ID, self.logs.output)
 
