@@ -60,6 +60,7 @@ layout, the layer, rebase's or copy's copy of it, the image and Glance's):
 
     tox -e bench -- --sizes 1,4,8 --data random,compressible
     tox -e bench -- --sizes 1 --methods stream --repeat 5   (medians)
+    tox -e bench -- --sizes 1 --methods stream --repeat 3 --hash-off-row
 
 A short try: ``--sizes 1 --layout instance`` (about 5 minutes quiet, 10
 on a busy machine; ``--sizes 0.25`` both layouts, about 6 busy).  Cold,
@@ -128,6 +129,10 @@ def parse_args():
                         help='Glance\'s hashing_algorithm (its default: '
                         'sha512); a stream hashes its upload with it, '
                         'to verify what Glance stored')
+    parser.add_argument('--hash-off-row', action='store_true',
+                        help='also time a stream with [snapdriver] '
+                        'verify_upload_hash = False, in turn with the '
+                        'others: what verifying the upload costs')
     parser.add_argument('--out', default='bench-results')
     parser.add_argument('--replot', metavar='BENCH_JSON',
                         help='only rewrite the files in --out from the '

@@ -133,6 +133,10 @@ LIMITED = ('rebase', 'copy')
 # and the NBD export cost; ÷ glance-only well under 1 means Glance, not the
 # read, bounds the stream.
 READ_ALONE = 'stream (read alone)'
+# A timing row with --hash-off-row: a stream whose upload is not hashed
+# ([snapdriver] verify_upload_hash = False); against the stream row, what
+# verifying costs.
+HASH_OFF = 'stream (hash off)'
 # Where the data is (see above); with 'instance', how much stays in the base.
 LAYOUTS = ('base', 'instance')
 BASE_DATA_IN_INSTANCE_LAYOUT = 64 * MiB
@@ -701,9 +705,12 @@ def timed_drivers(args, domain_state=bench_report.RUNNING):
     """The drivers timed, and with stream its read alone (READ_ALONE).
 
     Not in ``suspend``: there nova's code may take our snapshot, and the
-    read alone would then upload all the same.
+    read alone would then upload all the same.  With --hash-off-row, the
+    stream unhashed (HASH_OFF) too, right after the stream.
     """
     names = drivers_to_run(args, domain_state)
+    if 'stream' in names and getattr(args, 'hash_off_row', False):
+        names.insert(names.index('stream') + 1, HASH_OFF)
     if 'stream' in names and domain_state != bench_report.SUSPEND:
         names.insert(names.index('stream') + 1, READ_ALONE)
     return names
@@ -727,8 +734,10 @@ def run_snapshot(bench, name, inst, bandwidth=0, writer=None,
             inst.state() != libvirt.VIR_DOMAIN_SHUTOFF:
         raise RuntimeError('%s is not shut off' % inst.name)
     options = {'block_job_bandwidth': bandwidth}
-    if name == READ_ALONE:
+    if name in (READ_ALONE, HASH_OFF):
         options['capture_method'] = 'stream'
+        if name == HASH_OFF:
+            options['verify_upload_hash'] = False
     elif name != 'in-tree':
         options['capture_method'] = name
     with conf_options('snapdriver', **options), (
