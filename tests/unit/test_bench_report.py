@@ -309,6 +309,12 @@ class TestCpuByRound(unittest.TestCase):
                                 [6.0, 8.0, 5.0])])['stream'][13]
         self.assertIn('host CPU ÷ in-tree by round 0.50 (0.25-1.00)', phases)
 
+    def test_the_wall_against_in_trees_of_the_same_round_too(self):
+        # 12/18, 11/18, 13/18.
+        phases = rows([cpu_case([3.0, 2.0, 5.0],
+                                [6.0, 8.0, 5.0])])['stream'][13]
+        self.assertIn('; ÷ in-tree by round 0.67 (0.61-0.72)', phases)
+
     def test_plot_bar_is_the_rounds_median_with_their_range(self):
         [row] = bench_report.cpu_ratios([cpu_case([3.0, 2.0, 5.0],
                                                   [6.0, 8.0, 5.0])])
@@ -318,7 +324,7 @@ class TestCpuByRound(unittest.TestCase):
         old = cpu_case([3.0, 2.0, 5.0], [6.0, 8.0, 5.0])
         for name in ('stream', 'in-tree'):
             del old['results'][name]['cpus']
-        self.assertNotIn('by round', rows([old])['stream'][13])
+        self.assertNotIn('CPU ÷ in-tree by round', rows([old])['stream'][13])
         [row] = bench_report.cpu_ratios([old])
         self.assertEqual((0.25, None), (row[1], row[3]))
 

@@ -146,6 +146,17 @@ def host_cpu_per_gib(result, size_gib):
     return '-' if host is None else '%.2f' % (host / size_gib)
 
 
+def by_round(walls, intree_walls):
+    """Each round's wall ÷ nova in-tree's of the same round, or [].
+
+    Rounds run each driver in turn (bench_measure.timing_runs), so run i
+    of one and of in-tree are next to each other.
+    """
+    if not walls or len(walls) != len(intree_walls):
+        return []
+    return [w / i for w, i in zip(walls, intree_walls)]
+
+
 def cpu_by_round(result, intree):
     """Each round's host CPU ÷ nova in-tree's of the same round, or [].
 
@@ -155,9 +166,9 @@ def cpu_by_round(result, intree):
     """
     ours = [c.get('host') for c in (result or {}).get('cpus', ())]
     theirs = [c.get('host') for c in (intree or {}).get('cpus', ())]
-    if not ours or len(ours) != len(theirs) or None in ours + theirs:
+    if None in ours + theirs:
         return []
-    return [o / t for o, t in zip(ours, theirs)]
+    return by_round(ours, theirs)
 
 
 def paired_ratios(walls, floor_walls):
@@ -243,6 +254,11 @@ def timing_table(cases):
                 if ratios:
                     phases += '; paired ÷ %s %s' % (floor_name, ratios)
             if name != 'in-tree':
+                ratios = spread(by_round(r.get('walls', ()),
+                                         res.get('in-tree', {}).get('walls',
+                                                                    ())))
+                if ratios:
+                    phases += '; ÷ in-tree by round %s' % ratios
                 ratios = spread(cpu_by_round(r, res.get('in-tree')))
                 if ratios:
                     phases += '; host CPU ÷ in-tree by round %s' % ratios
