@@ -133,6 +133,11 @@ def parse_args():
                         help='also time a stream with [snapdriver] '
                         'verify_upload_hash = False, in turn with the '
                         'others: what verifying the upload costs')
+    parser.add_argument('--backup-held-row', action='store_true',
+                        help='with the guest\'s writes, also a stream '
+                        'whose backup is held for --write-seconds while '
+                        'nothing is read: what the copy-before-write '
+                        'alone costs the guest')
     parser.add_argument('--out', default='bench-results')
     parser.add_argument('--replot', metavar='BENCH_JSON',
                         help='only rewrite the files in --out from the '

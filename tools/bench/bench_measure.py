@@ -137,6 +137,11 @@ READ_ALONE = 'stream (read alone)'
 # ([snapdriver] verify_upload_hash = False); against the stream row, what
 # verifying costs.
 HASH_OFF = 'stream (hash off)'
+# A guest-writes row with --backup-held-row: a stream whose pull backup is
+# held while the guest writes and nothing is read, then ends unread.  Its
+# ratio is what the backup's copy-before-write alone costs the guest; the
+# stream row's, that and the reading.
+BACKUP_HELD = 'stream (backup held, nothing read)'
 # Where the data is (see above); with 'instance', how much stays in the base.
 LAYOUTS = ('base', 'instance')
 BASE_DATA_IN_INSTANCE_LAYOUT = 64 * MiB
@@ -727,6 +732,14 @@ def read_to_nowhere(image_api, context, image_id, metadata, fileobj, size,
         pass
 
 
+def hold_unread(seconds):
+    """An upload.upload_file that waits ``seconds`` and reads nothing."""
+    def upload_file(image_api, context, image_id, metadata, fileobj, size,
+                    instance, take_disk_ops=True, hashes=upload.BOTH):
+        time.sleep(seconds)
+    return upload_file
+
+
 def run_snapshot(bench, name, inst, bandwidth=0, writer=None,
                  domain_state=bench_report.RUNNING):
     """One snapshot with driver ``name`` and the given bandwidth limit."""
@@ -734,15 +747,17 @@ def run_snapshot(bench, name, inst, bandwidth=0, writer=None,
             inst.state() != libvirt.VIR_DOMAIN_SHUTOFF:
         raise RuntimeError('%s is not shut off' % inst.name)
     options = {'block_job_bandwidth': bandwidth}
-    if name in (READ_ALONE, HASH_OFF):
+    if name in (READ_ALONE, HASH_OFF, BACKUP_HELD):
         options['capture_method'] = 'stream'
         if name == HASH_OFF:
             options['verify_upload_hash'] = False
     elif name != 'in-tree':
         options['capture_method'] = name
+    stand_in = {READ_ALONE: read_to_nowhere,
+                BACKUP_HELD: hold_unread(writer.seconds if writer else 0)}
     with conf_options('snapdriver', **options), (
-            mock.patch.object(upload, 'upload_file', read_to_nowhere)
-            if name == READ_ALONE else contextlib.nullcontext()):
+            mock.patch.object(upload, 'upload_file', stand_in[name])
+            if name in stand_in else contextlib.nullcontext()):
         return snapshot(bench, name, inst, writer, domain_state)
 
 
@@ -825,12 +840,16 @@ def write_runs(bench, inst, args):
     glance-only floor): what the guest loses to the upload on this host
     whatever the driver does, no snapshot running.  With ``--repeat N``
     each runs N times, in turn with the others (``repeated_writes``).
+    With --backup-held-row, BACKUP_HELD too, after the stream.
     """
     runs = []
     path = None
+    names = drivers_to_run(args)
+    if 'stream' in names and getattr(args, 'backup_held_row', False):
+        names.insert(names.index('stream') + 1, BACKUP_HELD)
     try:
         for _round in range(args.repeat):
-            for name in drivers_to_run(args):
+            for name in names:
                 limits = [0] + ([args.bandwidth] if name in LIMITED and
                                 args.bandwidth else [])
                 for bandwidth in limits:
@@ -838,7 +857,7 @@ def write_runs(bench, inst, args):
                     writer = GuestWriter(inst.uuid, args.write_seconds)
                     result = run_snapshot(bench, name, inst, bandwidth,
                                           writer)
-                    if path is None:
+                    if path is None and name != BACKUP_HELD:
                         path = download(bench.glance, result['image_id'],
                                         args.workdir)
                     bench.glance.images.delete(result.pop('image_id'))
