@@ -146,17 +146,6 @@ def host_cpu_per_gib(result, size_gib):
     return '-' if host is None else '%.2f' % (host / size_gib)
 
 
-def by_round(walls, intree_walls):
-    """Each round's wall ÷ nova in-tree's of the same round, or [].
-
-    Rounds run each driver in turn (bench_measure.timing_runs), so run i
-    of one and of in-tree are next to each other.
-    """
-    if not walls or len(walls) != len(intree_walls):
-        return []
-    return [w / i for w, i in zip(walls, intree_walls)]
-
-
 def cpu_by_round(result, intree):
     """Each round's host CPU ÷ nova in-tree's of the same round, or [].
 
@@ -168,7 +157,7 @@ def cpu_by_round(result, intree):
     theirs = [c.get('host') for c in (intree or {}).get('cpus', ())]
     if None in ours + theirs:
         return []
-    return by_round(ours, theirs)
+    return side_by_side_ratios(ours, theirs)
 
 
 def paired_ratios(walls, floor_walls):
@@ -202,10 +191,12 @@ def paired(walls, floor_walls):
 
 
 def side_by_side_ratios(walls, floor_walls):
-    """Each upload of a floor ÷ the other floor's next to it, or [].
+    """Each of ``walls`` ÷ the one of ``floor_walls`` next to it, or [].
 
-    The two floors upload one after the other (bench_measure.timing_runs),
-    so upload i of one is next to upload i of the other.
+    The two floors upload one after the other, and each round runs every
+    driver in turn (bench_measure.timing_runs), so upload i of one floor
+    is next to upload i of the other, and run i of a driver next to run i
+    of nova in-tree.
     """
     if len(walls) != len(floor_walls):
         return []
@@ -254,9 +245,9 @@ def timing_table(cases):
                 if ratios:
                     phases += '; paired ÷ %s %s' % (floor_name, ratios)
             if name != 'in-tree':
-                ratios = spread(by_round(r.get('walls', ()),
-                                         res.get('in-tree', {}).get('walls',
-                                                                    ())))
+                ratios = spread(side_by_side_ratios(
+                    r.get('walls', ()),
+                    res.get('in-tree', {}).get('walls', ())))
                 if ratios:
                     phases += '; ÷ in-tree by round %s' % ratios
                 ratios = spread(cpu_by_round(r, res.get('in-tree')))
@@ -417,9 +408,7 @@ def plot_cpu(ax, cases):
            color=[LAYOUT_COLOURS[r[2]] for r in rows])
     for x, (_label, ratio, _layout, span) in enumerate(rows):
         if span:
-            ax.errorbar([x], [ratio], yerr=[[ratio - span[0]],
-                                            [span[1] - ratio]],
-                        color='black', capsize=3)
+            whisker(ax, x, ratio, *span)
     ax.axhline(1.0, color='tab:grey', label='nova in-tree')
     ax.axhline(TARGET_CPU, color='tab:red', linestyle=':',
                label='target %.2f' % TARGET_CPU)
@@ -428,6 +417,12 @@ def plot_cpu(ax, cases):
     ax.set_xticklabels([r[0] for r in rows], fontsize=7, rotation=90)
     ax.set_ylabel('host CPU ÷ nova in-tree (QEMU + driver, Glance apart)')
     ax.legend(fontsize=8)
+
+
+def whisker(ax, x, value, low, high):
+    """The range low-high of bar ``x``, whose height is ``value``."""
+    ax.errorbar([x], [value], yerr=[[value - low], [high - value]],
+                color='black', capsize=3)
 
 
 def legend_layouts(ax, cases):
@@ -452,10 +447,7 @@ def plot_writes(ax, cases):
     # --repeat: each bar the median, its whisker every run's range.
     for x, w in enumerate(w for case in cases for w in case['writes']):
         if len(w.get('ratios', ())) > 1:
-            ax.errorbar([x], [w['ratio']],
-                        yerr=[[w['ratio'] - min(w['ratios'])],
-                              [max(w['ratios']) - w['ratio']]],
-                        color='black', capsize=3)
+            whisker(ax, x, w['ratio'], min(w['ratios']), max(w['ratios']))
     ax.axhline(TARGET_WRITES_LIMITED, color='tab:red', linestyle=':',
                label='target %.2f (with block_job_bandwidth)'
                % TARGET_WRITES_LIMITED)
